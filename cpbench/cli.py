@@ -1,0 +1,192 @@
+"""The command line: parse, call one function per command, print. No logic lives here."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cpbench.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Reproducible, fast CLIP prompt-learning benchmarks: prepare -> run -> report.")
+console = Console(stderr=True)
+out = Console()
+
+# options that take several values: `--seeds 1 2 3` is expanded to `--seeds 1 --seeds 2 --seeds 3`
+LIST_OPTIONS = {"--seeds", "--shots", "--dataset", "--datasets", "--set", "--methods", "--gpus-list"}
+
+
+def _expand_lists(argv: list[str]) -> list[str]:
+    res, current = [], None
+    for tok in argv:
+        if tok in LIST_OPTIONS:
+            current = tok
+            res.append(tok)
+            continue
+        if current is not None and (not tok.startswith("-") or re.fullmatch(r"-\d+", tok)):
+            if res[-1] != current:
+                res.append(current)
+            res.append(tok)
+            continue
+        current = None
+        res.append(tok)
+    return res
+
+
+def _fail(msg: str) -> None:
+    console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    raise SystemExit(2)
+
+
+# --------------------------------------------------------------------------- prepare
+
+
+@app.command()
+def prepare(
+    dataset: str = typer.Argument(..., help="dataset name (see `cpbench list`), or `all`"),
+    shots: List[int] = typer.Option([], "--shots", help="few-shot sizes to pre-draw, e.g. --shots 1 2 4 8 16"),
+    seeds: List[int] = typer.Option([1, 2, 3], "--seeds", help="seeds for the few-shot draws"),
+    root: Optional[Path] = typer.Option(None, "--root", help="data root (default ./data or $CPBENCH_DATA)"),
+    from_dir: Optional[Path] = typer.Option(None, "--from", help="folder holding the files the downloader would fetch"),
+    force: bool = typer.Option(False, "--force", help="prepare again even if already prepared"),
+) -> None:
+    """Download (or take --from), verify, extract and split a dataset; draw few-shot files."""
+    from cpbench.data import prepare as prep
+    from cpbench.data.specs import all_specs
+    from cpbench.paths import data_root
+    from cpbench.progress import ByteProgress
+
+    root_path = data_root(root)
+    names = [n for n, s in all_specs().items() if s.kind != "manual"] if dataset == "all" else [dataset]
+    for name in names:
+        prep.get_spec(name)
+    for name in names:
+        with ByteProgress(console) as bar:
+            ds, info = prep.prepare(name, root_path, from_dir, shots, seeds, force=force,
+                                    say=lambda m: console.print(f"[dim]{name}:[/] {m}", highlight=False), progress=bar)
+        c = info["counts"]
+        state = "already prepared, verified" if info.get("skipped") else "prepared"
+        out.print(f"{name}: {state} in {ds.dir} — train {c['train']} / val {c['val']} / test {c['test']}, "
+                  f"{c['classes']} classes, base {c['base']} / new {c['new']}", highlight=False)
+        for key, (ntr, nva) in info.get("fewshot", {}).items():
+            out.print(f"  {key}: train {ntr} / val {nva}", highlight=False)
+
+
+# --------------------------------------------------------------------------- run
+
+
+@app.command()
+def run(
+    method: str = typer.Argument(..., help="method name (see `cpbench list`)"),
+    dataset: List[str] = typer.Option([], "--dataset", "--datasets", help="datasets (default: every prepared one)"),
+    protocol: str = typer.Option("base2new", "--protocol", help="base2new"),
+    seeds: List[int] = typer.Option([1, 2, 3], "--seeds"),
+    shots: List[int] = typer.Option([16], "--shots"),
+    backbone: str = typer.Option("ViT-B-16", "--backbone", help="open_clip model name, `toy`, or local-dir:PATH"),
+    pretrained: str = typer.Option("openai", "--pretrained", help="open_clip pretrained tag; `none` = random weights"),
+    weights: Optional[str] = typer.Option(None, "--weights", help="local checkpoint for the backbone"),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML with train:/method: overrides"),
+    sets: List[str] = typer.Option([], "--set", help="override, e.g. --set epochs=1 lr=0.01"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N]"),
+    results: Optional[Path] = typer.Option(None, "--results", help="results dir (default ./results or $CPBENCH_RESULTS)"),
+    root: Optional[Path] = typer.Option(None, "--root", help="data root (default ./data or $CPBENCH_DATA)"),
+    force: bool = typer.Option(False, "--force", help="re-run jobs whose rows already exist"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="do not use cached frozen image features"),
+) -> None:
+    """Train and evaluate METHOD under a protocol; one Parquet row per evaluation."""
+    from cpbench.runner import RunRequest, execute
+
+    req = RunRequest(method=method, datasets=list(dataset), protocol=protocol, seeds=list(seeds), shots=list(shots),
+                     backbone=backbone, pretrained=pretrained, weights=weights,
+                     config_file=str(config) if config else None, sets=list(sets), device=device,
+                     results=results, root=root, force=force, feature_cache=not no_cache)
+    execute(req, console, out)
+
+
+# --------------------------------------------------------------------------- report
+
+
+@app.command()
+def report(
+    format: str = typer.Option("markdown", "--format", help="markdown | csv"),
+    results: Optional[Path] = typer.Option(None, "--results", help="results dir"),
+    std: bool = typer.Option(True, "--std/--no-std", help="show the std over seeds"),
+) -> None:
+    """Tables from the results rows (base/new/HM per dataset and the Average row)."""
+    from cpbench.paths import results_root
+    from cpbench.results import report as rep
+    from cpbench.results.store import ResultStore
+
+    if format not in ("markdown", "csv"):
+        raise UserError(f"--format must be markdown or csv, got {format!r}")
+    store = ResultStore(results_root(results))
+    read = store.read()
+    for path in read.corrupt:
+        console.print(f"[yellow]warning:[/] skipped unreadable results shard {path}")
+    if read.frame.empty:
+        raise UserError(f"no results under {store.root}; run `cpbench run METHOD` first (or pass --results DIR)")
+    agg = rep.aggregate(read.frame)
+    text = rep.base2new_markdown(agg, show_std=std) if format == "markdown" else rep.base2new_csv(agg)
+    sys.stdout.write(text)
+
+
+# --------------------------------------------------------------------------- list
+
+
+@app.command("list")
+def list_(root: Optional[Path] = typer.Option(None, "--root", help="data root")) -> None:
+    """Datasets (and which are prepared), methods and backbones."""
+    from cpbench.data import prepare as prep
+    from cpbench.data.specs import all_specs
+    from cpbench.methods.registry import method_names
+    from cpbench.paths import data_root
+
+    root_path = data_root(root)
+    t = Table(title=f"datasets (root: {root_path})")
+    for col in ("name", "prepared", "classes", "images", "disk", "template"):
+        t.add_column(col)
+    for name, spec in all_specs().items():
+        ddir = prep.dataset_dir(spec, root_path)
+        ready = prep.is_prepared(spec, root_path)
+        images = disk = classes = ""
+        if ready:
+            info = prep.read_marker(ddir)
+            c = info.get("counts", {})
+            classes = str(c.get("classes", ""))
+            images = str(sum(c.get(k, 0) for k in ("train", "val", "test")))
+            disk = info.get("disk", "")
+        t.add_row(name, "yes" if ready else "", classes or (str(spec.expected.classes or "")), images, disk, spec.template)
+    out.print(t)
+    out.print("methods: " + ", ".join(method_names()))
+    out.print("backbones: toy (embedded, offline), ViT-B-16 (default, --pretrained openai), any open_clip model "
+              "name, local-dir:PATH; --weights PATH for a local checkpoint")
+
+
+def main() -> None:
+    argv = _expand_lists(sys.argv[1:])
+    try:
+        app(args=argv, prog_name="cpbench", standalone_mode=False)
+    except UserError as exc:
+        _fail(str(exc))
+    except click.exceptions.NoArgsIsHelpError:
+        raise SystemExit(0)
+    except click.exceptions.UsageError as exc:
+        hint = f" (see `cpbench {exc.ctx.info_name} --help`)" if exc.ctx and exc.ctx.info_name != "cpbench" else " (see `cpbench --help`)"
+        _fail(exc.format_message() + hint)
+    except click.exceptions.Abort:
+        console.print("aborted")
+        raise SystemExit(130)
+    except KeyboardInterrupt:
+        console.print("interrupted; re-run the same command to resume")
+        raise SystemExit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Datasets: specs, fetching, splits, few-shot sampling, image loading."""

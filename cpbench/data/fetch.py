@@ -1,0 +1,262 @@
+"""Getting files: download (streaming, resumable, retried, verified) or take them from a folder,
+and extract archives safely.
+
+Checksums: a downloaded file whose checksum does not match is deleted and fetched again (from
+the next mirror). A file given with ``--from`` whose checksum is unknown or differs (a repacked
+archive, say) is accepted with a warning *only if* the extracted content then passes the
+dataset's content check against its split file (see ``prepare``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Callable
+
+from cpbench.errors import UserError
+
+Progress = Callable[[str, int, int | None], None]  # (label, done_bytes, total_bytes)
+
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Source:
+    """One file a dataset needs: official URL first, then mirrors."""
+
+    filename: str
+    urls: tuple[str, ...] = ()
+    sha256: str | None = None
+    md5: str | None = None
+    extract: bool = False           # extract into the dataset dir after fetching
+    strip: str = ""                 # leading folder to drop from archive members
+    inner: str | None = None        # a nested archive to extract instead (e.g. a tgz inside a zip)
+    optional: bool = False
+    manual: str | None = None       # when nothing can be automated: what to do, said to the user
+
+
+def digest(path: Path, algo: str) -> str:
+    h = hashlib.new(algo)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def checksum_status(path: Path, src: Source) -> str:
+    """'ok', 'mismatch' or 'unknown'."""
+    if src.sha256:
+        return "ok" if digest(path, "sha256") == src.sha256 else "mismatch"
+    if src.md5:
+        return "ok" if digest(path, "md5") == src.md5 else "mismatch"
+    return "unknown"
+
+
+def _gdrive_direct(url: str) -> str:
+    """Turn a Google Drive share link into the direct-download endpoint."""
+    if "drive.google.com" in url and "/file/d/" in url:
+        file_id = url.split("/file/d/")[1].split("/")[0]
+        return f"https://drive.usercontent.google.com/download?id={file_id}&export=download&confirm=t"
+    return url
+
+
+def download(url: str, dest: Path, progress: Progress | None = None, retries: int = 3,
+             timeout: float = 60.0, backoff: float = 1.0) -> None:
+    """Stream ``url`` to ``dest`` through ``dest.part``, resuming a partial file with HTTP Range."""
+    url = _gdrive_direct(url)
+    part = dest.with_name(dest.name + ".part")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    last_exc: Exception | None = None
+    for attempt in range(retries + 1):
+        have = part.stat().st_size if part.exists() else 0
+        req = urllib.request.Request(url, headers={"User-Agent": "cpbench"})
+        if have:
+            req.add_header("Range", f"bytes={have}-")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                status = getattr(resp, "status", 200)
+                if have and status != 206:  # server ignored the Range: start over
+                    have = 0
+                length = resp.headers.get("Content-Length")
+                total = have + int(length) if length is not None else None
+                ctype = resp.headers.get("Content-Type", "")
+                if "text/html" in ctype and not dest.name.endswith((".html", ".htm")):
+                    raise urllib.error.URLError(f"got an HTML page instead of {dest.name} (quota or confirm page)")
+                with open(part, "ab" if have else "wb") as out:
+                    done = have
+                    while True:
+                        chunk = resp.read(CHUNK)
+                        if not chunk:
+                            break
+                        out.write(chunk)
+                        done += len(chunk)
+                        if progress:
+                            progress(dest.name, done, total)
+                if total is not None and done < total:
+                    raise urllib.error.URLError(f"connection closed at {done}/{total} bytes")
+            os.replace(part, dest)
+            return
+        except urllib.error.HTTPError as exc:
+            last_exc = exc
+            if exc.code == 416:  # range not satisfiable: the part is complete or bogus
+                part.unlink(missing_ok=True)
+            elif exc.code in (401, 403, 404, 410):
+                break
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            last_exc = exc
+        if attempt < retries:
+            time.sleep(backoff * (2 ** attempt))
+    raise ConnectionError(f"{url}: {last_exc}")
+
+
+def obtain(src: Source, downloads: Path, from_dir: Path | None, progress: Progress | None = None,
+           warn: Callable[[str], None] = lambda msg: None) -> tuple[Path, str]:
+    """Return (path, checksum status) of a verified-or-unknown copy of ``src``.
+
+    ``from_dir`` wins when it holds the file. Downloads whose checksum mismatches are removed
+    and the next URL is tried.
+    """
+    if from_dir is not None:
+        cand = Path(from_dir) / src.filename
+        if not cand.exists() and src.inner:  # the inner archive given directly
+            cand = Path(from_dir) / PurePosixPath(src.inner).name
+            if cand.exists():
+                return cand, "unknown"
+        if cand.exists():
+            status = checksum_status(cand, src)
+            if status == "mismatch":
+                warn(f"{cand.name}: checksum differs from the official one (repacked copy?); "
+                     "it will be accepted only if its content matches the split file")
+            return cand, status
+        raise FileNotFoundError(str(cand))
+    dest = downloads / src.filename
+    if dest.exists():
+        status = checksum_status(dest, src)
+        if status != "mismatch":
+            return dest, status
+        dest.unlink()
+    errors = []
+    for url in src.urls:
+        try:
+            download(url, dest, progress)
+        except ConnectionError as exc:
+            errors.append(str(exc))
+            continue
+        status = checksum_status(dest, src)
+        if status == "mismatch":
+            errors.append(f"{url}: checksum mismatch (corrupt download), discarded")
+            dest.unlink()
+            # one more clean attempt from the same URL before moving on
+            try:
+                download(url, dest, progress)
+            except ConnectionError as exc:
+                errors.append(str(exc))
+                continue
+            status = checksum_status(dest, src)
+            if status == "mismatch":
+                dest.unlink()
+                continue
+        return dest, status
+    raise ConnectionError("; ".join(errors) or f"no URL known for {src.filename}")
+
+
+# --------------------------------------------------------------------------- extraction
+
+
+def _safe_member_path(name: str, strip: str) -> PurePosixPath | None:
+    p = PurePosixPath(name.replace("\\", "/"))
+    if p.is_absolute() or ".." in p.parts:
+        raise UserError(f"refusing archive member {name!r}: it would be written outside the dataset folder")
+    parts = [x for x in p.parts if x not in ("", ".")]
+    if strip:
+        sp = [x for x in PurePosixPath(strip).parts]
+        if parts[: len(sp)] != sp:
+            return None
+        parts = parts[len(sp):]
+    return PurePosixPath(*parts) if parts else None
+
+
+def extract_source(path: Path, src: Source, target: Path, progress: Progress | None = None) -> None:
+    """Extract a fetched source; for an outer archive with ``inner``, extract the inner one."""
+    if src.inner and path.name != PurePosixPath(src.inner).name:
+        tmp = target / f".{PurePosixPath(src.inner).name}.tmp"
+        try:
+            with zipfile.ZipFile(path) as zf:
+                try:
+                    with zf.open(src.inner) as s, open(tmp, "wb") as d:
+                        shutil.copyfileobj(s, d, CHUNK)
+                except KeyError:
+                    raise UserError(f"{path.name} does not contain {src.inner}; delete it and prepare again") from None
+            extract(tmp, target, src.strip, progress, fmt=PurePosixPath(src.inner).name)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return
+    extract(path, target, src.strip, progress)
+
+
+def extract(archive: Path, target: Path, strip: str = "", progress: Progress | None = None,
+            fmt: str | None = None) -> None:
+    """Extract tar(.gz/.bz2/.xz) or zip into ``target``: no absolute paths, no ``..``, no links,
+    no devices. The whole archive is checked before anything is written."""
+    target.mkdir(parents=True, exist_ok=True)
+    root = target.resolve()
+    name = (fmt or archive.name).lower()
+    if name.endswith(".zip"):
+        with zipfile.ZipFile(archive) as zf:
+            infos = zf.infolist()
+            plan = [(info, _safe_member_path(info.filename, strip)) for info in infos]
+            for info, rel in plan:
+                mode = (info.external_attr >> 16) & 0o170000
+                if mode == 0o120000:
+                    raise UserError(f"refusing archive member {info.filename!r}: symbolic link")
+            total = len(plan)
+            for n, (info, rel) in enumerate(plan, 1):
+                if rel is None:
+                    continue
+                out = root / rel
+                if info.is_dir():
+                    out.mkdir(parents=True, exist_ok=True)
+                    continue
+                out.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, open(out, "wb") as dst:
+                    shutil.copyfileobj(src, dst, CHUNK)
+                if progress and n % 200 == 0:
+                    progress(archive.name, n, total)
+        return
+    try:
+        tf = tarfile.open(archive)
+    except tarfile.TarError as exc:
+        raise UserError(f"{archive}: not a readable archive ({exc}); delete it and run prepare again") from None
+    with tf:
+        members = tf.getmembers()
+        plan = []
+        for m in members:
+            rel = _safe_member_path(m.name, strip)
+            if m.issym() or m.islnk():
+                raise UserError(f"refusing archive member {m.name!r}: link")
+            if not (m.isfile() or m.isdir()):
+                raise UserError(f"refusing archive member {m.name!r}: not a regular file or folder")
+            plan.append((m, rel))
+        total = len(plan)
+        for n, (m, rel) in enumerate(plan, 1):
+            if rel is None:
+                continue
+            out = root / rel
+            if m.isdir():
+                out.mkdir(parents=True, exist_ok=True)
+                continue
+            out.parent.mkdir(parents=True, exist_ok=True)
+            src = tf.extractfile(m)
+            assert src is not None
+            with src, open(out, "wb") as dst:
+                shutil.copyfileobj(src, dst, CHUNK)
+            if progress and n % 200 == 0:
+                progress(archive.name, n, total)

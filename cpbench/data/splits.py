@@ -1,0 +1,189 @@
+"""Splits in the CoOp format, CoOp-identical few-shot sampling and base/new subsetting.
+
+A split file (``split_zhou_<Name>.json``) is ``{"train": [...], "val": [...], "test": [...]}``
+with entries ``[relative_image_path, label, classname]``; it is read and written as is.
+
+Few-shot sampling restates Dassl's ``DatasetBase.generate_fewshot_dataset``: items are grouped
+by label in first-appearance order, each group is ``random.sample``d (all items kept when a
+class has fewer than k), train is drawn before val from the same ``random`` stream seeded with
+the run seed, and val gets ``min(k, 4)`` shots.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from cpbench import atomic
+from cpbench.errors import UserError
+
+
+@dataclass(frozen=True)
+class Item:
+    path: str  # relative to the dataset's image dir
+    label: int
+    classname: str
+
+    def as_list(self) -> list:
+        return [self.path, self.label, self.classname]
+
+
+@dataclass(frozen=True)
+class Split:
+    train: tuple[Item, ...]
+    val: tuple[Item, ...]
+    test: tuple[Item, ...]
+
+    @property
+    def classnames(self) -> list[str]:
+        """Class names in label order, from every part of the split."""
+        names: dict[int, str] = {}
+        for item in (*self.train, *self.val, *self.test):
+            names.setdefault(item.label, item.classname)
+        return [names[k] for k in sorted(names)]
+
+    def to_json(self) -> dict:
+        return {k: [i.as_list() for i in getattr(self, k)] for k in ("train", "val", "test")}
+
+
+def _items(rows: Iterable, where: str) -> tuple[Item, ...]:
+    out = []
+    for row in rows:
+        if not (isinstance(row, (list, tuple)) and len(row) == 3):
+            raise UserError(f"{where}: entry {row!r} is not [path, label, classname]; re-download the split file")
+        path, label, name = row
+        if not isinstance(path, str) or not isinstance(label, int) or not isinstance(name, str):
+            raise UserError(f"{where}: entry {row!r} has the wrong types; re-download the split file")
+        out.append(Item(path, label, name))
+    return tuple(out)
+
+
+def split_from_json(obj: dict, where: str = "split") -> Split:
+    if not isinstance(obj, dict) or any(k not in obj for k in ("train", "val", "test")):
+        raise UserError(f"{where}: not a CoOp split (needs train/val/test lists); re-download it")
+    return Split(*(_items(obj[k], f"{where} [{k}]") for k in ("train", "val", "test")))
+
+
+def read_split(path: str | Path) -> Split:
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read split file {path}: {exc.__class__.__name__}; re-run `cpbench prepare` for this dataset") from None
+    return split_from_json(obj, str(path))
+
+
+def write_split(path: str | Path, split: Split) -> None:
+    atomic.write_text(path, json.dumps(split.to_json()) + "\n")
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def split_hash(split: Split) -> str:
+    """Content hash of a split (independent of JSON formatting)."""
+    return hashlib.sha256(json.dumps(split.to_json(), separators=(",", ":")).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- few-shot
+
+
+def sample_fewshot(items: Sequence[Item], k: int, rng: random.Random) -> list[Item]:
+    """Dassl's per-class ``random.sample`` in first-appearance label order (repeat=False)."""
+    groups: dict[int, list[Item]] = {}
+    for item in items:
+        groups.setdefault(item.label, []).append(item)
+    out: list[Item] = []
+    for group in groups.values():
+        out.extend(rng.sample(group, k) if len(group) >= k else group)
+    return out
+
+
+@dataclass(frozen=True)
+class FewShot:
+    train: tuple[Item, ...]
+    val: tuple[Item, ...]
+    shots: int
+    seed: int
+
+
+def make_fewshot(split: Split, shots: int, seed: int, val_is_test: bool = False) -> FewShot:
+    """Draw the k-shot train and min(k,4)-shot val sets exactly as CoOp does for ``seed``.
+
+    ``shots < 1`` keeps the full train/val lists (the cross-dataset/DG evaluation setting).
+    """
+    if shots < 1:
+        return FewShot(split.train, split.val, shots, seed)
+    rng = random.Random(seed)
+    train = sample_fewshot(split.train, shots, rng)
+    val = [] if val_is_test else sample_fewshot(split.val, min(shots, 4), rng)
+    return FewShot(tuple(train), tuple(val), shots, seed)
+
+
+def fewshot_path(dataset_dir: Path, split_digest: str, shots: int, seed: int) -> Path:
+    return dataset_dir / "split_fewshot" / f"shot_{shots}-seed_{seed}-{split_digest[:12]}.json"
+
+
+def load_or_make_fewshot(dataset_dir: Path, name: str, split: Split, shots: int, seed: int,
+                         val_is_test: bool = False) -> FewShot:
+    """Portable few-shot file (relative paths, JSON) keyed by split hash, k and seed."""
+    digest = split_hash(split)
+    path = fewshot_path(dataset_dir, digest, shots, seed)
+    if path.exists():
+        try:
+            obj = json.loads(path.read_text(encoding="utf-8"))
+            if obj.get("split_sha256") == digest and obj.get("shots") == shots and obj.get("seed") == seed:
+                return FewShot(_items(obj["train"], str(path)), _items(obj["val"], str(path)), shots, seed)
+        except (OSError, ValueError, KeyError, UserError):
+            pass  # unreadable or stale: draw again (the draw is deterministic)
+    fs = make_fewshot(split, shots, seed, val_is_test)
+    atomic.write_json(path, {
+        "dataset": name, "split_sha256": digest, "shots": shots, "seed": seed,
+        "algorithm": "dassl generate_fewshot_dataset (random.Random(seed).sample per class, train then val=min(k,4))",
+        "train": [i.as_list() for i in fs.train], "val": [i.as_list() for i in fs.val],
+    })
+    return fs
+
+
+# --------------------------------------------------------------------------- base / new
+
+SUBSETS = ("all", "base", "new")
+
+
+def base_new_labels(train: Sequence[Item]) -> tuple[list[int], list[int]]:
+    labels = sorted({i.label for i in train})
+    m = math.ceil(len(labels) / 2)
+    return labels[:m], labels[m:]
+
+
+def subsample_classes(subset: str, train: Sequence[Item], *others: Sequence[Item]) -> tuple[list[list[Item]], list[str]]:
+    """CoOp's ``subsample_classes``: keep base (first ceil(n/2) sorted labels of ``train``) or new,
+    relabel to 0..k-1 in sorted order. Returns the filtered lists (train first) and class names."""
+    if subset not in SUBSETS:
+        raise UserError(f"unknown subset {subset!r}; use one of {', '.join(SUBSETS)}")
+    lists = [list(train), *[list(o) for o in others]]
+    if subset == "all":
+        names: dict[int, str] = {}
+        for lst in lists:
+            for i in lst:
+                names.setdefault(i.label, i.classname)
+        return lists, [names[k] for k in sorted(names)]
+    base, new = base_new_labels(train)
+    keep = base if subset == "base" else new
+    relabel = {old: new_idx for new_idx, old in enumerate(keep)}
+    out = [[Item(i.path, relabel[i.label], i.classname) for i in lst if i.label in relabel] for lst in lists]
+    names = {}
+    for lst in out:
+        for i in lst:
+            names.setdefault(i.label, i.classname)
+    return out, [names.get(k, "") for k in range(len(keep))]

@@ -1,0 +1,1 @@
+"""Training loop, evaluation, feature cache, precision and seeding."""

@@ -1,0 +1,94 @@
+"""Top-1 accuracy of a method on an image list.
+
+The class-side context (e.g. text features) is computed once per evaluation, not per batch.
+For methods whose image encoder is unprompted, frozen image features come from the exact
+feature cache when one is given.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+from cpbench.data.images import ImageList, describe, test_transform
+from cpbench.data.splits import Item
+from cpbench.engine.cache import FeatureCache
+from cpbench.engine.precision import Precision
+from cpbench.methods.base import Method
+
+BatchCallback = Callable[[int, int], None]
+
+
+@dataclass
+class EvalResult:
+    accuracy: float  # percent
+    correct: int
+    n: int
+    seconds: float
+    cached_features: bool
+
+
+def _loader(items, image_root, method, batch_size, num_workers, device):
+    ds = ImageList(items, image_root, test_transform(method.backbone.preprocess))
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      pin_memory=device.type == "cuda")
+
+
+@torch.no_grad()
+def encode_all(method: Method, items, image_root, device, precision: Precision, batch_size: int,
+               num_workers: int = 0, on_batch: BatchCallback | None = None) -> torch.Tensor:
+    loader = _loader(items, image_root, method, batch_size, num_workers, device)
+    out = []
+    for b, (images, _, _) in enumerate(loader):
+        images = images.to(device, non_blocking=True)
+        if precision.param_dtype == torch.float16:
+            images = images.half()
+        with precision.autocast(device):
+            out.append(method.encode_images(images).float().cpu())
+        if on_batch:
+            on_batch(b + 1, len(loader))
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+@torch.no_grad()
+def evaluate(method: Method, items: Sequence[Item], image_root: Path, device: torch.device, precision: Precision,
+             batch_size: int = 100, num_workers: int = 0, cache: FeatureCache | None = None,
+             dataset: str = "", on_batch: BatchCallback | None = None) -> EvalResult:
+    started = time.time()
+    method.eval()
+    labels = torch.tensor([it.label for it in items])
+    with precision.autocast(device):
+        context = method.eval_context()
+    cached = False
+    if cache is not None and not method.image_prompted:
+        key = FeatureCache.key(method.backbone.fingerprint(), precision.effective,
+                               describe(test_transform(method.backbone.preprocess)), f"{dataset}:{image_root}", items)
+        feats, cached = cache.get_or_compute(
+            key, lambda: encode_all(method, items, image_root, device, precision, batch_size, num_workers, on_batch))
+        preds = []
+        for start in range(0, len(items), batch_size):
+            chunk = feats[start: start + batch_size].to(device)
+            with precision.autocast(device):
+                preds.append(method.logits_from_features(chunk, context).argmax(dim=-1).cpu())
+        pred = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+    else:
+        loader = _loader(items, image_root, method, batch_size, num_workers, device)
+        preds = []
+        for b, (images, _, _) in enumerate(loader):
+            images = images.to(device, non_blocking=True)
+            if precision.param_dtype == torch.float16:
+                images = images.half()
+            with precision.autocast(device):
+                logits = method.logits_from_features(method.encode_images(images), context)
+            preds.append(logits.argmax(dim=-1).cpu())
+            if on_batch:
+                on_batch(b + 1, len(loader))
+        pred = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+    correct = int((pred == labels).sum())
+    n = len(items)
+    return EvalResult(100.0 * correct / max(1, n), correct, n, time.time() - started, cached)

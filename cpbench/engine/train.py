@@ -1,0 +1,139 @@
+"""One training loop for every method, as Dassl's: SGD (momentum 0.9, wd 5e-4), one constant
+warm-up epoch at 1e-5, then cosine over the epochs, stepped per epoch; last-epoch model.
+
+Each epoch's shuffling and augmentation draw from generators seeded by (seed, epoch), and a
+checkpoint (learned state + optimiser buffers) is written after every epoch, so a run killed
+at any point resumes from its last finished epoch and ends with the same parameters as an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch.utils.data import DataLoader, RandomSampler
+
+from cpbench.config import TrainConfig
+from cpbench.data.images import ImageList, train_transform
+from cpbench.data.splits import Item
+from cpbench.engine import checkpoint
+from cpbench.engine.precision import Precision
+from cpbench.methods.base import Method
+
+EpochCallback = Callable[[int, int, float], None]  # (epoch, epochs, mean loss)
+BatchCallback = Callable[[int, int], None]  # (batch, batches)
+
+
+@dataclass
+class TrainResult:
+    epochs: int
+    seconds: float
+    resumed_from: int | None
+    last_loss: float | None
+    images_seen: int
+
+
+def lr_at(epoch: int, cfg: TrainConfig) -> float:
+    """Learning rate of (0-based) ``epoch``: constant warm-up, then cosine with T_max = epochs."""
+    if epoch < cfg.warmup_epochs:
+        return cfg.warmup_lr
+    t = epoch - cfg.warmup_epochs
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * t / max(1, cfg.epochs)))
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919) % (2**31)
+
+
+def _optimizer_state(opt: torch.optim.Optimizer, params: list[torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+    out = {}
+    for i, p in enumerate(params):
+        buf = opt.state.get(p, {}).get("momentum_buffer")
+        if buf is not None:
+            out[f"__optim__.{i}.momentum_buffer"] = buf
+    return out
+
+
+def _load_optimizer_state(opt, params, tensors: dict[str, torch.Tensor]) -> None:
+    for i, p in enumerate(params):
+        buf = tensors.get(f"__optim__.{i}.momentum_buffer")
+        if buf is not None:
+            opt.state[p]["momentum_buffer"] = buf.to(p.device, p.dtype).clone()
+
+
+def train(method: Method, items: Sequence[Item], image_root: Path, cfg: TrainConfig, device: torch.device,
+          precision: Precision, seed: int, ckpt_dir: Path | None = None,
+          on_epoch: EpochCallback | None = None, on_batch: BatchCallback | None = None) -> TrainResult:
+    params = [p for p in method.parameters() if p.requires_grad]
+    started = time.time()
+    if not params or cfg.epochs == 0:
+        return TrainResult(0, 0.0, None, None, 0)
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler(device.type) if precision.grad_scaler else None
+    start, resumed = 0, None
+    if ckpt_dir is not None:
+        found = checkpoint.load(ckpt_dir, "epoch")
+        if found is not None:
+            tensors, meta = found
+            method.load_learned_state({k: v for k, v in tensors.items() if not k.startswith("__optim__.")})
+            _load_optimizer_state(opt, params, tensors)
+            start = resumed = int(meta["epoch"]) + 1
+    dataset = ImageList(items, image_root, train_transform(method.backbone.preprocess))
+    drop_last = len(dataset) >= cfg.batch_size
+    last_loss = None
+    seen = 0
+    method.train()
+    for epoch in range(start, cfg.epochs):
+        lr = lr_at(epoch, cfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        eseed = epoch_seed(seed, epoch)
+        torch.manual_seed(eseed)  # augmentation (main process) and in-forward sampling
+        gen = torch.Generator().manual_seed(eseed)
+        loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=RandomSampler(dataset, generator=gen),
+                            drop_last=drop_last, num_workers=cfg.num_workers,
+                            pin_memory=device.type == "cuda", persistent_workers=False,
+                            generator=gen)
+        total, count = 0.0, 0
+        n_batches = len(loader)
+        for b, (images, labels, _) in enumerate(loader):
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            if precision.param_dtype == torch.float16:
+                images = images.half()
+            with precision.autocast(device):
+                _, losses = method.forward_train(images, labels)
+                loss = sum(losses.values())
+            opt.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                if cfg.grad_clip > 0:
+                    scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                opt.step()
+            total += float(loss.detach())
+            count += 1
+            seen += images.shape[0]
+            if on_batch:
+                on_batch(b + 1, n_batches)
+        method.on_epoch_end(epoch, cfg.epochs)
+        last_loss = total / max(1, count)
+        if ckpt_dir is not None and cfg.checkpoint:
+            checkpoint.save(ckpt_dir, "epoch", {**method.learned_state(), **_optimizer_state(opt, params)},
+                            {"epoch": epoch, "epochs": cfg.epochs, "loss": last_loss, "lr": lr})
+        if on_epoch:
+            on_epoch(epoch, cfg.epochs, last_loss)
+    method.on_train_end()
+    method.eval()
+    return TrainResult(cfg.epochs - start, time.time() - started, resumed, last_loss, seen)

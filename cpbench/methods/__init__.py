@@ -1,0 +1,1 @@
+"""Prompt-learning methods: one file per method, listed explicitly in ``registry.py``."""

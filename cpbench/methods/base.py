@@ -1,0 +1,144 @@
+"""The contract every method fulfils.
+
+A method declares its learnable parameters (``requires_grad=True``; the backbone stays frozen),
+builds class text features and image features, returns logits and a dict of *weighted* loss
+terms whose sum is the training loss, and may act at epoch ends. It knows nothing about loops,
+devices, files or the CLI.
+
+Evaluation is split in two so the engine can cache what is exact to cache:
+``eval_context()`` runs once per evaluation (e.g. class text features), ``encode_images`` maps a
+batch to image features (cacheable when ``image_prompted`` is False), and
+``logits_from_features`` turns features into logits.
+
+Persistent state (what a checkpoint holds) is ``learned_state()``: every entry of
+``state_dict()`` outside the backbone. Frozen pieces derived from class names or the backbone
+(token prefixes/suffixes, teacher features) are registered as non-persistent buffers and rebuilt
+by ``set_classnames``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cpbench.errors import UserError
+from cpbench.models.backbone import Backbone
+
+
+@dataclass
+class Options:
+    """Method-specific settings; subclasses add typed fields (the YAML ``method:`` section)."""
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "method options") -> "Options":
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise UserError(f"unknown {where} key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known)) or 'none'}")
+        kwargs = {}
+        for k, v in d.items():
+            kwargs[k] = _coerce(v, known[k].type, f"{where}.{k}")
+        return cls(**kwargs)
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    t = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
+    try:
+        if t in ("int",):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if t in ("float",):
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if t in ("bool",):
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.lower() in ("true", "1", "yes")
+            raise ValueError
+        if t in ("str",):
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+    except (TypeError, ValueError):
+        raise UserError(f"{where} must be {t}, got {value!r}") from None
+    return value
+
+
+def clean(name: str) -> str:
+    return name.replace("_", " ")
+
+
+class Method(nn.Module):
+    name: ClassVar[str] = "method"
+    Options: ClassVar[type[Options]] = Options
+    image_prompted: ClassVar[bool] = False   # prompts enter the image encoder: no image-feature caching
+    trainable: ClassVar[bool] = True         # zero-shot CLIP / linear probe set this False / custom
+
+    def __init__(self, backbone: Backbone, classnames: list[str], options: Options, template: str = "a photo of a {}."):
+        super().__init__()
+        self.backbone = backbone
+        self.options = options
+        self.template = template
+        self.classnames = list(classnames)
+
+    # ------------------------------------------------------------------ classes
+    def set_classnames(self, classnames: list[str]) -> None:
+        """Rebuild everything derived from class names (learned parameters are kept)."""
+        self.classnames = list(classnames)
+
+    # ------------------------------------------------------------------ training
+    def forward_train(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits = self(images)
+        return logits, {"ce": F.cross_entropy(logits, labels)}
+
+    def on_epoch_end(self, epoch: int, epochs: int) -> None:
+        """Called after each training epoch (0-based ``epoch``)."""
+
+    def on_train_end(self) -> None:
+        """Called once after the last epoch."""
+
+    def fit_features(self, features: torch.Tensor, labels: torch.Tensor, val_features: torch.Tensor | None,
+                     val_labels: torch.Tensor | None) -> None:
+        """For closed-form methods (linear probe): fit on frozen image features."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ evaluation
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.backbone.encode_image(images).float(), dim=-1)
+
+    def text_features(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def eval_context(self) -> Any:
+        return F.normalize(self.text_features().float(), dim=-1)
+
+    def logits_from_features(self, image_features: torch.Tensor, context: Any) -> torch.Tensor:
+        return self.backbone.logit_scale.float() * image_features.float() @ context.t()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.logits_from_features(self.encode_images(images), self.eval_context())
+
+    # ------------------------------------------------------------------ state
+    def learned_state(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+
+    def load_learned_state(self, state: dict[str, torch.Tensor]) -> None:
+        own = self.learned_state()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ValueError(f"checkpoint does not fit {self.name}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        with torch.no_grad():
+            for k, v in state.items():
+                own_t = self.get_parameter(k) if k in dict(self.named_parameters()) else self.get_buffer(k)
+                own_t.copy_(v.to(own_t.dtype))
+
+    def n_learnable(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)

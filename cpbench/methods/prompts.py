@@ -1,0 +1,67 @@
+"""Frozen token pieces of "[SOS] <n context slots> <rest of prompt>. [EOS]" per class.
+
+The learnable context replaces the embeddings of tokens ``1..n_ctx``; everything else (SOS, the
+class name, the full stop, EOT and padding) stays a frozen buffer — CoOp's ``token_prefix`` /
+``token_suffix``. ``prefix_text`` is the init phrase ("a photo of a") or "X X X X"; when
+``n_ctx`` is smaller than its word count (MaPLe's 2 of "a photo of a") the remaining words stay
+in the frozen suffix, as in the official code.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cpbench.methods.base import clean
+from cpbench.models.backbone import Backbone
+
+
+def init_context(backbone: Backbone, ctx_init: str, n_ctx: int, width: int | None = None,
+                 std: float = 0.02) -> torch.Tensor:
+    """Context vectors from the init phrase's token embeddings, or N(0, std²) without one."""
+    width = width or backbone.text_width
+    if ctx_init:
+        ids = backbone.tokenize([ctx_init])
+        with torch.no_grad():
+            emb = backbone.token_embedding(ids)[0, 1: 1 + n_ctx].float().clone()
+        return emb
+    return torch.randn(n_ctx, width) * std
+
+
+def context_words(ctx_init: str, n_ctx: int) -> tuple[str, int]:
+    """(prefix text, n learnable tokens) the CoOp way: n_ctx = number of words of the init phrase."""
+    if ctx_init:
+        words = ctx_init.replace("_", " ").strip()
+        return words, len(words.split(" "))
+    return " ".join(["X"] * n_ctx), n_ctx
+
+
+class ClassPrompts(nn.Module):
+    def __init__(self, backbone: Backbone, classnames: list[str], prefix_text: str, n_ctx: int):
+        super().__init__()
+        self.n_ctx = n_ctx
+        self.prefix_text = prefix_text
+        self.build(backbone, classnames)
+
+    def build(self, backbone: Backbone, classnames: list[str]) -> None:
+        texts = [f"{self.prefix_text} {clean(c)}." if self.prefix_text else f"{clean(c)}." for c in classnames]
+        ids = backbone.tokenize(texts)
+        with torch.no_grad():
+            emb = backbone.token_embedding(ids)
+        self.register_buffer("ids", ids, persistent=False)
+        self.register_buffer("token_prefix", emb[:, :1].clone(), persistent=False)
+        self.register_buffer("token_suffix", emb[:, 1 + self.n_ctx:].clone(), persistent=False)
+        self.register_buffer("eot", ids.argmax(dim=-1), persistent=False)
+        self.name_lens = [backbone.n_tokens(clean(c)) for c in classnames]
+
+    @property
+    def n_cls(self) -> int:
+        return self.ids.shape[0]
+
+    def assemble(self, ctx: torch.Tensor) -> torch.Tensor:
+        """ctx: [n, D] shared, or [C, n, D] class-specific -> prompts [C, L, D]."""
+        c = self.n_cls
+        if ctx.dim() == 2:
+            ctx = ctx.unsqueeze(0).expand(c, -1, -1)
+        dtype = self.token_prefix.dtype
+        return torch.cat([self.token_prefix, ctx.to(dtype), self.token_suffix], dim=1)

@@ -1,0 +1,24 @@
+"""Method names -> implementing classes. A plain dict of import paths, resolved on use, so
+nothing registers itself by being imported."""
+
+from __future__ import annotations
+
+import importlib
+
+from cpbench.errors import UserError
+
+METHODS: dict[str, str] = {
+    "zeroshot": "cpbench.methods.zeroshot:ZeroShotCLIP",
+    "coop": "cpbench.methods.coop:CoOp",
+}
+
+
+def method_names() -> list[str]:
+    return sorted(METHODS)
+
+
+def get_method_class(name: str):
+    if name not in METHODS:
+        raise UserError(f"unknown method {name!r}; known methods: {', '.join(method_names())}")
+    module, cls = METHODS[name].split(":")
+    return getattr(importlib.import_module(module), cls)

@@ -1,0 +1,255 @@
+"""Loading a frozen open_clip CLIP and exposing what prompt methods need.
+
+Backbone names:
+- ``toy``: the embedded tiny CLIP shipped with cpbench (offline, CPU-friendly);
+- ``tiny``: a very small random-weight CLIP for tests and smoke runs;
+- any open_clip model name (``ViT-B-16`` …) with a pretrained tag (``openai`` …), ``none`` for
+  random weights, or ``--weights PATH`` for a local checkpoint;
+- ``local-dir:PATH``: a folder with ``open_clip_config.json`` and weights.
+
+OpenAI weights were trained with QuickGELU: it is switched on for ``--pretrained openai`` however
+the weights are loaded (open_clip issue #771).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+from torch import nn
+
+from cpbench.errors import UserError
+from cpbench.models.text import PromptTextEncoder
+from cpbench.models.vision import PromptImageEncoder
+
+TOY_DIR = Path(__file__).parent / "toy"
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str = "ViT-B-16"
+    pretrained: str = "openai"
+    weights: str | None = None
+
+    @property
+    def quick_gelu(self) -> bool:
+        return self.pretrained == "openai" or self.name.endswith("quickgelu")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str = "bicubic"
+
+
+def _load_state(path: Path) -> dict[str, torch.Tensor]:
+    if not path.exists():
+        raise UserError(f"--weights {path}: no such file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        try:  # OpenAI's released checkpoints are TorchScript archives
+            obj = torch.jit.load(str(path), map_location="cpu").state_dict()
+        except Exception as exc:
+            raise UserError(f"--weights {path}: not a readable checkpoint ({exc.__class__.__name__})") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise UserError(f"--weights {path}: expected a state dict")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
+
+
+def _build_from_cfg(cfg: dict, quick_gelu: bool) -> nn.Module:
+    return open_clip.model.CLIP(embed_dim=cfg["embed_dim"], vision_cfg=cfg["vision_cfg"],
+                                text_cfg=cfg["text_cfg"], quick_gelu=quick_gelu)
+
+
+def _toy(spec: BackboneSpec) -> tuple[nn.Module, int, Preprocess]:
+    cfg_path = TOY_DIR / "toy_clip.json"
+    if not cfg_path.exists():
+        raise UserError("the embedded toy backbone is missing from this installation; reinstall cpbench")
+    cfg = json.loads(cfg_path.read_text())
+    model = _build_from_cfg(cfg, cfg.get("quick_gelu", False))
+    if spec.weights:
+        state = _load_state(Path(spec.weights))
+    elif spec.pretrained in ("none", "random"):
+        state = None
+    else:
+        from safetensors.torch import load_file
+
+        state = load_file(str(TOY_DIR / "toy_clip.safetensors"))
+    if state is not None:
+        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    pp = cfg.get("preprocess", {})
+    pre = Preprocess(pp.get("image_size", cfg["vision_cfg"]["image_size"]), tuple(pp.get("mean", OPENAI_MEAN)),
+                     tuple(pp.get("std", OPENAI_STD)), pp.get("interpolation", "bicubic"))
+    return model, cfg["text_cfg"].get("context_length", 77), pre
+
+
+def _local_dir(path: Path, spec: BackboneSpec) -> tuple[nn.Module, int, Preprocess]:
+    cfg_file = path / "open_clip_config.json"
+    if not cfg_file.exists():
+        raise UserError(f"local-dir:{path}: no open_clip_config.json in that folder")
+    cfg = json.loads(cfg_file.read_text())
+    model_cfg = cfg.get("model_cfg", cfg)
+    model = _build_from_cfg(model_cfg, model_cfg.get("quick_gelu", False) or spec.quick_gelu)
+    for fname in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "model.safetensors", "pytorch_model.bin"):
+        if (path / fname).exists():
+            model.load_state_dict(_load_state(path / fname), strict=True)
+            break
+    else:
+        raise UserError(f"local-dir:{path}: no weights file (open_clip_model.safetensors or open_clip_pytorch_model.bin)")
+    pp = cfg.get("preprocess_cfg", {})
+    size = model_cfg["vision_cfg"].get("image_size", 224)
+    pre = Preprocess(pp.get("size", size) if isinstance(pp.get("size", size), int) else size,
+                     tuple(pp.get("mean", OPENAI_MEAN)), tuple(pp.get("std", OPENAI_STD)),
+                     pp.get("interpolation", "bicubic"))
+    return model, model_cfg["text_cfg"].get("context_length", 77), pre
+
+
+# A very small random CLIP for tests and smoke runs (``--backbone tiny``): always random weights.
+TINY_CFG = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 2, "head_width": 32},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+def _tiny(spec: BackboneSpec) -> tuple[nn.Module, int, Preprocess]:
+    model = _build_from_cfg(TINY_CFG, False)
+    if spec.weights:
+        model.load_state_dict(_load_state(Path(spec.weights)), strict=True)
+    return model, TINY_CFG["text_cfg"]["context_length"], Preprocess(32, OPENAI_MEAN, OPENAI_STD)
+
+
+def _open_clip(spec: BackboneSpec) -> tuple[nn.Module, int, Preprocess]:
+    if spec.name not in open_clip.list_models():
+        raise UserError(f"unknown backbone {spec.name!r}; use `toy`, `local-dir:PATH` or an open_clip model "
+                        f"name such as ViT-B-16 (see `cpbench list`)")
+    pretrained = None if (spec.weights or spec.pretrained in ("none", "random", "")) else spec.pretrained
+    try:
+        model = open_clip.create_model(spec.name, pretrained=pretrained, force_quick_gelu=spec.quick_gelu)
+    except Exception as exc:  # offline, unknown tag, hub errors
+        raise UserError(
+            f"cannot load {spec.name} weights {spec.pretrained!r} ({exc.__class__.__name__}): offline? pass "
+            f"--weights PATH to a local checkpoint, or use --backbone toy (the embedded offline backbone)"
+        ) from None
+    if spec.weights:
+        state = _load_state(Path(spec.weights))
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise UserError(f"--weights {spec.weights} does not fit {spec.name}: {first}") from None
+    pcfg = getattr(model.visual, "preprocess_cfg", {}) or {}
+    size = model.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    pre = Preprocess(int(size), tuple(pcfg.get("mean", OPENAI_MEAN)), tuple(pcfg.get("std", OPENAI_STD)),
+                     pcfg.get("interpolation", "bicubic"))
+    return model, model.context_length, pre
+
+
+class Backbone(nn.Module):
+    """A frozen CLIP with prompt-aware encoders, tokenizer and preprocessing facts."""
+
+    def __init__(self, clip: nn.Module, context_length: int, preprocess: Preprocess, spec: BackboneSpec):
+        super().__init__()
+        self.clip = clip
+        self.spec = spec
+        self.preprocess = preprocess
+        self.tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
+        self.text = PromptTextEncoder(clip)
+        self.image = PromptImageEncoder(clip.visual)
+        for p in self.clip.parameters():
+            p.requires_grad_(False)
+        self.clip.eval()
+
+    # -- facts
+    @property
+    def embed_dim(self) -> int:
+        proj = self.clip.text_projection
+        return proj.out_features if isinstance(proj, nn.Linear) else int(proj.shape[1])
+
+    @property
+    def text_width(self) -> int:
+        return int(self.clip.token_embedding.weight.shape[1])
+
+    @property
+    def vision_width(self) -> int:
+        return self.image.width
+
+    @property
+    def text_layers(self) -> int:
+        return len(self.clip.transformer.resblocks)
+
+    @property
+    def vision_layers(self) -> int:
+        return len(self.clip.visual.transformer.resblocks)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.clip.token_embedding.weight.dtype
+
+    def train(self, mode: bool = True):  # the frozen CLIP always stays in eval mode
+        super().train(mode)
+        self.clip.eval()
+        return self
+
+    # -- text
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        return self.tokenizer(texts).to(self.clip.token_embedding.weight.device)
+
+    def token_embedding(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.clip.token_embedding(ids)
+
+    def n_tokens(self, text: str) -> int:
+        """BPE tokens of ``text`` without SOS/EOT."""
+        return len(self.tokenizer.encode(text))
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        ids = self.tokenize(texts)
+        return self.text(self.token_embedding(ids), ids.argmax(dim=-1))
+
+    # -- images
+    def encode_image(self, images: torch.Tensor, prompts=None, deep=None) -> torch.Tensor:
+        return self.image(images, prompts, deep)
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.clip.logit_scale.exp()
+
+    def fingerprint(self) -> str:
+        """Hash of the weights (for feature-cache keys)."""
+        h = hashlib.sha256()
+        for k, v in sorted(self.clip.state_dict().items()):
+            t = v.detach().float().cpu().contiguous()
+            h.update(k.encode())
+            h.update(t.flatten()[:: max(1, t.numel() // 4096)].numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+def load_backbone(name: str = "ViT-B-16", pretrained: str = "openai", weights: str | None = None,
+                  seed: int = 0) -> Backbone:
+    spec = BackboneSpec(name, pretrained, weights)
+    torch.manual_seed(seed)  # random-weight backbones are reproducible
+    if name == "toy":
+        model, ctx, pre = _toy(spec)
+    elif name == "tiny":
+        model, ctx, pre = _tiny(spec)
+    elif name.startswith("local-dir:"):
+        model, ctx, pre = _local_dir(Path(name[len("local-dir:"):]).expanduser(), spec)
+    else:
+        model, ctx, pre = _open_clip(spec)
+    return Backbone(model, ctx, pre, spec)

@@ -1,0 +1,1 @@
+"""Protocols turn one ``cpbench run`` into concrete jobs (train once, evaluate many)."""

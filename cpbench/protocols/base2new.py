@@ -1,0 +1,14 @@
+"""Base-to-new generalisation (CoCoOp): train on the base half of the classes (16 shots), then
+evaluate the last-epoch model on the base test split and on the new test split, with prompts
+rebuilt from the new class names and the learned context kept."""
+
+from __future__ import annotations
+
+from cpbench.protocols.jobs import Job, Target
+
+
+def plan(method: str, datasets: list[str], seeds: list[int], shots: int = 16) -> list[Job]:
+    return [
+        Job(method, "base2new", d, "base", shots, seed, (Target(d, "base"), Target(d, "new")))
+        for d in datasets for seed in seeds
+    ]

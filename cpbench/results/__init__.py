@@ -1,0 +1,1 @@
+"""Results: the row contract, an append-only Parquet store, and reports."""

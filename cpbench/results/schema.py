@@ -1,0 +1,65 @@
+"""The results row: the contract between ``run`` and ``report``. Columns may be added; the
+required ones are never renamed."""
+
+from __future__ import annotations
+
+import platform
+import time
+
+import pyarrow as pa
+
+REQUIRED = [
+    "run_id", "method", "protocol", "train_dataset", "eval_dataset", "subset", "shots", "seed",
+    "backbone", "pretrained", "config_hash", "accuracy", "n_test", "n_classes", "epochs", "precision",
+    "train_seconds", "eval_seconds", "device", "started_at", "finished_at", "cpbench_version",
+    "torch_version", "open_clip_version",
+]
+
+SCHEMA = pa.schema([
+    ("run_id", pa.string()),
+    ("job_key", pa.string()),
+    ("method", pa.string()),
+    ("protocol", pa.string()),
+    ("train_dataset", pa.string()),
+    ("eval_dataset", pa.string()),
+    ("subset", pa.string()),
+    ("shots", pa.int64()),
+    ("seed", pa.int64()),
+    ("backbone", pa.string()),
+    ("pretrained", pa.string()),
+    ("weights", pa.string()),
+    ("config_hash", pa.string()),
+    ("config_json", pa.string()),
+    ("accuracy", pa.float64()),
+    ("correct", pa.int64()),
+    ("n_test", pa.int64()),
+    ("n_classes", pa.int64()),
+    ("epochs", pa.int64()),
+    ("precision", pa.string()),
+    ("precision_requested", pa.string()),
+    ("n_learnable", pa.int64()),
+    ("feature_cache", pa.string()),
+    ("train_seconds", pa.float64()),
+    ("eval_seconds", pa.float64()),
+    ("device", pa.string()),
+    ("host", pa.string()),
+    ("started_at", pa.string()),
+    ("finished_at", pa.string()),
+    ("cpbench_version", pa.string()),
+    ("torch_version", pa.string()),
+    ("open_clip_version", pa.string()),
+])
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def environment() -> dict:
+    import open_clip
+    import torch
+
+    import cpbench
+
+    return {"cpbench_version": cpbench.__version__, "torch_version": torch.__version__,
+            "open_clip_version": open_clip.__version__, "host": platform.node()}

@@ -1,0 +1,87 @@
+"""``cpbench run``: validate everything first (nothing is written on a bad input), load the
+backbone once, plan the protocol's jobs and execute them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from cpbench.errors import UserError
+
+PROTOCOLS = ("base2new",)
+
+
+@dataclass
+class RunRequest:
+    method: str
+    datasets: list[str] = field(default_factory=list)
+    protocol: str = "base2new"
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+    shots: list[int] = field(default_factory=lambda: [16])
+    backbone: str = "ViT-B-16"
+    pretrained: str = "openai"
+    weights: str | None = None
+    config_file: str | None = None
+    sets: list[str] = field(default_factory=list)
+    device: str = "auto"
+    results: Path | None = None
+    root: Path | None = None
+    force: bool = False
+    feature_cache: bool = True
+
+
+def plan_jobs(req: RunRequest, datasets: list[str]):
+    from cpbench.protocols import base2new
+
+    if req.protocol == "base2new":
+        if len(req.shots) != 1:
+            raise UserError("base2new takes one --shots value (16 in the papers)")
+        return base2new.plan(req.method, datasets, req.seeds, req.shots[0])
+    raise UserError(f"unknown protocol {req.protocol!r}; use one of {', '.join(PROTOCOLS)}")
+
+
+def execute(req: RunRequest, console: Console, out: Console) -> list[dict]:
+    from cpbench.data import prepare as prep
+    from cpbench.engine.precision import resolve_device
+    from cpbench.methods.registry import get_method_class
+    from cpbench.paths import data_root, results_root
+    from cpbench.protocols.jobs import RunSettings, job_config, run_job
+    from cpbench.results.store import ResultStore
+
+    get_method_class(req.method)
+    if req.protocol not in PROTOCOLS:
+        raise UserError(f"unknown protocol {req.protocol!r}; use one of {', '.join(PROTOCOLS)}")
+    for k in req.shots:
+        if k <= 0:
+            raise UserError(f"--shots must be positive integers (got {k})")
+    if not req.seeds:
+        raise UserError("--seeds needs at least one seed")
+    root = data_root(req.root)
+    datasets = list(dict.fromkeys(req.datasets)) or prep.prepared_names(root)
+    if not datasets:
+        raise UserError(f"no prepared datasets under {root}; run `cpbench prepare DATASET` first (or pass --root)")
+    for d in datasets:
+        prep.load(d, root)  # unknown or unprepared -> one clear line
+    settings = RunSettings(data_root=root, results_root=results_root(req.results), backbone=req.backbone,
+                           pretrained=req.pretrained, weights=req.weights, config_file=req.config_file,
+                           sets=req.sets, device=resolve_device(req.device), force=req.force,
+                           feature_cache=req.feature_cache)
+    jobs = plan_jobs(req, datasets)
+    for job in jobs:
+        job_config(job, settings)  # bad --set / --config fail before any work
+    from cpbench.models.backbone import load_backbone
+    from cpbench.progress import RichReporter
+
+    console.print(f"loading backbone {req.backbone} ({req.pretrained if not req.weights else req.weights})")
+    backbone = load_backbone(req.backbone, req.pretrained, req.weights)
+    store = ResultStore(settings.results_root)
+    rows: list[dict] = []
+    with RichReporter(console) as reporter:
+        for i, job in enumerate(jobs, 1):
+            reporter.job_started(job, i, len(jobs))
+            got = run_job(job, backbone, settings, store, reporter)
+            rows.extend(got or [])
+    out.print(f"{len(rows)} new result row(s) in {store.root}", highlight=False)
+    return rows
