@@ -70,7 +70,11 @@ def base2new_table(agg: pd.DataFrame) -> tuple[pd.DataFrame, list[str], int]:
             avg[(m, col + "_std")] = float("nan")
             avg[(m, col + "_n")] = min((r[(m, col + "_n")] for r in records), default=0)
     records.append(avg)
-    return pd.DataFrame(records), methods, max_seeds
+    index = [r.pop("dataset") for r in records]
+    table = pd.DataFrame(records, index=pd.Index(index, name="dataset"))
+    if len(table.columns):
+        table.columns = pd.MultiIndex.from_tuples(table.columns, names=["method", "field"])
+    return table, methods, max_seeds
 
 
 def _fmt(x: float, digits: int = 2) -> str:
@@ -86,8 +90,8 @@ def base2new_markdown(agg: pd.DataFrame, show_std: bool = True) -> str:
         header += [f"{m} Base", f"{m} New", f"{m} HM"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (3 * len(methods))) + "|"]
     flagged = False
-    for _, r in table.iterrows():
-        cells = [f"**{r['dataset']}**" if r["dataset"] == "Average" else str(r["dataset"])]
+    for dataset, r in table.iterrows():
+        cells = [f"**{dataset}**" if dataset == "Average" else str(dataset)]
         for m in methods:
             for col in ("Base", "New"):
                 cell = _fmt(r[(m, col)])
@@ -109,9 +113,9 @@ def base2new_markdown(agg: pd.DataFrame, show_std: bool = True) -> str:
 def base2new_csv(agg: pd.DataFrame) -> str:
     table, methods, _ = base2new_table(agg)
     rows = []
-    for _, r in table.iterrows():
+    for dataset, r in table.iterrows():
         for m in methods:
-            rows.append({"dataset": r["dataset"], "method": m, "base": r[(m, "Base")], "new": r[(m, "New")],
+            rows.append({"dataset": dataset, "method": m, "base": r[(m, "Base")], "new": r[(m, "New")],
                          "hm": r[(m, "HM")], "base_std": r[(m, "Base_std")], "new_std": r[(m, "New_std")],
                          "base_seeds": r[(m, "Base_n")], "new_seeds": r[(m, "New_n")]})
     return pd.DataFrame(rows).to_csv(index=False, float_format="%.4f")

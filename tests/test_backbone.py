@@ -1,0 +1,86 @@
+"""Prompt-aware encoders agree with open_clip, truncation is exact, deep prompts replace."""
+
+from __future__ import annotations
+
+import torch
+
+from cpbench.methods.coop import CoOp, CoOpOptions
+from cpbench.methods.zeroshot import ZeroShotCLIP, ZeroShotOptions
+
+NAMES = ["golden retriever", "tabby_cat", "airliner", "red fox", "sports car"]
+
+
+def test_text_encoder_matches_open_clip_and_truncation_is_exact(tiny_backbone):
+    b = tiny_backbone
+    texts = ["a photo of a dog.", "a much longer sentence about a small red striped triangle on grey.", "x"]
+    ids = b.tokenize(texts)
+    with torch.no_grad():
+        ref = b.clip.encode_text(ids)
+        b.text.truncate = False
+        full = b.text(b.token_embedding(ids), ids.argmax(-1))
+        b.text.truncate = True
+        cut = b.text(b.token_embedding(ids), ids.argmax(-1))
+    torch.testing.assert_close(full, ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(cut, ref, rtol=0, atol=1e-5)
+
+
+def test_image_encoder_matches_open_clip(tiny_backbone):
+    b = tiny_backbone
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(b.encode_image(x), b.clip.encode_image(x), rtol=0, atol=1e-5)
+        # an empty prompt set takes the explicit path and must agree too
+        torch.testing.assert_close(b.encode_image(x, prompts=torch.zeros(0, b.vision_width)),
+                                   b.clip.encode_image(x), rtol=0, atol=1e-5)
+
+
+def test_deep_prompts_replace_not_accumulate(tiny_backbone):
+    b = tiny_backbone
+    v = b.clip.visual
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    p0 = torch.randn(3, b.vision_width)
+    p1 = torch.randn(3, b.vision_width)
+    seen = []
+    hooks = [blk.register_forward_pre_hook(lambda m, a: seen.append(a[0].clone())) for blk in v.transformer.resblocks]
+    try:
+        with torch.no_grad():
+            b.encode_image(x, prompts=p0, deep=[None, p1])
+    finally:
+        for h in hooks:
+            h.remove()
+    n_tokens = 1 + (32 // 8) ** 2 + 3
+    assert [t.shape[1] for t in seen] == [n_tokens, n_tokens]
+    assert torch.equal(seen[1][:, -3:], p1.unsqueeze(0).expand(2, -1, -1))
+    # text side: tokens 1..n replaced before layer 1
+    ids = b.tokenize(["a photo of a cat."])
+    tp = torch.randn(2, b.text_width)
+    seen.clear()
+    hooks = [blk.register_forward_pre_hook(lambda m, a: seen.append(a[0].clone())) for blk in b.clip.transformer.resblocks]
+    try:
+        with torch.no_grad():
+            b.text(b.token_embedding(ids), ids.argmax(-1), deep=[None, tp])
+    finally:
+        for h in hooks:
+            h.remove()
+    assert seen[0].shape == seen[1].shape
+    assert torch.equal(seen[1][0, 1:3], tp)
+
+
+def test_coop_from_a_photo_of_a_equals_zeroshot(tiny_backbone):
+    coop = CoOp(tiny_backbone, NAMES, CoOpOptions(ctx_init="a photo of a"))
+    zs = ZeroShotCLIP(tiny_backbone, NAMES, ZeroShotOptions(template="a photo of a {}."))
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        a, z = coop(x), zs(x)
+    assert torch.equal(a, z), (a - z).abs().max()
+    assert coop.n_learnable() == 4 * tiny_backbone.text_width
+
+
+def test_coop_csc_and_positions_keep_eot(tiny_backbone):
+    for pos in ("end", "middle", "front"):
+        m = CoOp(tiny_backbone, NAMES, CoOpOptions(ctx_init="", n_ctx=4, class_token_position=pos, csc=True))
+        assert m.ctx.shape == (len(NAMES), 4, tiny_backbone.text_width)
+        prompts = m.assemble(m.ctx)
+        assert prompts.shape[:2] == (len(NAMES), tiny_backbone.clip.context_length)
+        feats = m.text_features()
+        assert feats.shape == (len(NAMES), tiny_backbone.embed_dim)
