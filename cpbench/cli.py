@@ -7,8 +7,12 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-import click
 import typer
+
+try:  # typer >= 0.20 vendors click as typer._click; older typer uses the click package
+    from typer._click import exceptions as click_exc
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_exc
 from rich.console import Console
 from rich.table import Table
 
@@ -50,7 +54,7 @@ def _fail(msg: str) -> None:
 
 @app.command()
 def prepare(
-    dataset: str = typer.Argument(..., help="dataset name (see `cpbench list`), or `all`"),
+    dataset: str = typer.Argument(..., help="dataset name (see `cpbench list`), `toy` (all toy datasets) or `all`"),
     shots: List[int] = typer.Option([], "--shots", help="few-shot sizes to pre-draw, e.g. --shots 1 2 4 8 16"),
     seeds: List[int] = typer.Option([1, 2, 3], "--seeds", help="seeds for the few-shot draws"),
     root: Optional[Path] = typer.Option(None, "--root", help="data root (default ./data or $CPBENCH_DATA)"),
@@ -64,7 +68,12 @@ def prepare(
     from cpbench.progress import ByteProgress
 
     root_path = data_root(root)
-    names = [n for n, s in all_specs().items() if s.kind != "manual"] if dataset == "all" else [dataset]
+    if dataset == "all":
+        names = [n for n, s in all_specs().items() if s.kind != "manual"]
+    elif dataset == "toy":  # every dataset of the embedded toy world
+        names = [n for n, s in all_specs().items() if s.kind == "generated"]
+    else:
+        names = [dataset]
     for name in names:
         prep.get_spec(name)
     for name in names:
@@ -175,12 +184,12 @@ def main() -> None:
         app(args=argv, prog_name="cpbench", standalone_mode=False)
     except UserError as exc:
         _fail(str(exc))
-    except click.exceptions.NoArgsIsHelpError:
+    except getattr(click_exc, "NoArgsIsHelpError", ()):
         raise SystemExit(0)
-    except click.exceptions.UsageError as exc:
+    except click_exc.UsageError as exc:
         hint = f" (see `cpbench {exc.ctx.info_name} --help`)" if exc.ctx and exc.ctx.info_name != "cpbench" else " (see `cpbench --help`)"
         _fail(exc.format_message() + hint)
-    except click.exceptions.Abort:
+    except typer.Abort:
         console.print("aborted")
         raise SystemExit(130)
     except KeyboardInterrupt:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,6 +140,7 @@ def _open_clip(spec: BackboneSpec) -> tuple[nn.Module, int, Preprocess]:
         raise UserError(f"unknown backbone {spec.name!r}; use `toy`, `local-dir:PATH` or an open_clip model "
                         f"name such as ViT-B-16 (see `cpbench list`)")
     pretrained = None if (spec.weights or spec.pretrained in ("none", "random", "")) else spec.pretrained
+    logging.disable(logging.ERROR)  # open_clip logs download failures itself; we say it in one line
     try:
         model = open_clip.create_model(spec.name, pretrained=pretrained, force_quick_gelu=spec.quick_gelu)
     except Exception as exc:  # offline, unknown tag, hub errors
@@ -146,6 +148,8 @@ def _open_clip(spec: BackboneSpec) -> tuple[nn.Module, int, Preprocess]:
             f"cannot load {spec.name} weights {spec.pretrained!r} ({exc.__class__.__name__}): offline? pass "
             f"--weights PATH to a local checkpoint, or use --backbone toy (the embedded offline backbone)"
         ) from None
+    finally:
+        logging.disable(logging.NOTSET)
     if spec.weights:
         state = _load_state(Path(spec.weights))
         try:
