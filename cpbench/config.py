@@ -41,6 +41,9 @@ class TrainConfig:
     num_workers: int = 0
     grad_clip: float = 0.0
     checkpoint: bool = True
+    # Opt-in approximation (off = paper-faithful): train on K cached augmented views of each
+    # image's frozen features instead of fresh augmentations; only for unprompted-image methods.
+    feature_views: int = 0
 
     def validate(self) -> "TrainConfig":
         if self.epochs < 0:
@@ -49,6 +52,8 @@ class TrainConfig:
             raise UserError("batch_size and test_batch_size must be >= 1")
         if self.lr <= 0:
             raise UserError("lr must be > 0")
+        if self.feature_views < 0:
+            raise UserError("feature_views must be >= 0 (0 = off)")
         if self.precision not in PRECISIONS:
             raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         return self

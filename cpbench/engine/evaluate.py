@@ -58,7 +58,10 @@ def encode_all(method: Method, items, image_root, device, precision: Precision, 
 @torch.no_grad()
 def evaluate(method: Method, items: Sequence[Item], image_root: Path, device: torch.device, precision: Precision,
              batch_size: int = 100, num_workers: int = 0, cache: FeatureCache | None = None,
-             dataset: str = "", on_batch: BatchCallback | None = None) -> EvalResult:
+             dataset: str = "", on_batch: BatchCallback | None = None,
+             context_per_batch: bool = False) -> EvalResult:
+    """``context_per_batch=True`` recomputes the class context for every batch (the official
+    repos' behaviour; only for speed comparisons — results are identical)."""
     started = time.time()
     method.eval()
     labels = torch.tensor([it.label for it in items])
@@ -84,6 +87,8 @@ def evaluate(method: Method, items: Sequence[Item], image_root: Path, device: to
             if precision.param_dtype == torch.float16:
                 images = images.half()
             with precision.autocast(device):
+                if context_per_batch:
+                    context = method.eval_context()
                 logits = method.logits_from_features(method.encode_images(images), context)
             preds.append(logits.argmax(dim=-1).cpu())
             if on_batch:

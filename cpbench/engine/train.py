@@ -66,6 +66,41 @@ def _load_optimizer_state(opt, params, tensors: dict[str, torch.Tensor]) -> None
             opt.state[p]["momentum_buffer"] = buf.to(p.device, p.dtype).clone()
 
 
+@torch.no_grad()
+def cached_views(method: Method, dataset: ImageList, cfg: TrainConfig, device: torch.device,
+                 precision: Precision, seed: int) -> torch.Tensor:
+    """[K, N, E] frozen features of K augmented views per training image (Tip-Adapter style).
+    An approximation of fresh per-epoch augmentation, recorded as such in the results row."""
+    out = []
+    was_training = method.training
+    method.eval()
+    for v in range(cfg.feature_views):
+        torch.manual_seed(epoch_seed(seed, 100_000 + v))
+        loader = DataLoader(dataset, batch_size=cfg.test_batch_size, shuffle=False, num_workers=cfg.num_workers)
+        feats = []
+        for images, _, _ in loader:
+            images = images.to(device)
+            if precision.param_dtype == torch.float16:
+                images = images.half()
+            with precision.autocast(device):
+                feats.append(method.encode_images(images).float())
+        out.append(torch.cat(feats))
+    method.train(was_training)
+    return torch.stack(out).to(device)
+
+
+def _feature_batches(views: torch.Tensor, labels: torch.Tensor, batch_size: int, drop_last: bool,
+                     gen: torch.Generator):
+    k, n = views.shape[0], views.shape[1]
+    order = torch.randperm(n, generator=gen)
+    pick = torch.randint(0, k, (n,), generator=gen)
+    for start in range(0, n, batch_size):
+        idx = order[start: start + batch_size]
+        if drop_last and len(idx) < batch_size:
+            break
+        yield views[pick[idx].to(views.device), idx.to(views.device)], labels[idx]
+
+
 def train(method: Method, items: Sequence[Item], image_root: Path, cfg: TrainConfig, device: torch.device,
           precision: Precision, seed: int, ckpt_dir: Path | None = None,
           on_epoch: EpochCallback | None = None, on_batch: BatchCallback | None = None) -> TrainResult:
@@ -85,6 +120,9 @@ def train(method: Method, items: Sequence[Item], image_root: Path, cfg: TrainCon
             start = resumed = int(meta["epoch"]) + 1
     dataset = ImageList(items, image_root, train_transform(method.backbone.preprocess))
     drop_last = len(dataset) >= cfg.batch_size
+    use_features = cfg.feature_views > 0 and method.feature_training and not method.image_prompted
+    views = cached_views(method, dataset, cfg, device, precision, seed) if use_features else None
+    labels_all = torch.tensor([it.label for it in items])
     last_loss = None
     seen = 0
     method.train()
@@ -95,19 +133,26 @@ def train(method: Method, items: Sequence[Item], image_root: Path, cfg: TrainCon
         eseed = epoch_seed(seed, epoch)
         torch.manual_seed(eseed)  # augmentation (main process) and in-forward sampling
         gen = torch.Generator().manual_seed(eseed)
-        loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=RandomSampler(dataset, generator=gen),
-                            drop_last=drop_last, num_workers=cfg.num_workers,
-                            pin_memory=device.type == "cuda", persistent_workers=False,
-                            generator=gen)
+        if views is not None:
+            batches = _feature_batches(views, labels_all, cfg.batch_size, drop_last, gen)
+            n_batches = len(items) // cfg.batch_size if drop_last else -(-len(items) // cfg.batch_size)
+        else:
+            loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=RandomSampler(dataset, generator=gen),
+                                drop_last=drop_last, num_workers=cfg.num_workers,
+                                pin_memory=device.type == "cuda", persistent_workers=False, generator=gen)
+            batches = ((x, y) for x, y, _ in loader)
+            n_batches = len(loader)
         total, count = 0.0, 0
-        n_batches = len(loader)
-        for b, (images, labels, _) in enumerate(loader):
-            images = images.to(device, non_blocking=True)
+        for b, (inputs, labels) in enumerate(batches):
+            inputs = inputs.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
-            if precision.param_dtype == torch.float16:
-                images = images.half()
+            if precision.param_dtype == torch.float16 and views is None:
+                inputs = inputs.half()
             with precision.autocast(device):
-                _, losses = method.forward_train(images, labels)
+                if views is not None:
+                    _, losses = method.forward_train_features(inputs, labels)
+                else:
+                    _, losses = method.forward_train(inputs, labels)
                 loss = sum(losses.values())
             opt.zero_grad(set_to_none=True)
             if scaler is not None:
@@ -124,7 +169,7 @@ def train(method: Method, items: Sequence[Item], image_root: Path, cfg: TrainCon
                 opt.step()
             total += float(loss.detach())
             count += 1
-            seen += images.shape[0]
+            seen += inputs.shape[0]
             if on_batch:
                 on_batch(b + 1, n_batches)
         method.on_epoch_end(epoch, cfg.epochs)

@@ -79,6 +79,7 @@ class Method(nn.Module):
     name: ClassVar[str] = "method"
     Options: ClassVar[type[Options]] = Options
     image_prompted: ClassVar[bool] = False   # prompts enter the image encoder: no image-feature caching
+    feature_training: ClassVar[bool] = False  # forward_train_features is valid (opt-in cached train views)
     trainable: ClassVar[bool] = True         # zero-shot CLIP / linear probe set this False / custom
 
     def __init__(self, backbone: Backbone, classnames: list[str], options: Options, template: str = "a photo of a {}."):
@@ -96,6 +97,12 @@ class Method(nn.Module):
     # ------------------------------------------------------------------ training
     def forward_train(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = self(images)
+        return logits, {"ce": F.cross_entropy(logits, labels)}
+
+    def forward_train_features(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Training step from precomputed (normalised, frozen) image features; only used when
+        ``feature_training`` is True and the user opted in with ``feature_views > 0``."""
+        logits = self.logits_from_features(features, self.eval_context())
         return logits, {"ce": F.cross_entropy(logits, labels)}
 
     def on_epoch_end(self, epoch: int, epochs: int) -> None:

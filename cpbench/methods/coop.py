@@ -29,6 +29,7 @@ class CoOpOptions(Options):
 class CoOp(Method):
     name = "coop"
     Options = CoOpOptions
+    feature_training = True
 
     def __init__(self, backbone, classnames, options: CoOpOptions, template="a photo of a {}."):
         super().__init__(backbone, classnames, options, template)

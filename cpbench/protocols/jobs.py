@@ -28,6 +28,7 @@ from cpbench.engine.cache import FeatureCache
 from cpbench.engine.evaluate import evaluate
 from cpbench.engine.precision import resolve_precision, seed_everything
 from cpbench.engine.train import train
+from cpbench.errors import UserError
 from cpbench.methods.registry import get_method_class
 from cpbench.models.backbone import Backbone
 from cpbench.results.schema import environment, now
@@ -128,6 +129,9 @@ def run_job(job: Job, backbone: Backbone, s: RunSettings, store: ResultStore,
     started_at = now()
     precision = resolve_precision(cfg.train.precision, s.device)
     cls = get_method_class(job.method)
+    if cfg.train.feature_views and (cls.image_prompted or not cls.feature_training):
+        raise UserError(f"feature_views (cached augmented train features) is not available for {job.method}: "
+                        "its image path is prompted or it needs the images; remove --set feature_views")
     ds = prep.load(job.train_dataset, s.data_root)
     train_items, names, (tr, va) = _subset_items(ds, job.train_subset, job.shots, job.seed, "train")
     seed_everything(job.seed)
@@ -178,6 +182,7 @@ def run_job(job: Job, backbone: Backbone, s: RunSettings, store: ResultStore,
             "epochs": epochs, "precision": precision.effective, "precision_requested": precision.requested,
             "n_learnable": method.n_learnable(),
             "feature_cache": ("test" if (cache is not None and not method.image_prompted) else "off"),
+            "train_features": (f"cached-aug:{cfg.train.feature_views}" if cfg.train.feature_views else "images"),
             "train_seconds": train_seconds, "eval_seconds": res.seconds, "device": str(s.device),
             "started_at": started_at, "finished_at": now(), **env,
         }

@@ -39,6 +39,7 @@ SCHEMA = pa.schema([
     ("precision_requested", pa.string()),
     ("n_learnable", pa.int64()),
     ("feature_cache", pa.string()),
+    ("train_features", pa.string()),
     ("train_seconds", pa.float64()),
     ("eval_seconds", pa.float64()),
     ("device", pa.string()),
