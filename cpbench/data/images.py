@@ -53,15 +53,32 @@ def load_image(path: Path) -> Image.Image:
 
 
 class ImageList(Dataset):
-    def __init__(self, items: Sequence[Item], image_root: Path, transform):
+    """Items as (transformed image, label, index).
+
+    ``keep_decoded`` (bytes): keep decoded images in memory up to this budget, so a few-shot
+    training set is decoded once rather than once per epoch (per process: with DataLoader
+    workers each worker keeps its own copy for the life of the loader)."""
+
+    def __init__(self, items: Sequence[Item], image_root: Path, transform, keep_decoded: int = 0):
         self.items = list(items)
         self.image_root = Path(image_root)
         self.transform = transform
+        self.keep_decoded = keep_decoded
+        self._decoded: dict[int, Image.Image] = {}
+        self._decoded_bytes = 0
 
     def __len__(self) -> int:
         return len(self.items)
 
+    def image(self, index: int) -> Image.Image:
+        img = self._decoded.get(index)
+        if img is None:
+            img = load_image(self.image_root / self.items[index].path)
+            size = img.width * img.height * 3
+            if self._decoded_bytes + size <= self.keep_decoded:
+                self._decoded[index] = img
+                self._decoded_bytes += size
+        return img
+
     def __getitem__(self, index: int):
-        item = self.items[index]
-        img = load_image(self.image_root / item.path)
-        return self.transform(img), torch.tensor(item.label), index
+        return self.transform(self.image(index)), torch.tensor(self.items[index].label), index

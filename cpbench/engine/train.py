@@ -25,6 +25,8 @@ from cpbench.engine import checkpoint
 from cpbench.engine.precision import Precision
 from cpbench.methods.base import Method
 
+DECODED_BUDGET = 2 << 30  # bytes of decoded training images kept in memory across epochs
+
 EpochCallback = Callable[[int, int, float], None]  # (epoch, epochs, mean loss)
 BatchCallback = Callable[[int, int], None]  # (batch, batches)
 
@@ -118,7 +120,7 @@ def train(method: Method, items: Sequence[Item], image_root: Path, cfg: TrainCon
             method.load_learned_state({k: v for k, v in tensors.items() if not k.startswith("__optim__.")})
             _load_optimizer_state(opt, params, tensors)
             start = resumed = int(meta["epoch"]) + 1
-    dataset = ImageList(items, image_root, train_transform(method.backbone.preprocess))
+    dataset = ImageList(items, image_root, train_transform(method.backbone.preprocess), keep_decoded=DECODED_BUDGET)
     drop_last = len(dataset) >= cfg.batch_size
     use_features = cfg.feature_views > 0 and method.feature_training and not method.image_prompted
     views = cached_views(method, dataset, cfg, device, precision, seed) if use_features else None
