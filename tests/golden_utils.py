@@ -214,6 +214,13 @@ def learnable_values(case: Case) -> dict[str, torch.Tensor]:
     return out
 
 
+def golden_eps(case: Case) -> torch.Tensor:
+    """BPL only: the recorded forward noise eps [L, 1, 512] (= torch.randn((L,1,512)) right after
+    torch.manual_seed(1000)); inject it if a method draws its noise differently."""
+    b = case["bpl"]
+    return torch.tensor(b["eps_full_flat"], dtype=torch.float32).view(*b["eps_stats"]["shape"])
+
+
 # ----------------------------------------------------------------------------- name maps
 def _identity(t: torch.Tensor) -> torch.Tensor:
     return t

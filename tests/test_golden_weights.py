@@ -61,3 +61,20 @@ def test_golden_clip_loads_the_weights_and_uses_quickgelu():
 def test_golden_files_are_plain_and_small():
     for p in GOLDEN_DIR.glob("*.json"):
         assert p.stat().st_size < 150_000, p
+
+
+def test_fixed_inputs_replay():
+    """Images, seeded learnables and BPL's recorded eps are what the README's recipes give."""
+    from golden_utils import golden_eps, golden_inputs, learnable_values
+
+    case = load_case("bpl_L2")
+    images, labels, classnames = golden_inputs(case)
+    assert images.shape == (2, 3, 64, 64) and labels.tolist() == [0, 1] and len(classnames) == 5
+    assert torch.equal(images, torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(7)))
+    values = learnable_values(case)
+    assert list(values) == [t["name"] for t in case.trainable]
+    assert torch.equal(values["prompt_learner.ctx"], 0.02 * torch.randn(4, 512, generator=torch.Generator().manual_seed(123)))
+    torch.manual_seed(1000)
+    assert torch.equal(golden_eps(case), torch.randn((10, 1, 512)))
+    eps = case["bpl"]["eps_stats"]
+    assert math.isclose(float(golden_eps(case).double().sum()), eps["sum"], rel_tol=1e-9)
