@@ -10,6 +10,8 @@ from cpbench.errors import UserError
 METHODS: dict[str, str] = {
     "zeroshot": "cpbench.methods.zeroshot:ZeroShotCLIP",
     "coop": "cpbench.methods.coop:CoOp",
+    "lamm": "cpbench.methods.lamm:LAMM",
+    "coop_lamm": "cpbench.methods.lamm:CoOpLAMM",
 }
 
 

@@ -1,0 +1,172 @@
+"""LAMM (Gao et al., AAAI'24): learnable label embeddings + a hierarchical loss (methods.md §3.2).
+
+The embeddings of the first ``L_lab`` BPE tokens of each class name become a learnable tensor
+``token_classes`` [C, L_lab, D] (official name), initialised from the name's token embeddings;
+a frozen copy ``fix_token`` keeps the initial value for the parameter loss. The prompt is
+``[SOS] ctx  token_classes[c]  <rest of the name> . [EOS]``. ``L_lab`` (``label_len``) = 0
+means the official CoOp-trainer rule: the minimum name length in tokens over the classes.
+
+Variants (one class each, the same code):
+- ``coop_lamm`` — CoOp + LAMM: ctx is learned too (the golden ``lamm_L2`` case);
+- ``lamm`` — the official ``--origin-clip``: ctx frozen at "a photo of a", only labels learn;
+- ``maple_lamm`` lives in ``maple_lamm.py`` once MaPLe exists (L_lab = 1 there).
+
+Hierarchical loss (``--triplet-loss``, on in every official script), terms as returned:
+- ``ce``      CE(z, y), z = s·f·tᵀ with the learned-label text features t;
+- ``param``   (1/K)·‖token_classes − fix_token‖²_F (MSE, reduction sum). K = ``param_shots``.
+  **Default 1**: the official few-shot / base-to-new scripts never pass ``--shots``, so the
+  official weight is 1 (only LAMM's continual "set" scripts pass 16). Set ``param_shots`` to
+  the shot count to follow the paper's text instead;
+- ``feature`` mean over samples i whose label differs from some other label in the batch of
+  1 − cos(t_{y_i}, stopgrad(t̄_{y_i})), t̄ = features of the same prompt with the ORIGINAL name
+  tokens and the current ctx (0 when no sample qualifies, e.g. a one-class batch);
+- ``logit``   0.05 · T²·CE_soft(input = z̄/T, target = softmax(z/T)), T = 2: the soft target is
+  the learned-label logits and is NOT detached (official ``distillation(t=logits, s=fix)``).
+
+Other class lists (new classes, ImageNet-A/R subsets, other datasets): label rows are kept by
+the *training class names*. ``set_classnames`` uses the learned row for every name that was
+trained and the original name tokens otherwise, so new classes get the plain CoOp prompt with
+the learned ctx, as the official ``--eval-only`` new-class path; a class list that mixes both
+(a DG subset of the training classes) uses each where it applies. Only ``end`` class-token
+position is supported (the official code raises otherwise).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cpbench.errors import UserError
+from cpbench.methods.base import clean
+from cpbench.methods.coop import CoOp, CoOpOptions
+
+
+@dataclass
+class CoOpLAMMOptions(CoOpOptions):
+    label_len: int = 0            # L_lab; 0 = min name length in tokens over the training classes
+    train_ctx: bool = True        # False = official --origin-clip (variant "lamm")
+    hierarchical_loss: bool = True  # official --triplet-loss
+    param_shots: int = 1          # K in (1/K)·MSE-sum; official scripts leave it at 1
+    feature_weight: float = 1.0
+    logit_weight: float = 0.05
+    temperature: float = 2.0
+    random_init: bool = False     # official --random-init: labels ~ N(0, 0.02²)
+
+
+@dataclass
+class LAMMOptions(CoOpLAMMOptions):
+    train_ctx: bool = False
+
+
+def distillation(teacher_logits: torch.Tensor, student_logits: torch.Tensor, T: float) -> torch.Tensor:
+    """T²·CE(student/T, softmax(teacher/T)), batch mean; the teacher keeps its gradient."""
+    p = F.softmax(teacher_logits / T, dim=1)
+    return F.cross_entropy(student_logits / T, p) * (T ** 2)
+
+
+def feature_loss(text: torch.Tensor, fix: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """mean over samples with a label that differs from some other label in the batch of
+    1 − cos(text[y_i], stopgrad(fix[y_i])); 0 if none qualifies."""
+    keep = (labels.unsqueeze(0) != labels.unsqueeze(1)).any(dim=1)
+    if not bool(keep.any()):
+        return text.new_zeros(())
+    idx = labels[keep]
+    cos = F.cosine_similarity(text[idx], fix[idx].detach(), dim=-1)
+    return (1 - cos).mean()
+
+
+class CoOpLAMM(CoOp):
+    name = "coop_lamm"
+    Options = CoOpLAMMOptions
+
+    def __init__(self, backbone, classnames, options: CoOpLAMMOptions, template="a photo of a {}."):
+        if options.class_token_position != "end":
+            raise UserError("LAMM supports class_token_position=end only (as the official code)")
+        if options.param_shots < 1:
+            raise UserError("param_shots must be >= 1 (the K of the (1/K)·MSE parameter loss)")
+        super().__init__(backbone, classnames, options, template)
+        if not options.train_ctx:
+            self.ctx.requires_grad_(False)
+        self.label_names = [clean(c) for c in classnames]
+        lens = [backbone.n_tokens(n) for n in self.label_names]
+        self.label_len = options.label_len or min(lens)
+        if self.label_len < 1 or self.label_len > min(lens):
+            raise UserError(f"label_len must be between 1 and the shortest class name ({min(lens)} tokens); 0 = that minimum")
+        ids = backbone.tokenize(self.label_names)
+        with torch.no_grad():
+            emb = backbone.token_embedding(ids)[:, 1: 1 + self.label_len].float().clone()
+        if options.random_init:
+            emb = torch.randn_like(emb) * 0.02
+        self.token_classes = nn.Parameter(emb.to(backbone.dtype))
+        # frozen copy for the parameter loss (persistent: with random_init it is not rebuildable)
+        self.register_buffer("fix_token", emb.to(backbone.dtype).clone())
+        self._build_label_index()
+
+    # ------------------------------------------------------------------ classes
+    def _build_label_index(self) -> None:
+        row = {n: i for i, n in enumerate(self.label_names)}
+        idx = torch.tensor([row.get(clean(c), -1) for c in self.classnames], dtype=torch.long)
+        self.register_buffer("label_row", idx, persistent=False)
+
+    def set_classnames(self, classnames):
+        super().set_classnames(classnames)
+        self._build_label_index()
+        self.label_row = self.label_row.to(self.ctx.device)
+
+    # ------------------------------------------------------------------ prompts
+    def learned_prompts(self, ctx: torch.Tensor) -> torch.Tensor:
+        """Original prompts with tokens 1+n_ctx .. +L_lab replaced by the learned label rows
+        for classes that were trained."""
+        base = self.assemble(ctx)
+        rows = self.label_row
+        if not bool((rows >= 0).any()):
+            return base
+        s = 1 + self.n_ctx
+        e = s + self.label_len
+        labels = self.token_classes[rows.clamp(min=0)].to(base.dtype)
+        mask = (rows >= 0).view(-1, 1, 1)
+        mid = torch.where(mask, labels, base[:, s:e])
+        return torch.cat([base[:, :s], mid, base[:, e:]], dim=1)
+
+    def text_features(self) -> torch.Tensor:
+        return self.backbone.text(self.learned_prompts(self.context()), self.prompts.eot)
+
+    # ------------------------------------------------------------------ training
+    def _train_losses(self, image_features: torch.Tensor, labels: torch.Tensor):
+        o = self.options
+        ctx = self.context()
+        scale = self.backbone.logit_scale.float()
+        if not o.hierarchical_loss:
+            text = F.normalize(self.text_features().float(), dim=-1)
+            logits = scale * image_features @ text.t()
+            return logits, {"ce": F.cross_entropy(logits, labels)}
+        c = self.prompts.n_cls
+        both = torch.cat([self.learned_prompts(ctx), self.assemble(ctx)], dim=0)
+        eot = torch.cat([self.prompts.eot, self.prompts.eot])
+        feats = F.normalize(self.backbone.text(both, eot).float(), dim=-1)
+        text, fix = feats[:c], feats[c:]
+        logits = scale * image_features @ text.t()
+        fix_logits = scale * image_features @ fix.t()
+        terms = {
+            "ce": F.cross_entropy(logits, labels),
+            "param": F.mse_loss(self.token_classes.float(), self.fix_token.float(), reduction="sum") / o.param_shots,
+            "feature": o.feature_weight * feature_loss(text, fix, labels),
+            "logit": o.logit_weight * distillation(logits, fix_logits, o.temperature),
+        }
+        return logits, terms
+
+    def forward_train(self, images, labels):
+        return self._train_losses(self.encode_images(images), labels)
+
+    def forward_train_features(self, features, labels):
+        return self._train_losses(features.float(), labels)
+
+
+class LAMM(CoOpLAMM):
+    """LAMM alone (official ``--origin-clip``): ctx frozen at "a photo of a"."""
+
+    name = "lamm"
+    Options = LAMMOptions
