@@ -12,6 +12,8 @@ METHODS: dict[str, str] = {
     "coop": "cpbench.methods.coop:CoOp",
     "lamm": "cpbench.methods.lamm:LAMM",
     "coop_lamm": "cpbench.methods.lamm:CoOpLAMM",
+    "coopvpt": "cpbench.methods.bpl:CoOpVPT",
+    "cocoopvpt": "cpbench.methods.bpl:CoCoOpVPT",
 }
 
 
