@@ -14,6 +14,7 @@ METHODS: dict[str, str] = {
     "coop_lamm": "cpbench.methods.lamm:CoOpLAMM",
     "coopvpt": "cpbench.methods.bpl:CoOpVPT",
     "cocoopvpt": "cpbench.methods.bpl:CoCoOpVPT",
+    "pre": "cpbench.methods.pre:PRE",
 }
 
 
