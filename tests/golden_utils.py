@@ -61,6 +61,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -381,7 +382,14 @@ def compare_grads(method: torch.nn.Module, case: Case, name_map: Mapping[str, An
 
 
 def assert_close(report: Mapping[str, float], tol: float, what: str = "") -> None:
-    """Assert every figure in ``report`` is <= ``tol`` (and finite); the message lists them all."""
+    """Assert every figure in ``report`` is <= ``tol`` (and finite); the message lists them all.
+    With ``CPBENCH_GOLDEN_LOG=path`` set, each report is also appended there as a JSON line
+    (test id, what, tol, figures) to tabulate max |Δ| per method."""
+    log = os.environ.get("CPBENCH_GOLDEN_LOG")
+    if log:
+        with open(log, "a") as f:
+            f.write(json.dumps({"test": os.environ.get("PYTEST_CURRENT_TEST", ""), "what": what, "tol": tol,
+                                "report": dict(report)}) + "\n")
     bad = {k: v for k, v in report.items() if not (v <= tol)}
     if bad:
         lines = "\n".join(f"  {k}: {v:.3g}" + ("   <-- over" if k in bad else "") for k, v in report.items())
