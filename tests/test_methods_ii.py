@@ -298,3 +298,115 @@ def test_pre_mlp1_shape_and_bad_encoder(tiny_backbone):
     assert [(l.in_features, l.out_features) for l in lin] == [(tiny_backbone.text_width, 64), (64, tiny_backbone.text_width)]
     with pytest.raises(Exception, match="encoder"):
         PRE(tiny_backbone, NAMES, PREOptions(encoder="transformer"))
+
+
+# ============================================================================ CPL
+from cpbench.methods.cpl import CPL, CPLOptions, contrastive_cf_loss, greedy_mask  # noqa: E402
+
+
+def _naive_greedy(v, vn, tp, tn):
+    """Reference: recompute every candidate's full normalised logit; returns the pick order."""
+    v, order = v.clone(), []
+    for _ in range(len(v)):
+        best, arg = -math.inf, -1
+        for i in range(len(v)):
+            if i in order:
+                continue
+            w = v.clone()
+            w[i] = vn[i]
+            s = float(F.normalize(w, dim=0) @ tn)
+            if s > best:
+                best, arg = s, i
+        order.append(arg)
+        v[arg] = vn[arg]
+        f = F.normalize(v, dim=0)
+        if float(f @ tn) > float(f @ tp):
+            break
+    return order
+
+
+def test_cpl_mask_search_flips_with_the_greedy_minimal_set_on_a_fixture():
+    # pos class = e0, neg class = e1. Step 1 swaps dim 1 (neg logit 2/√13.25 = 0.549, pos still
+    # 3/√13.25 = 0.824); step 2 swaps dim 0 (neg 2/√4.25 = 0.970 > pos 0): flipped with {0, 1}.
+    v = torch.tensor([[3.0, 0.0, 0.5, 0.0]])
+    vn = torch.tensor([[0.0, 2.0, 0.0, 1.0]])
+    tp, tn = torch.tensor([[1.0, 0.0, 0.0, 0.0]]), torch.tensor([[0.0, 1.0, 0.0, 0.0]])
+    mask = greedy_mask(v, vn, tp, tn)
+    assert mask.tolist() == [[True, True, False, False]]
+    assert _naive_greedy(v[0], vn[0], tp[0], tn[0]) == [1, 0]
+    swapped = torch.where(mask, vn, v)
+    f = F.normalize(swapped, dim=-1)
+    assert float(f @ tn[0]) > float(f @ tp[0])                   # the prediction flips
+    only_first = F.normalize(torch.tensor([3.0, 2.0, 0.5, 0.0]), dim=0)
+    assert float(only_first @ tn[0]) < float(only_first @ tp[0])  # one swap fewer does not
+
+
+def test_cpl_mask_search_matches_naive_greedy_on_random_batches():
+    g = torch.Generator().manual_seed(11)
+    v, vn = torch.randn(6, 16, generator=g), torch.randn(6, 16, generator=g)
+    tp, tn = F.normalize(torch.randn(6, 16, generator=g), dim=-1), F.normalize(torch.randn(6, 16, generator=g), dim=-1)
+    mask = greedy_mask(v, vn, tp, tn)
+    for b in range(6):
+        order = _naive_greedy(v[b], vn[b], tp[b], tn[b])
+        assert sorted(order) == mask[b].nonzero().flatten().tolist()
+        f = F.normalize(torch.where(mask[b], vn[b], v[b]), dim=0)
+        assert float(f @ tn[b]) > float(f @ tp[b]) or len(order) == 16
+
+
+def test_cpl_negative_class_is_most_similar_other_name(tiny_backbone):
+    m = CPL(tiny_backbone, NAMES, CPLOptions())
+    t = F.normalize(tiny_backbone.encode_text([n.replace("_", " ") for n in NAMES]).float(), dim=-1)
+    sim = t @ t.t()
+    for c in range(len(NAMES)):
+        others = [j for j in range(len(NAMES)) if j != c]
+        assert int(m.neg_class[c]) == max(others, key=lambda j: float(sim[c, j]))
+
+
+def test_cpl_loss_terms_equal_hand_computation_and_inference_is_cocoop(tiny_backbone):
+    bb = tiny_backbone
+    m = CPL(bb, NAMES, CPLOptions())
+    perturb(m.ctx, 7)
+    perturb(m.u, 8, 0.5)
+    g = torch.Generator().manual_seed(5)
+    m.set_negative_features(torch.randn(len(NAMES), bb.embed_dim, generator=g))
+    x, y = images(3, seed=2), torch.tensor([0, 3, 3])
+    logits, terms = m.forward_train(x, y)
+    with torch.no_grad():
+        raw = bb.encode_image(x).float()
+        f = F.normalize(raw, dim=-1)
+        s = bb.logit_scale.float()
+        ce_rows, cl, mask = [], 0.0, 0.0
+        for b in range(3):
+            yb, nb = int(y[b]), int(m.neg_class[y[b]])
+            ctx = m.ctx + m.meta_net(f[b])                      # CoCoOp: π(x) on every token
+            t = F.normalize(bb.text(m.prompts.assemble(ctx), m.prompts.eot).float(), dim=-1)
+            ce_rows.append(s * f[b] @ t.t())
+            tp, tn = F.normalize(m.name_text[yb], dim=0), F.normalize(m.name_text[nb], dim=0)
+            order = _naive_greedy(raw[b], m.neg_raw[yb], tp, tn)
+            ustar = -torch.ones(bb.embed_dim)
+            ustar[order] = 1
+            u = torch.clamp(0.999 * ustar + 0.001 * m.u[:, yb], 0, 1)
+            vcf = F.normalize((1 - u) * f[b] + u * F.normalize(m.neg_raw[yb], dim=0), dim=0)
+            pos = [float(t[c] @ f[b]) for c in range(len(NAMES))]
+            neg = [float(t[c] @ vcf) for c in range(len(NAMES))]
+            cl += sum(-math.log(math.exp(p) / (math.exp(p) + math.exp(q))) for p, q in zip(pos, neg)) / len(NAMES) / 3
+            mask += 0.07 * float(u.norm()) / 3
+        ref = torch.stack(ce_rows)
+    assert torch.allclose(logits.detach(), ref, atol=1e-4)
+    assert math.isclose(float(terms["ce"].detach()), float(F.cross_entropy(ref, y)), rel_tol=1e-5)
+    assert math.isclose(float(terms["cl"].detach()), cl, rel_tol=1e-5)
+    assert math.isclose(float(terms["mask"].detach()), mask, rel_tol=1e-5)
+    m.eval()
+    with torch.no_grad():
+        assert torch.allclose(m(x), ref, atol=1e-4)              # inference = CoCoOp
+    # the contrastive term by itself on fixed vectors
+    text = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    v, vc = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    hand = (-math.log(math.e / (math.e + 1)) - math.log(1 / (1 + math.e))) / 2
+    assert math.isclose(float(contrastive_cf_loss(text, v, vc)), hand, rel_tol=1e-6)
+
+
+def test_cpl_without_negatives_says_what_to_call(tiny_backbone):
+    m = CPL(tiny_backbone, NAMES, CPLOptions())
+    with pytest.raises(RuntimeError, match="prepare_training"):
+        m.forward_train(images(1), torch.tensor([0]))

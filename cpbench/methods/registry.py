@@ -15,6 +15,7 @@ METHODS: dict[str, str] = {
     "coopvpt": "cpbench.methods.bpl:CoOpVPT",
     "cocoopvpt": "cpbench.methods.bpl:CoCoOpVPT",
     "pre": "cpbench.methods.pre:PRE",
+    "cpl": "cpbench.methods.cpl:CPL",
 }
 
 

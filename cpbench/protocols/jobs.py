@@ -156,6 +156,8 @@ def run_job(job: Job, backbone: Backbone, s: RunSettings, store: ResultStore,
     elif cls.trainable and cfg.train.epochs > 0:
         reporter.phase(f"training {job.method} on {ds.name} ({len(train_items)} images, {cfg.train.epochs} epochs)",
                        cfg.train.epochs)
+        if hasattr(method, "prepare_training"):  # a method that needs the training images themselves (CPL)
+            method.prepare_training(train_items, ds.image_root, s.device)
         result = train(method, train_items, ds.image_root, cfg.train, s.device, precision, job.seed, ckpt_dir,
                        on_epoch=lambda e, E, loss: reporter.advance(e + 1, E))
         prev = checkpoint.read_meta(ckpt_dir, "epoch")
