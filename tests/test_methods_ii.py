@@ -410,3 +410,35 @@ def test_cpl_without_negatives_says_what_to_call(tiny_backbone):
     m = CPL(tiny_backbone, NAMES, CPLOptions())
     with pytest.raises(RuntimeError, match="prepare_training"):
         m.forward_train(images(1), torch.tensor([0]))
+
+
+# ============================================================================ end to end
+@pytest.fixture(scope="module")
+def caltech_1shot(tmp_path_factory):
+    from conftest import CALTECH_SRC
+
+    if not (CALTECH_SRC / "101_ObjectCategories.tar.gz").exists():
+        pytest.skip("../shared/datasets/caltech101 is not available")
+    from cpbench.data import prepare as prep
+
+    root = tmp_path_factory.mktemp("data1")
+    prep.prepare("caltech101", root, from_dir=CALTECH_SRC, shots=[1], seeds=[1])
+    return root
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("lamm", []), ("coop_lamm", []), ("pre", []), ("coopvpt", ["mc_samples=2"]),
+    ("cocoopvpt", ["mc_samples=1", "eval_chunk=20000"]), ("cpl", []),
+])
+def test_methods_ii_run_base_to_new_end_to_end(caltech_1shot, tmp_path, cli, method, extra):
+    res = tmp_path / "res"
+    rc, out, err = cli("run", method, "--dataset", "caltech101", "--backbone", "tiny", "--pretrained", "none",
+                       "--shots", "1", "--seeds", "1", "--root", str(caltech_1shot), "--results", str(res),
+                       "--device", "cpu", "--set", "epochs=1", "batch_size=10", *extra)
+    assert rc == 0, err
+    from cpbench.results.store import ResultStore
+
+    df = ResultStore(res).read().frame
+    assert sorted(df["subset"]) == ["base", "new"] and set(df["method"]) == {method}
+    assert (df["n_classes"] == 50).all() and df["accuracy"].between(0, 100).all()
+    assert (df["n_learnable"] > 0).all() and (df["epochs"] == 1).all()
