@@ -442,3 +442,17 @@ def test_methods_ii_run_base_to_new_end_to_end(caltech_1shot, tmp_path, cli, met
     assert sorted(df["subset"]) == ["base", "new"] and set(df["method"]) == {method}
     assert (df["n_classes"] == 50).all() and df["accuracy"].between(0, 100).all()
     assert (df["n_learnable"] > 0).all() and (df["epochs"] == 1).all()
+
+
+def test_bpl_eval_resample_draws_per_batch(tiny_backbone):
+    m = CoOpVPT(tiny_backbone, NAMES, BPLOptions(mc_samples=2, eval_resample=True))
+    m.eval()
+    f = F.normalize(tiny_backbone.encode_image(images(2)).float(), dim=-1)
+    with torch.no_grad():
+        ctx = m.eval_context()
+        assert ctx is None
+        a, b = m.logits_from_features(f, ctx), m.logits_from_features(f, ctx)
+        assert not torch.allclose(a, b)          # fresh noise per call
+        m.options.eval_resample = False
+        c = m.eval_context()
+        assert torch.equal(m.logits_from_features(f, c), m.logits_from_features(f, c))

@@ -25,9 +25,10 @@ broadcast against the context [1, M, D]); here each image gets its own L samples
 prompts, so any batch size is correct (at batch 1 it is the official computation). ``coopvpt``
 is batch-independent anyway. The YAML default is the official batch 1.
 
-Evaluation sampling (deviation, for speed): ``coopvpt`` draws one set of L fresh samples per
-evaluation (``eval_context``) and uses it for every test image; the official code draws new
-samples per test batch. ``forward`` (one call) always draws fresh samples. ``cocoopvpt`` draws
+Evaluation sampling (deviation by default, for speed): ``coopvpt`` draws one set of L fresh
+samples per evaluation (``eval_context``) and uses it for every test image; the official code
+draws new samples per test batch (``eval_resample: true`` does that, at L·C text encodings per
+batch). ``forward`` (one call) always draws fresh samples. ``cocoopvpt`` draws
 fresh samples per image, as the official batch-1 evaluation.
 """
 
@@ -53,6 +54,7 @@ class BPLOptions(Options):
     mc_samples: int = 10      # official TRAINER.VPT.L (the scripts override it per dataset)
     kl_weight: float = 0.001
     eval_chunk: int = 4096    # cocoopvpt: max prompts per text-encoder call at evaluation (memory only)
+    eval_resample: bool = False  # coopvpt: fresh L samples per test batch (official) instead of per evaluation
 
 
 class InferenceBlock(nn.Module):
@@ -172,10 +174,15 @@ class CoOpVPT(Method):
 
     # ------------------------------------------------------------------ evaluation
     def eval_context(self) -> Any:
+        if self.options.eval_resample:
+            return None
         mu, logvar = self.posterior(None)
         return self.shifted_text_features(self.sample(mu, logvar)[:, 0])   # [L, C, D]
 
     def logits_from_features(self, image_features, context):
+        if context is None:
+            mu, logvar = self.posterior(None)
+            context = self.shifted_text_features(self.sample(mu, logvar)[:, 0])
         logits = self.backbone.logit_scale.float() * torch.einsum("bd,lcd->lbc", image_features.float(), context)
         return mc_log_mean_prob(logits)
 
