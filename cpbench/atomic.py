@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -9,20 +10,35 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from cpbench import faults
+from cpbench.errors import UserError
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path next to ``path``; on success it is renamed onto ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise UserError(f"cannot create a file in {path.parent} ({exc.strerror}); choose a writable folder "
+                        "with free space") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        faults.point("write")  # test hook (inert): a crash with the temp file written, not renamed
         os.replace(tmp_path, path)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"no space left on the device while writing {path}; free some space "
+                            "(or point --results/--root elsewhere) and re-run: finished work is kept") from None
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise UserError(f"cannot write {path} ({os.strerror(exc.errno)}); choose a writable folder") from None
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from cpbench.config import TrainConfig
 from cpbench.data.images import ImageList, train_transform
 from cpbench.data.splits import Item
+from cpbench import faults
 from cpbench.engine import checkpoint
 from cpbench.engine.precision import Precision
 from cpbench.methods.base import Method
@@ -68,6 +69,25 @@ def _load_optimizer_state(opt, params, tensors: dict[str, torch.Tensor]) -> None
             opt.state[p]["momentum_buffer"] = buf.to(p.device, p.dtype).clone()
 
 
+def _scaler_state(scaler) -> dict[str, torch.Tensor]:
+    """fp16 loss-scaler state (scale, growth tracker), so a resumed run scales as an uninterrupted one."""
+    if scaler is None or not scaler.is_enabled():
+        return {}
+    st = scaler.state_dict()
+    if not st:
+        return {}
+    return {"__scaler__.scale": torch.tensor([float(st["scale"])], dtype=torch.float64),
+            "__scaler__.growth_tracker": torch.tensor([int(st["_growth_tracker"])], dtype=torch.int64)}
+
+
+def _load_scaler_state(scaler, tensors: dict[str, torch.Tensor]) -> None:
+    if scaler is None or "__scaler__.scale" not in tensors:
+        return
+    st = scaler.state_dict()
+    st.update(scale=float(tensors["__scaler__.scale"][0]), _growth_tracker=int(tensors["__scaler__.growth_tracker"][0]))
+    scaler.load_state_dict(st)
+
+
 @torch.no_grad()
 def cached_views(method: Method, dataset: ImageList, cfg: TrainConfig, device: torch.device,
                  precision: Precision, seed: int) -> torch.Tensor:
@@ -112,14 +132,16 @@ def train(method: Method, items: Sequence[Item], image_root: Path, cfg: TrainCon
         return TrainResult(0, 0.0, None, None, 0)
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler(device.type) if precision.grad_scaler else None
-    start, resumed = 0, None
+    start, resumed, before = 0, None, 0.0
     if ckpt_dir is not None:
         found = checkpoint.load(ckpt_dir, "epoch")
         if found is not None:
             tensors, meta = found
-            method.load_learned_state({k: v for k, v in tensors.items() if not k.startswith("__optim__.")})
+            method.load_learned_state({k: v for k, v in tensors.items() if not k.startswith(("__optim__.", "__scaler__."))})
             _load_optimizer_state(opt, params, tensors)
+            _load_scaler_state(scaler, tensors)
             start = resumed = int(meta["epoch"]) + 1
+            before = float(meta.get("train_seconds", 0.0))  # training time spent before the interruption
     dataset = ImageList(items, image_root, train_transform(method.backbone.preprocess), keep_decoded=DECODED_BUDGET)
     drop_last = len(dataset) >= cfg.batch_size
     use_features = cfg.feature_views > 0 and method.feature_training and not method.image_prompted
@@ -174,13 +196,17 @@ def train(method: Method, items: Sequence[Item], image_root: Path, cfg: TrainCon
             seen += inputs.shape[0]
             if on_batch:
                 on_batch(b + 1, n_batches)
+            faults.point("batch")  # test hook (inert unless CPBENCH_FAULT_AT is set)
         method.on_epoch_end(epoch, cfg.epochs)
         last_loss = total / max(1, count)
         if ckpt_dir is not None and cfg.checkpoint:
-            checkpoint.save(ckpt_dir, "epoch", {**method.learned_state(), **_optimizer_state(opt, params)},
-                            {"epoch": epoch, "epochs": cfg.epochs, "loss": last_loss, "lr": lr})
+            checkpoint.save(ckpt_dir, "epoch",
+                            {**method.learned_state(), **_optimizer_state(opt, params), **_scaler_state(scaler)},
+                            {"epoch": epoch, "epochs": cfg.epochs, "loss": last_loss, "lr": lr,
+                             "train_seconds": before + time.time() - started})
         if on_epoch:
             on_epoch(epoch, cfg.epochs, last_loss)
     method.on_train_end()
     method.eval()
-    return TrainResult(cfg.epochs - start, time.time() - started, resumed, last_loss, seen)
+    # seconds: total training time of the run, including the time spent before a resume
+    return TrainResult(cfg.epochs - start, before + time.time() - started, resumed, last_loss, seen)

@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 import torch
+from filelock import FileLock
 
+from cpbench import faults
 from cpbench.config import ResolvedConfig, resolve
 from cpbench.data import prepare as prep
 from cpbench.data.splits import subsample_classes
@@ -27,7 +29,7 @@ from cpbench.engine import checkpoint
 from cpbench.engine.cache import FeatureCache
 from cpbench.engine.evaluate import evaluate
 from cpbench.engine.precision import resolve_precision, seed_everything
-from cpbench.engine.train import train
+from cpbench.engine.train import epoch_seed, train
 from cpbench.errors import UserError
 from cpbench.methods.registry import get_method_class
 from cpbench.models.backbone import Backbone
@@ -126,6 +128,20 @@ def run_job(job: Job, backbone: Backbone, s: RunSettings, store: ResultStore,
     if store.has(key) and not s.force:
         reporter.job_skipped(job)
         return None
+    # One process at a time per training key (parallel workers, a second `cpbench run` on the same
+    # results): the second waits, then finds the shard written and skips, or the final checkpoint
+    # and only evaluates. flock locks die with their process, so a killed run leaves no stale lock.
+    lock_path = s.results_root / "locks" / f"{training_key(job, cfg, s)}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(lock_path)):
+        if store.has(key) and not s.force:
+            reporter.job_skipped(job)
+            return None
+        return _run_job_locked(job, cfg, key, backbone, s, store, reporter)
+
+
+def _run_job_locked(job: Job, cfg: ResolvedConfig, key: str, backbone: Backbone, s: RunSettings,
+                    store: ResultStore, reporter: Reporter) -> list[dict]:
     started_at = now()
     precision = resolve_precision(cfg.train.precision, s.device)
     cls = get_method_class(job.method)
@@ -160,13 +176,15 @@ def run_job(job: Job, backbone: Backbone, s: RunSettings, store: ResultStore,
             method.prepare_training(train_items, ds.image_root, s.device)
         result = train(method, train_items, ds.image_root, cfg.train, s.device, precision, job.seed, ckpt_dir,
                        on_epoch=lambda e, E, loss: reporter.advance(e + 1, E))
-        prev = checkpoint.read_meta(ckpt_dir, "epoch")
-        train_seconds = result.seconds + (float(prev.get("train_seconds_before", 0.0)) if prev else 0.0)
+        train_seconds = result.seconds  # includes the time trained before an interruption
         checkpoint.save(ckpt_dir, "final", method.learned_state(), {"epoch": cfg.train.epochs, "train_seconds": train_seconds})
     env = environment()
     run_id = uuid.uuid4().hex[:12]
     rows = []
-    for target in job.targets:
+    for ti, target in enumerate(job.targets):
+        # the same RNG state for each evaluation whether training ran now, resumed or was loaded
+        # from the final checkpoint (methods that sample at test time, e.g. Bayesian prompts)
+        torch.manual_seed(epoch_seed(job.seed, 200_000 + ti))
         tds = ds if target.dataset == ds.name else prep.load(target.dataset, s.data_root)
         items, tnames, _ = _subset_items(tds, target.subset, job.shots if tds is ds else 0, job.seed, "test")
         method.set_classnames(tnames)
@@ -174,7 +192,7 @@ def run_job(job: Job, backbone: Backbone, s: RunSettings, store: ResultStore,
         reporter.phase(f"evaluating on {tds.name}/{target.subset} ({len(items)} images)")
         res = evaluate(method, items, tds.image_root, s.device, precision, cfg.train.test_batch_size,
                        cfg.train.num_workers, cache=cache, dataset=tds.name,
-                       on_batch=reporter.advance)
+                       on_batch=lambda b, n: (reporter.advance(b, n), faults.point("eval")))
         row = {
             "run_id": run_id, "job_key": key, "method": job.method, "protocol": job.protocol,
             "train_dataset": job.train_dataset, "eval_dataset": tds.name, "subset": target.subset,
