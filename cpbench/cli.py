@@ -108,14 +108,30 @@ def run(
     root: Optional[Path] = typer.Option(None, "--root", help="data root (default ./data or $CPBENCH_DATA)"),
     force: bool = typer.Option(False, "--force", help="re-run jobs whose rows already exist"),
     no_cache: bool = typer.Option(False, "--no-cache", help="do not use cached frozen image features"),
+    launcher: str = typer.Option("none", "--launcher", help="none (here) | local (one worker per GPU) | slurm (submitit)"),
+    gpus: Optional[str] = typer.Option(None, "--gpus", help="--launcher local: GPUs, one worker each, e.g. 0,1,2,3"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="list the jobs (done/todo) without running them"),
+    partition: Optional[str] = typer.Option(None, "--partition", help="--launcher slurm: partition"),
+    time_limit: str = typer.Option("4:00", "--time", help="--launcher slurm: time limit per job, minutes or h:mm"),
+    gpus_per_job: int = typer.Option(1, "--gpus-per-job", help="--launcher slurm: GPUs per array task"),
+    cpus_per_job: int = typer.Option(8, "--cpus-per-job", help="--launcher slurm: CPUs per array task"),
+    array_parallelism: int = typer.Option(64, "--array-parallelism", help="--launcher slurm: tasks running at once"),
+    account: Optional[str] = typer.Option(None, "--account", help="--launcher slurm: account"),
 ) -> None:
     """Train and evaluate METHOD under a protocol; one Parquet row per evaluation."""
     from cpbench.runner import RunRequest, execute
 
+    slurm = {}
+    if launcher == "slurm":
+        from cpbench.launch.slurm import parse_time
+
+        slurm = dict(partition=partition, time_min=parse_time(time_limit), gpus_per_job=gpus_per_job,
+                     cpus_per_job=cpus_per_job, array_parallelism=array_parallelism, account=account)
     req = RunRequest(method=method, datasets=list(dataset), protocol=protocol, seeds=list(seeds), shots=list(shots),
                      backbone=backbone, pretrained=pretrained, weights=weights,
                      config_file=str(config) if config else None, sets=list(sets), device=device,
-                     results=results, root=root, force=force, feature_cache=not no_cache)
+                     results=results, root=root, force=force, feature_cache=not no_cache,
+                     launcher=launcher, gpus=gpus, dry_run=dry_run, slurm=slurm)
     execute(req, console, out)
 
 

@@ -30,6 +30,11 @@ class RunRequest:
     root: Path | None = None
     force: bool = False
     feature_cache: bool = True
+    # scaling out (issue 8): "none" runs here, "local" one worker per GPU, "slurm" via submitit
+    launcher: str = "none"
+    gpus: str | None = None
+    dry_run: bool = False
+    slurm: dict = field(default_factory=dict)   # SlurmOptions fields: partition, time_min, gpus_per_job, ...
 
 
 def plan_jobs(req: RunRequest, datasets: list[str]):
@@ -51,6 +56,8 @@ def execute(req: RunRequest, console: Console, out: Console) -> list[dict]:
     from cpbench.results.store import ResultStore
 
     get_method_class(req.method)
+    if req.launcher not in ("none", "local", "slurm"):
+        raise UserError(f"unknown launcher {req.launcher!r}; use none, local or slurm")
     if req.protocol not in PROTOCOLS:
         raise UserError(f"unknown protocol {req.protocol!r}; use one of {', '.join(PROTOCOLS)}")
     for k in req.shots:
@@ -71,6 +78,10 @@ def execute(req: RunRequest, console: Console, out: Console) -> list[dict]:
     jobs = plan_jobs(req, datasets)
     for job in jobs:
         job_config(job, settings)  # bad --set / --config fail before any work
+    if req.dry_run or req.launcher != "none":
+        from cpbench.launch import run as launch_run
+
+        return launch_run(req, settings, jobs, console, out)
     from cpbench.models.backbone import load_backbone
     from cpbench.progress import RichReporter
 

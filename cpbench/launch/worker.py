@@ -1,0 +1,66 @@
+"""A worker process: ``python -m cpbench.launch.worker`` runs jobs given as JSON payloads.
+
+- ``--payload FILE``: run the one job in FILE (SLURM array tasks);
+- no argument: read one JSON payload per line on stdin and answer one JSON line per job on
+  stdout (``{"ok": true, "rows": N}`` or ``{"ok": false, "error": "..."}``): the local launcher's
+  queue. The backbone is loaded once per worker and reused for every job with the same one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from cpbench.errors import UserError
+from cpbench.launch import job_from_payload, settings_from_payload
+
+
+class Worker:
+    def __init__(self) -> None:
+        self._backbone = None
+        self._backbone_key = None
+
+    def run(self, payload: dict) -> dict:
+        from cpbench.models.backbone import load_backbone
+        from cpbench.protocols.jobs import run_job
+        from cpbench.results.store import ResultStore
+
+        try:
+            job, s = job_from_payload(payload), settings_from_payload(payload)
+            key = (s.backbone, s.pretrained, s.weights)
+            if key != self._backbone_key:
+                self._backbone, self._backbone_key = load_backbone(s.backbone, s.pretrained, s.weights), key
+            rows = run_job(job, self._backbone, s, ResultStore(s.results_root))
+            return {"ok": True, "rows": len(rows or []), "skipped": rows is None, "job": job.describe()}
+        except UserError as exc:
+            return {"ok": False, "error": str(exc), "job": payload.get("job", {}).get("method", "?")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m cpbench.launch.worker")
+    ap.add_argument("--payload", type=Path, help="run the one job in this JSON file")
+    args = ap.parse_args(argv)
+    worker = Worker()
+    if args.payload:
+        res = worker.run(json.loads(args.payload.read_text(encoding="utf-8")))
+        print(json.dumps(res), flush=True)
+        if not res["ok"]:
+            print(f"error: {res['error']}", file=sys.stderr)
+        return 0 if res["ok"] else 2
+    # answers go to the original stdout; anything else printed (libraries, warnings) to stderr
+    proto = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        proto.write(json.dumps(worker.run(json.loads(line))) + "\n")
+        proto.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
