@@ -26,6 +26,7 @@ class LocalSummary:
     failed: list[tuple[str, str]] = field(default_factory=list)
     rows: int = 0
     by_worker: dict[str, int] = field(default_factory=dict)
+    answers: list[dict] = field(default_factory=list)   # the workers' JSON answers, in arrival order
 
 
 def _spawn(gpu: str) -> subprocess.Popen:
@@ -69,6 +70,7 @@ def run_local(jobs, settings: dict, gpus: list[str], say=print) -> LocalSummary:
                 else:
                     ans = json.loads(line)
                 with lock:
+                    summary.answers.append(ans)
                     if ans["ok"]:
                         (summary.skipped if ans.get("skipped") else summary.done).append(job.describe())
                         summary.rows += ans["rows"]

@@ -34,7 +34,8 @@ class Worker:
             if key != self._backbone_key:
                 self._backbone, self._backbone_key = load_backbone(s.backbone, s.pretrained, s.weights), key
             rows = run_job(job, self._backbone, s, ResultStore(s.results_root))
-            return {"ok": True, "rows": len(rows or []), "skipped": rows is None, "job": job.describe()}
+            return {"ok": True, "rows": len(rows or []), "skipped": rows is None, "job": job.describe(),
+                    "visible_gpus": os.environ.get("CUDA_VISIBLE_DEVICES"), "pid": os.getpid()}
         except UserError as exc:
             return {"ok": False, "error": str(exc), "job": payload.get("job", {}).get("method", "?")}
 
