@@ -154,7 +154,8 @@ def report(
     store = ResultStore(results_root(results))
     read = store.read()
     for path in read.corrupt:
-        console.print(f"[yellow]warning:[/] skipped unreadable results shard {path}")
+        console.print(f"[yellow]warning:[/] skipped unreadable results shard {path} (delete it and re-run its job)",
+                      highlight=False, soft_wrap=True)
     if read.frame.empty:
         raise UserError(f"no results under {store.root}; run `cpbench run METHOD` first (or pass --results DIR)")
     agg = rep.aggregate(read.frame)
