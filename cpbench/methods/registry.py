@@ -16,6 +16,12 @@ METHODS: dict[str, str] = {
     "cocoopvpt": "cpbench.methods.bpl:CoCoOpVPT",
     "pre": "cpbench.methods.pre:PRE",
     "cpl": "cpbench.methods.cpl:CPL",
+    "cocoop": "cpbench.methods.cocoop:CoCoOp",
+    "ivlp": "cpbench.methods.ivlp:IVLP",
+    "maple": "cpbench.methods.maple:MaPLe",
+    "promptsrc": "cpbench.methods.promptsrc:PromptSRC",
+    "kgcoop": "cpbench.methods.kgcoop:KgCoOp",
+    "linear_probe": "cpbench.methods.linear_probe:LinearProbe",
 }
 
 

@@ -8,7 +8,12 @@ from cpbench.protocols.jobs import Job, Target
 
 
 def plan(method: str, datasets: list[str], seeds: list[int], shots: int = 16) -> list[Job]:
+    from cpbench.methods.registry import METHODS, get_method_class
+
+    # a method that cannot score unseen classes (linear probe: new_classes = False) gets base only
+    new = method not in METHODS or getattr(get_method_class(method), "new_classes", True)
+    subsets = ("base", "new") if new else ("base",)
     return [
-        Job(method, "base2new", d, "base", shots, seed, (Target(d, "base"), Target(d, "new")))
+        Job(method, "base2new", d, "base", shots, seed, tuple(Target(d, s) for s in subsets))
         for d in datasets for seed in seeds
     ]

@@ -1,0 +1,91 @@
+"""Methods I against the OFFICIAL code's numbers (tests/golden/, see its README): CoCoOp
+(KaiyangZhou/CoOp ff61507), MaPLe and IVLP (multimodal-prompt-learning 69bce21), PromptSRC
+(PromptSRC bb95c77), KgCoOp (htyao89/KgCoOp c43ccc3): eval logits, every loss term and the
+gradients of every trainable tensor, at 2 layers and (deep prompts, depth 9) 9 layers."""
+
+from __future__ import annotations
+
+import pytest
+from golden_utils import (GRAD_RTOL, LOGIT_ATOL, LOSS_RTOL, GOLDEN_DIR, Slot, assert_close, compare_grads,
+                          compare_logits, compare_losses, constructor_init_gaps, eval_logits, golden_backbone,
+                          golden_inputs, load_case, official_losses, set_learnables, train_step)
+
+
+def _ivlp_map(layers: int) -> dict:
+    m = {"prompt_learner.ctx": "ctx", "image_encoder.VPT": "VPT"}
+    for k in range(1, min(9, layers)):
+        m[f"text_encoder.transformer.resblocks.{k}.VPT_shallow"] = Slot("deep_text", k - 1)
+        m[f"image_encoder.transformer.resblocks.{k}.VPT_shallow"] = Slot("deep_vision", k - 1)
+    return m
+
+
+def _maple_map(layers: int) -> dict:
+    m = {"prompt_learner.ctx": "ctx", "prompt_learner.proj.weight": "proj.weight", "prompt_learner.proj.bias": "proj.bias"}
+    for j in range(8):
+        used = j + 1 < layers
+        m[f"prompt_learner.compound_prompts_text.{j}"] = f"compound_prompts_text.{j}" if used else None
+        for p in ("weight", "bias"):
+            m[f"prompt_learner.compound_prompt_projections.{j}.{p}"] = \
+                f"compound_prompt_projections.{j}.{p}" if used else None
+    return m
+
+
+COCOOP_MAP = {"prompt_learner.ctx": "ctx",
+              **{f"prompt_learner.meta_net.{l}.{p}": f"meta_net.{l}.{p}" for l in ("linear1", "linear2")
+                 for p in ("weight", "bias")}}
+
+
+def _build(name: str, case):
+    _, _, classnames = golden_inputs(case)
+    bb = golden_backbone(case)
+    layers = case.weights["text_layers"]
+    if name == "cocoop":
+        from cpbench.methods.cocoop import CoCoOp, CoCoOpOptions
+
+        return CoCoOp(bb, classnames, CoCoOpOptions(n_ctx=4, ctx_init="a photo of a")), COCOOP_MAP
+    if name == "ivlp":
+        from cpbench.methods.ivlp import IVLP, IVLPOptions
+
+        return IVLP(bb, classnames, IVLPOptions(n_ctx_text=2, n_ctx_vision=2)), _ivlp_map(layers)
+    if name == "maple":
+        from cpbench.methods.maple import MaPLe, MaPLeOptions
+
+        return MaPLe(bb, classnames, MaPLeOptions(n_ctx=2, depth=9)), _maple_map(layers)
+    if name == "promptsrc":
+        from cpbench.methods.promptsrc import PromptSRC, PromptSRCOptions
+
+        return PromptSRC(bb, classnames, PromptSRCOptions()), _ivlp_map(layers)
+    if name == "kgcoop":
+        from cpbench.methods.kgcoop import KgCoOp, KgCoOpOptions
+
+        return KgCoOp(bb, classnames, KgCoOpOptions(template="a photo of a {}.")), {"prompt_learner.ctx": "ctx"}
+    raise KeyError(name)
+
+
+def _expected(name: str, L: dict, case) -> dict:
+    if name == "promptsrc":
+        numel = len(case["inputs"]["labels"]) * len(case["inputs"]["classnames"])
+        return {"ce": L["ce"], "text": 25 * L["l1_text"], "image": 10 * L["l1_image"], "kl": L["kl_sum"] / numel}
+    if name == "kgcoop":
+        return {"ce": L["ce"], "kg": 8.0 * L["kg"]}
+    return {"ce": L["ce"]}
+
+
+CASES = ["cocoop_L2", "ivlp_L2", "ivlp_L9", "maple_L2", "maple_L9", "promptsrc_L2", "promptsrc_L9", "kgcoop_L2"]
+
+
+@pytest.mark.parametrize("case_name", CASES)
+def test_methods_i_match_official(case_name):
+    if not (GOLDEN_DIR / f"{case_name}.json").exists():
+        pytest.skip(f"tests/golden/{case_name}.json not present")
+    name = case_name.rsplit("_", 1)[0]
+    case = load_case(case_name)
+    images, labels, _ = golden_inputs(case)
+    method, name_map = _build(name, case)
+    if case.data.get("constructor_init"):
+        assert_close(constructor_init_gaps(method, case, name_map), 1e-6, "constructor init")
+    set_learnables(method, case, name_map)
+    assert_close(compare_logits(eval_logits(method, images), case), LOGIT_ATOL, "eval logits")
+    terms = train_step(method, images, labels)
+    assert_close(compare_losses(terms, _expected(name, official_losses(case), case), case), LOSS_RTOL, "loss terms")
+    assert_close(compare_grads(method, case, name_map), GRAD_RTOL, "gradients")
