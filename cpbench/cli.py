@@ -45,6 +45,7 @@ def _expand_lists(argv: list[str]) -> list[str]:
 
 
 def _fail(msg: str) -> None:
+    msg = msg.encode("utf-8", "backslashreplace").decode("utf-8")  # non-UTF-8 file names print escaped
     console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
     raise SystemExit(2)
 

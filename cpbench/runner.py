@@ -75,6 +75,8 @@ def execute(req: RunRequest, console: Console, out: Console) -> list[dict]:
                            pretrained=req.pretrained, weights=req.weights, config_file=req.config_file,
                            sets=req.sets, device=resolve_device(req.device), force=req.force,
                            feature_cache=req.feature_cache)
+    if settings.results_root.exists() and not settings.results_root.is_dir():
+        raise UserError(f"--results {settings.results_root} is a file; pass a folder (it is created if missing)")
     jobs = plan_jobs(req, datasets)
     for job in jobs:
         job_config(job, settings)  # bad --set / --config fail before any work

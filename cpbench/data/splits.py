@@ -66,7 +66,32 @@ def _items(rows: Iterable, where: str) -> tuple[Item, ...]:
 def split_from_json(obj: dict, where: str = "split") -> Split:
     if not isinstance(obj, dict) or any(k not in obj for k in ("train", "val", "test")):
         raise UserError(f"{where}: not a CoOp split (needs train/val/test lists); re-download it")
-    return Split(*(_items(obj[k], f"{where} [{k}]") for k in ("train", "val", "test")))
+    split = Split(*(_items(obj[k], f"{where} [{k}]") for k in ("train", "val", "test")))
+    _check_classes(split, where)
+    return split
+
+
+def _check_classes(split: Split, where: str) -> None:
+    """One class name per label, names that are valid text, and no val/test class missing from train."""
+    names: dict[int, str] = {}
+    for part in ("train", "val", "test"):
+        for it in getattr(split, part):
+            if names.setdefault(it.label, it.classname) != it.classname:
+                raise UserError(f"{where}: label {it.label} is named both {names[it.label]!r} and {it.classname!r}; "
+                                "re-download the split file")
+            try:
+                it.classname.encode("utf-8")
+            except UnicodeEncodeError:
+                raise UserError(f"{where}: class name {it.classname!r} is not valid UTF-8 text; "
+                                "re-download the split file") from None
+    if split.train:
+        have = {it.label for it in split.train}
+        for part in ("val", "test"):
+            missing = sorted({(it.label, it.classname) for it in getattr(split, part) if it.label not in have})
+            if missing:
+                shown = ", ".join(n for _, n in missing[:5])
+                raise UserError(f"{where}: {part} has class(es) missing from train ({shown}); "
+                                "re-download the split file or re-run `cpbench prepare`")
 
 
 def read_split(path: str | Path) -> Split:

@@ -28,7 +28,7 @@ class FeatureCache:
         h = hashlib.sha256()
         h.update(json.dumps([backbone_fp, precision, transform, dataset]).encode())
         for it in items:
-            h.update(it.path.encode())
+            h.update(it.path.encode("utf-8", "surrogateescape"))  # POSIX names may be non-UTF-8 bytes
             h.update(b"\0")
         return h.hexdigest()[:24]
 

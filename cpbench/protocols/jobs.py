@@ -150,6 +150,9 @@ def _run_job_locked(job: Job, cfg: ResolvedConfig, key: str, backbone: Backbone,
                         "its image path is prompted or it needs the images; remove --set feature_views")
     ds = prep.load(job.train_dataset, s.data_root)
     train_items, names, (tr, va) = _subset_items(ds, job.train_subset, job.shots, job.seed, "train")
+    if cls.trainable and not train_items:
+        raise UserError(f"{ds.name}: no training images for the {job.train_subset} classes; check the split file "
+                        f"in {ds.dir} or re-run `cpbench prepare {ds.name} --force`")
     seed_everything(job.seed)
     backbone.to(device=s.device, dtype=precision.param_dtype)
     method = cls(backbone, names, cfg.options, template=ds.spec.template).to(device=s.device, dtype=precision.param_dtype)
