@@ -427,7 +427,7 @@ def caltech_1shot(tmp_path_factory):
 
 
 @pytest.mark.parametrize("method,extra", [
-    ("lamm", []), ("coop_lamm", []), ("pre", []), ("coopvpt", ["mc_samples=2"]),
+    ("lamm", []), ("coop_lamm", []), ("maple_lamm", []), ("pre", []), ("coopvpt", ["mc_samples=2"]),
     ("cocoopvpt", ["mc_samples=1", "eval_chunk=20000"]), ("cpl", []),
 ])
 def test_methods_ii_run_base_to_new_end_to_end(caltech_1shot, tmp_path, cli, method, extra):
@@ -456,3 +456,53 @@ def test_bpl_eval_resample_draws_per_batch(tiny_backbone):
         m.options.eval_resample = False
         c = m.eval_context()
         assert torch.equal(m.logits_from_features(f, c), m.logits_from_features(f, c))
+
+
+# ============================================================================ MaPLe + LAMM
+from cpbench.methods.lamm import MaPLeLAMM, MaPLeLAMMOptions  # noqa: E402
+from cpbench.methods.maple import MaPLe, MaPLeOptions  # noqa: E402
+
+
+def _maple_pair(bb, names=NAMES, **kw):
+    torch.manual_seed(0)
+    maple = MaPLe(bb, names, MaPLeOptions(depth=2))
+    ml = MaPLeLAMM(bb, names, MaPLeLAMMOptions(depth=2, **kw))
+    perturb(maple.ctx, 12)
+    own = dict(ml.named_parameters())
+    with torch.no_grad():
+        for n, p in maple.named_parameters():
+            if n in own:
+                own[n].copy_(p)
+    return maple, ml
+
+
+def test_maple_lamm_untouched_labels_and_zeroed_extra_losses_equal_maple(tiny_backbone):
+    maple, ml = _maple_pair(tiny_backbone, feature_weight=0.0, logit_weight=0.0)
+    assert ml.label_len == 1 and tuple(ml.token_classes.shape) == (len(NAMES), 1, tiny_backbone.text_width)
+    x, y = images(), torch.tensor([0, 1, 2, 2])
+    # not equal to MaPLe in general: the official row REPLACES "of" (position 1+n_ctx)
+    ids = tiny_backbone.tokenize(["a photo of a red fox."])[0]
+    emb = tiny_backbone.token_embedding(ids.unsqueeze(0))[0]
+    name_first = tiny_backbone.token_embedding(tiny_backbone.tokenize(["red fox"]))[0, 1]
+    p = ml.with_label_rows(ml.prompts.assemble(ml.ctx))[3]
+    assert torch.equal(p[3], name_first)         # label row where "of" was
+    assert torch.equal(p[4:], emb[4:])           # "a red fox ." and the rest untouched
+    assert torch.equal(p[1:3], ml.ctx.detach())
+    _, terms = ml.forward_train(x, y)
+    assert all(float(terms[k].detach()) == 0.0 for k in ("param", "feature", "logit"))
+    # with the label row set back to the embedding of "of" it is exactly MaPLe
+    of = tiny_backbone.token_embedding(tiny_backbone.tokenize(["of"]))[0, 1]
+    with torch.no_grad():
+        ml.token_classes.copy_(of.expand_as(ml.token_classes))
+    assert torch.allclose(ml(x), maple(x), atol=1e-5)
+    _, terms = ml.forward_train(x, y)
+    assert torch.allclose(terms["ce"].detach(), maple.forward_train(x, y)[1]["ce"].detach(), atol=1e-5)
+
+
+def test_maple_lamm_new_classes_are_plain_maple(tiny_backbone):
+    maple, ml = _maple_pair(tiny_backbone)
+    perturb(ml.token_classes, 13, 0.5)
+    for m in (maple, ml):
+        m.set_classnames(["tree frog", "canoe"])
+    x = images()
+    assert torch.allclose(ml(x), maple(x), atol=1e-5)

@@ -9,7 +9,13 @@ means the official CoOp-trainer rule: the minimum name length in tokens over the
 Variants (one class each, the same code):
 - ``coop_lamm`` — CoOp + LAMM: ctx is learned too (the golden ``lamm_L2`` case);
 - ``lamm`` — the official ``--origin-clip``: ctx frozen at "a photo of a", only labels learn;
-- ``maple_lamm`` lives in ``maple_lamm.py`` once MaPLe exists (L_lab = 1 there).
+- ``maple_lamm`` — MaPLe + LAMM (official trainers/maple.py): L_lab hard-coded to 1 and the
+  label row goes to prompt position 1+n_ctx. With MaPLe's n_ctx = 2 of "a photo of a" that
+  position holds "of", so the official prompt is ``[SOS] ctx₁ ctx₂ E_lab,c a <full name> .``:
+  the learned row REPLACES "of" and the whole name stays in the suffix (the official
+  ``token_suffix = embedding[:, 1 + min_len + n_ctx:]``). Reproduced as is. The original-label
+  features t̄ are plain MaPLe prompts with the current ctx and deep text prompts; the image
+  features are MaPLe's prompted ones.
 
 Hierarchical loss (``--triplet-loss``, on in every official script), terms as returned:
 - ``ce``      CE(z, y), z = s·f·tᵀ with the learned-label text features t;
@@ -42,6 +48,7 @@ from torch import nn
 from cpbench.errors import UserError
 from cpbench.methods.base import clean
 from cpbench.methods.coop import CoOp, CoOpOptions
+from cpbench.methods.maple import MaPLe, MaPLeOptions
 
 
 @dataclass
@@ -78,85 +85,96 @@ def feature_loss(text: torch.Tensor, fix: torch.Tensor, labels: torch.Tensor) ->
     return (1 - cos).mean()
 
 
-class CoOpLAMM(CoOp):
-    name = "coop_lamm"
-    Options = CoOpLAMMOptions
+class LabelRows:
+    """Mixin: learnable label rows ``token_classes`` [C_train, L_lab, D] + frozen ``fix_token``,
+    kept by training class name, written into prompt positions 1+n_ctx .. 1+n_ctx+L_lab."""
 
-    def __init__(self, backbone, classnames, options: CoOpLAMMOptions, template="a photo of a {}."):
-        if options.class_token_position != "end":
-            raise UserError("LAMM supports class_token_position=end only (as the official code)")
-        if options.param_shots < 1:
-            raise UserError("param_shots must be >= 1 (the K of the (1/K)·MSE parameter loss)")
-        super().__init__(backbone, classnames, options, template)
-        if not options.train_ctx:
-            self.ctx.requires_grad_(False)
+    def _init_label_rows(self, backbone, classnames, label_len: int, random_init: bool) -> None:
         self.label_names = [clean(c) for c in classnames]
         lens = [backbone.n_tokens(n) for n in self.label_names]
-        self.label_len = options.label_len or min(lens)
+        self.label_len = label_len or min(lens)
         if self.label_len < 1 or self.label_len > min(lens):
             raise UserError(f"label_len must be between 1 and the shortest class name ({min(lens)} tokens); 0 = that minimum")
         ids = backbone.tokenize(self.label_names)
         with torch.no_grad():
             emb = backbone.token_embedding(ids)[:, 1: 1 + self.label_len].float().clone()
-        if options.random_init:
+        if random_init:
             emb = torch.randn_like(emb) * 0.02
         self.token_classes = nn.Parameter(emb.to(backbone.dtype))
         # frozen copy for the parameter loss (persistent: with random_init it is not rebuildable)
         self.register_buffer("fix_token", emb.to(backbone.dtype).clone())
         self._build_label_index()
 
-    # ------------------------------------------------------------------ classes
     def _build_label_index(self) -> None:
         row = {n: i for i, n in enumerate(self.label_names)}
         idx = torch.tensor([row.get(clean(c), -1) for c in self.classnames], dtype=torch.long)
-        self.register_buffer("label_row", idx, persistent=False)
+        self.register_buffer("label_row", idx.to(self.token_classes.device), persistent=False)
 
-    def set_classnames(self, classnames):
-        super().set_classnames(classnames)
-        self._build_label_index()
-        self.label_row = self.label_row.to(self.ctx.device)
-
-    # ------------------------------------------------------------------ prompts
-    def learned_prompts(self, ctx: torch.Tensor) -> torch.Tensor:
-        """Original prompts with tokens 1+n_ctx .. +L_lab replaced by the learned label rows
-        for classes that were trained."""
-        base = self.assemble(ctx)
+    def with_label_rows(self, base: torch.Tensor) -> torch.Tensor:
+        """Assembled prompts [C, L, D] with tokens 1+n_ctx .. +L_lab replaced by the learned label
+        rows for classes that were trained (others keep their original tokens)."""
         rows = self.label_row
         if not bool((rows >= 0).any()):
             return base
         s = 1 + self.n_ctx
         e = s + self.label_len
         labels = self.token_classes[rows.clamp(min=0)].to(base.dtype)
-        mask = (rows >= 0).view(-1, 1, 1)
-        mid = torch.where(mask, labels, base[:, s:e])
+        mid = torch.where((rows >= 0).view(-1, 1, 1), labels, base[:, s:e])
         return torch.cat([base[:, :s], mid, base[:, e:]], dim=1)
 
-    def text_features(self) -> torch.Tensor:
-        return self.backbone.text(self.learned_prompts(self.context()), self.prompts.eot)
-
-    # ------------------------------------------------------------------ training
-    def _train_losses(self, image_features: torch.Tensor, labels: torch.Tensor):
+    def hierarchical_terms(self, image_features, text, fix, labels) -> tuple[torch.Tensor, dict]:
+        """text / fix: normalised learned-label / original-label class features [C, D]."""
         o = self.options
-        ctx = self.context()
         scale = self.backbone.logit_scale.float()
-        if not o.hierarchical_loss:
-            text = F.normalize(self.text_features().float(), dim=-1)
-            logits = scale * image_features @ text.t()
-            return logits, {"ce": F.cross_entropy(logits, labels)}
-        c = self.prompts.n_cls
-        both = torch.cat([self.learned_prompts(ctx), self.assemble(ctx)], dim=0)
-        eot = torch.cat([self.prompts.eot, self.prompts.eot])
-        feats = F.normalize(self.backbone.text(both, eot).float(), dim=-1)
-        text, fix = feats[:c], feats[c:]
         logits = scale * image_features @ text.t()
         fix_logits = scale * image_features @ fix.t()
-        terms = {
+        return logits, {
             "ce": F.cross_entropy(logits, labels),
             "param": F.mse_loss(self.token_classes.float(), self.fix_token.float(), reduction="sum") / o.param_shots,
             "feature": o.feature_weight * feature_loss(text, fix, labels),
             "logit": o.logit_weight * distillation(logits, fix_logits, o.temperature),
         }
-        return logits, terms
+
+
+def _check(options) -> None:
+    if options.param_shots < 1:
+        raise UserError("param_shots must be >= 1 (the K of the (1/K)·MSE parameter loss)")
+
+
+class CoOpLAMM(LabelRows, CoOp):
+    name = "coop_lamm"
+    Options = CoOpLAMMOptions
+
+    def __init__(self, backbone, classnames, options: CoOpLAMMOptions, template="a photo of a {}."):
+        if options.class_token_position != "end":
+            raise UserError("LAMM supports class_token_position=end only (as the official code)")
+        _check(options)
+        super().__init__(backbone, classnames, options, template)
+        if not options.train_ctx:
+            self.ctx.requires_grad_(False)
+        self._init_label_rows(backbone, classnames, options.label_len, options.random_init)
+
+    def set_classnames(self, classnames):
+        super().set_classnames(classnames)
+        self._build_label_index()
+
+    def learned_prompts(self, ctx: torch.Tensor) -> torch.Tensor:
+        return self.with_label_rows(self.assemble(ctx))
+
+    def text_features(self) -> torch.Tensor:
+        return self.backbone.text(self.learned_prompts(self.context()), self.prompts.eot)
+
+    def _train_losses(self, image_features: torch.Tensor, labels: torch.Tensor):
+        if not self.options.hierarchical_loss:
+            text = F.normalize(self.text_features().float(), dim=-1)
+            logits = self.backbone.logit_scale.float() * image_features @ text.t()
+            return logits, {"ce": F.cross_entropy(logits, labels)}
+        ctx = self.context()
+        c = self.prompts.n_cls
+        both = torch.cat([self.learned_prompts(ctx), self.assemble(ctx)], dim=0)
+        eot = torch.cat([self.prompts.eot, self.prompts.eot])
+        feats = F.normalize(self.backbone.text(both, eot).float(), dim=-1)
+        return self.hierarchical_terms(image_features, feats[:c], feats[c:], labels)
 
     def forward_train(self, images, labels):
         return self._train_losses(self.encode_images(images), labels)
@@ -170,3 +188,48 @@ class LAMM(CoOpLAMM):
 
     name = "lamm"
     Options = LAMMOptions
+
+
+@dataclass
+class MaPLeLAMMOptions(MaPLeOptions):
+    label_len: int = 1            # the official MaPLe trainer hard-codes 1
+    hierarchical_loss: bool = True
+    param_shots: int = 1
+    feature_weight: float = 1.0
+    logit_weight: float = 0.05
+    temperature: float = 2.0
+    random_init: bool = False
+
+
+class MaPLeLAMM(LabelRows, MaPLe):
+    """MaPLe + LAMM (official LAMM trainers/maple.py)."""
+
+    name = "maple_lamm"
+    Options = MaPLeLAMMOptions
+
+    def __init__(self, backbone, classnames, options: MaPLeLAMMOptions, template="a photo of a {}."):
+        _check(options)
+        super().__init__(backbone, classnames, options, template)
+        self.n_ctx = options.n_ctx
+        self._init_label_rows(backbone, classnames, options.label_len, options.random_init)
+
+    def set_classnames(self, classnames):
+        super().set_classnames(classnames)
+        self._build_label_index()
+
+    def text_features(self) -> torch.Tensor:
+        return self.backbone.text(self.with_label_rows(self.prompts.assemble(self.ctx)), self.prompts.eot,
+                                  deep=self.deep_text())
+
+    def forward_train(self, images, labels):
+        f = self.encode_images(images)
+        if not self.options.hierarchical_loss:
+            text = F.normalize(self.text_features().float(), dim=-1)
+            logits = self.backbone.logit_scale.float() * f @ text.t()
+            return logits, {"ce": F.cross_entropy(logits, labels)}
+        c = self.prompts.n_cls
+        base = self.prompts.assemble(self.ctx)
+        both = torch.cat([self.with_label_rows(base), base], dim=0)
+        eot = torch.cat([self.prompts.eot, self.prompts.eot])
+        feats = F.normalize(self.backbone.text(both, eot, deep=self.deep_text()).float(), dim=-1)
+        return self.hierarchical_terms(f, feats[:c], feats[c:], labels)

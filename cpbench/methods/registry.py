@@ -12,6 +12,7 @@ METHODS: dict[str, str] = {
     "coop": "cpbench.methods.coop:CoOp",
     "lamm": "cpbench.methods.lamm:LAMM",
     "coop_lamm": "cpbench.methods.lamm:CoOpLAMM",
+    "maple_lamm": "cpbench.methods.lamm:MaPLeLAMM",
     "coopvpt": "cpbench.methods.bpl:CoOpVPT",
     "cocoopvpt": "cpbench.methods.bpl:CoCoOpVPT",
     "pre": "cpbench.methods.pre:PRE",
