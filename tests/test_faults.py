@@ -144,3 +144,30 @@ def test_killed_runs_resume_to_identical_rows(world, tiny_backbone):
             for name, t in state[k].items():
                 assert torch.equal(t, base_state[k][name]), f"trial {trial}: {k}/{name} differs after resume"
     assert kinds["hook"] >= 8 and kinds["sigkill"] >= 3, kinds
+
+
+def test_cli_run_sigkilled_mid_training_resumes(world):
+    """The real thing once: `python -m cpbench run` SIGKILLed after its first epoch checkpoint,
+    then the same command again; the rows equal the uninterrupted ones."""
+    import subprocess
+
+    root, base_s, base_rows, _, _, _ = world
+    res = root / "cli"
+    cmd = [sys.executable, "-m", "cpbench", "run", "coop", "--backbone", "tiny", "--pretrained", "none",
+           "--device", "cpu", "--no-cache", "--shots", "2", "--seeds", "1", "2", "--set", *SETS,
+           "--root", str(root / "data"), "--results", str(res)]
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if list(res.glob("checkpoints/*/epoch.json")):
+            break
+        time.sleep(0.02)
+    killed = proc.poll() is None
+    proc.kill()
+    proc.wait()
+    assert killed, "the run finished before it could be killed"
+    assert len(_rows(res)) < len(base_rows)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert _rows(res).equals(base_rows)
