@@ -220,3 +220,23 @@ def test_corrupt_shard_and_temp_files_are_named_and_skipped(data, tiny_backbone,
         sys.argv = argv
     cap = capsys.readouterr()
     assert "coop-caltech101-s9-broken.parquet" in cap.err and "| caltech101 |" in cap.out
+
+
+def test_loss_scaler_state_round_trips():
+    """fp16 training (GPU) keeps a dynamic loss scale; a resume must continue with the same one."""
+    from cpbench.engine.train import _load_scaler_state, _scaler_state
+
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([p], lr=0.1)
+    a = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=2)
+    for _ in range(3):  # grows the scale once and leaves the growth tracker at 1
+        opt.zero_grad()
+        a.scale((p * 2).sum()).backward()
+        a.step(opt)
+        a.update()
+    saved = _scaler_state(a)
+    assert saved and float(saved["__scaler__.scale"][0]) == a.get_scale() == 2.0**11
+    b = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=2)
+    _load_scaler_state(b, saved)
+    assert b.get_scale() == a.get_scale() and b.state_dict()["_growth_tracker"] == a.state_dict()["_growth_tracker"] == 1
+    assert _scaler_state(None) == {}
