@@ -506,3 +506,42 @@ def test_maple_lamm_new_classes_are_plain_maple(tiny_backbone):
         m.set_classnames(["tree frog", "canoe"])
     x = images()
     assert torch.allclose(ml(x), maple(x), atol=1e-5)
+
+
+def test_cpl_inference_equals_cocoop(tiny_backbone):
+    from cpbench.methods.cocoop import CoCoOp, CoCoOpOptions
+
+    torch.manual_seed(3)
+    ref = CoCoOp(tiny_backbone, NAMES, CoCoOpOptions())
+    m = CPL(tiny_backbone, NAMES, CPLOptions())
+    perturb(ref.ctx, 14)
+    own = dict(m.named_parameters())
+    with torch.no_grad():
+        for n, p in ref.named_parameters():
+            own[n].copy_(p)
+    x = images()
+    assert torch.equal(m(x), ref(x))
+
+
+def test_conditional_bpl_with_cocoop_mean_head_and_vanishing_variance_equals_cocoop(tiny_backbone):
+    """μ(x) = CoCoOp's meta-net π(x) (module swapped in for the mean head), σ → 0: the
+    conditional posterior's log-mean-prob output is log_softmax of CoCoOp's logits."""
+    import copy
+
+    from cpbench.methods.cocoop import CoCoOp, CoCoOpOptions
+
+    torch.manual_seed(4)
+    ref = CoCoOp(tiny_backbone, NAMES, CoCoOpOptions())
+    perturb(ref.ctx, 15)
+    perturb(ref.meta_net.linear2.weight, 16, 0.5)
+    m = CoCoOpVPT(tiny_backbone, NAMES, BPLOptions(mc_samples=3))
+    with torch.no_grad():
+        m.ctx.copy_(ref.ctx)
+        m.meta_net.weight_mean = copy.deepcopy(ref.meta_net)
+        last_lv = m.meta_net.weight_log_variance.module[-1]
+        last_lv.weight.zero_(), last_lv.bias.fill_(-200.0)
+        x, y = images(3), torch.tensor([1, 0, 4])
+        z = ref(x)
+        assert torch.allclose(m(x), torch.log_softmax(z, -1), atol=1e-5)
+        _, terms = m.forward_train(x, y)
+        assert math.isclose(float(terms["nll"]), float(F.cross_entropy(z, y)), rel_tol=1e-5)

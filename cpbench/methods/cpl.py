@@ -1,7 +1,8 @@
 """CPL — Counterfactual Prompt Learning (He et al., EMNLP'22; methods.md §3.5).
 
-Base model: CoCoOp (ctx from "a photo of a" + meta-net π = Linear(E→E/16)–ReLU–Linear(E/16→D)
-on the normalised image feature, π(x) added to every context token, one prompt set per image).
+Base model: CoCoOp (``cpbench.methods.cocoop``: ctx from "a photo of a" + meta-net π =
+Linear(E→E/16)–ReLU–Linear(E/16→D) on the normalised image feature, π(x) added to every context
+token, one prompt set per image); CPL subclasses it.
 CPL adds a learnable mask ``u`` [E, C] (official name and layout, init ones) and a
 counterfactual branch used only in training:
 
@@ -47,14 +48,12 @@ import torchvision.transforms as T
 from torch import nn
 
 from cpbench.errors import UserError
-from cpbench.methods.base import Method, Options, clean
-from cpbench.methods.prompts import ClassPrompts, context_words, init_context
+from cpbench.methods.base import clean
+from cpbench.methods.cocoop import CoCoOp, CoCoOpOptions
 
 
 @dataclass
-class CPLOptions(Options):
-    n_ctx: int = 4
-    ctx_init: str = "a photo of a"
+class CPLOptions(CoCoOpOptions):
     cl_weight: float = 1.0        # λ (official ``lam``)
     mask_weight: float = 0.07     # c (official ``control_scale``)
     mask_momentum: float = 0.999  # u = clamp(m·u* + (1−m)·u_learned, 0, 1) (official ``mupdate``)
@@ -97,25 +96,15 @@ def contrastive_cf_loss(text: torch.Tensor, v: torch.Tensor, v_cf: torch.Tensor)
     return -torch.log_softmax(torch.stack([pos, neg], dim=1), dim=1)[:, 0].mean()
 
 
-class CPL(Method):
+class CPL(CoCoOp):
     name = "cpl"
     Options = CPLOptions
 
     def __init__(self, backbone, classnames, options: CPLOptions, template="a photo of a {}."):
-        super().__init__(backbone, classnames, options, template)
         if len(classnames) < 2:
             raise UserError("CPL needs at least 2 training classes (a negative class per class)")
-        prefix, n_ctx = context_words(options.ctx_init, options.n_ctx)
-        self.n_ctx = n_ctx
-        e, d = backbone.embed_dim, backbone.text_width
-        self.ctx = nn.Parameter(init_context(backbone, options.ctx_init, n_ctx).to(backbone.dtype))
-        self.meta_net = nn.Sequential()
-        self.meta_net.add_module("linear1", nn.Linear(e, max(1, e // 16)))
-        self.meta_net.add_module("relu", nn.ReLU())
-        self.meta_net.add_module("linear2", nn.Linear(max(1, e // 16), d))
-        self.meta_net.to(backbone.dtype)
-        self.u = nn.Parameter(torch.ones(e, len(classnames), dtype=backbone.dtype))
-        self.prompts = ClassPrompts(backbone, classnames, prefix, n_ctx)
+        super().__init__(backbone, classnames, options, template)
+        self.u = nn.Parameter(torch.ones(backbone.embed_dim, len(classnames), dtype=backbone.dtype))
         self._build_names()
         self.register_buffer("neg_raw", torch.zeros(0), persistent=False)
 
@@ -131,7 +120,6 @@ class CPL(Method):
 
     def set_classnames(self, classnames):
         super().set_classnames(classnames)
-        self.prompts.build(self.backbone, classnames)
         if len(classnames) > 1:
             self._build_names()
 
@@ -163,30 +151,6 @@ class CPL(Method):
         with torch.no_grad():
             raw = torch.cat([self.backbone.encode_image(batch[i: i + 64]).float() for i in range(0, len(batch), 64)])
         self.set_negative_features(raw)
-
-    # ------------------------------------------------------------------ CoCoOp core
-    def instance_text_features(self, image_features: torch.Tensor) -> torch.Tensor:
-        """[B, E] normalised image features -> [B, C, D] normalised per-image class features."""
-        bias = self.meta_net(image_features.to(self.ctx.dtype))                  # [B, D]
-        ctx = self.ctx.unsqueeze(0) + bias.unsqueeze(1)                           # [B, M, D]
-        p = self.prompts
-        bsz, c = ctx.shape[0], p.n_cls
-        prompts = torch.cat([p.token_prefix.unsqueeze(0).expand(bsz, -1, -1, -1),
-                             ctx.to(p.token_prefix.dtype).unsqueeze(1).expand(-1, c, -1, -1),
-                             p.token_suffix.unsqueeze(0).expand(bsz, -1, -1, -1)], dim=2)
-        feats = self.backbone.text(prompts.reshape(bsz * c, *prompts.shape[2:]), p.eot.repeat(bsz))
-        return F.normalize(feats.float(), dim=-1).view(bsz, c, -1)
-
-    def eval_context(self) -> Any:
-        return None
-
-    def logits_from_features(self, image_features, context):
-        outs = []
-        for start in range(0, image_features.shape[0], 8):
-            f = image_features[start: start + 8].float()
-            t = self.instance_text_features(f)
-            outs.append(self.backbone.logit_scale.float() * torch.einsum("bd,bcd->bc", f, t))
-        return torch.cat(outs, dim=0)
 
     # ------------------------------------------------------------------ training
     def target_mask(self, raw: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
