@@ -13,7 +13,13 @@ small random CLIP. Everything needed to rebuild that setting is here:
 - ``eval_logits`` / ``train_step`` — one eval forward / one training forward+backward, each
   right after ``torch.manual_seed(1000)`` as the official run;
 - ``compare_logits`` / ``compare_losses`` / ``compare_grads`` — max |Δ| figures (never assert by
-  themselves), and ``assert_close`` to check them against the tolerances.
+  themselves), and ``assert_close`` to check them against the tolerances;
+- ``constructor_init_gaps`` (the method's own init vs the official constructor's, where recorded),
+  ``golden_eps`` (BPL's recorded noise), ``full_report`` (all figures at once, for diagnosing).
+  ``CPBENCH_GOLDEN_LOG=path pytest tests/test_golden_*.py`` logs every report as JSON lines.
+
+If a method test fails but ``test_golden_backbone`` passes, the encoders are right and the gap is
+in the method: ``full_report`` names the term and the parameter (per layer for deep prompts).
 
 How to write a golden test for a method (``tests/test_golden_<method>.py``)::
 
