@@ -240,3 +240,22 @@ def test_loss_scaler_state_round_trips():
     _load_scaler_state(b, saved)
     assert b.get_scale() == a.get_scale() and b.state_dict()["_growth_tracker"] == a.state_dict()["_growth_tracker"] == 1
     assert _scaler_state(None) == {}
+
+
+def test_promptsrc_gpa_buffers_resume_bitwise(data, tiny_backbone, tmp_path, monkeypatch):
+    """PromptSRC's Gaussian prompt aggregation keeps running sums across epochs (persistent
+    buffers): a resume mid-training must end with the same aggregated prompts."""
+    pytest.importorskip("cpbench.methods.promptsrc")
+    sets = ["epochs=3", "batch_size=2", "test_batch_size=4"]
+    job = _job("promptsrc")
+    a = _s(data, tmp_path / "a", sets)
+    first = run_job(job, tiny_backbone, a, ResultStore(a.results_root))
+    b = _s(data, tmp_path / "b", sets)
+    with monkeypatch.context() as m:
+        _crash_after_epoch(m, 1)
+        with pytest.raises(Crash):
+            run_job(job, tiny_backbone, b, ResultStore(b.results_root))
+    second = run_job(job, tiny_backbone, b, ResultStore(b.results_root))
+    assert [r["correct"] for r in first] == [r["correct"] for r in second]
+    fa, fb = _ckpt(a, job, "final")[0], _ckpt(b, job, "final")[0]
+    assert fa.keys() == fb.keys() and all(torch.equal(fa[k], fb[k]) for k in fa)
