@@ -94,11 +94,14 @@ def prepare(
 
 @app.command()
 def run(
-    method: str = typer.Argument(..., help="method name (see `cpbench list`)"),
-    dataset: List[str] = typer.Option([], "--dataset", "--datasets", help="datasets (default: every prepared one)"),
-    protocol: str = typer.Option("base2new", "--protocol", help="base2new"),
-    seeds: List[int] = typer.Option([1, 2, 3], "--seeds"),
-    shots: List[int] = typer.Option([16], "--shots"),
+    method: Optional[str] = typer.Argument(None, help="method name (see `cpbench list`); optional with --suite"),
+    dataset: List[str] = typer.Option([], "--dataset", "--datasets",
+                                      help="datasets (base2new/few_shot: default every prepared one; cross_dataset/dg: the targets)"),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="base2new (default) | cross_dataset | dg | few_shot"),
+    seeds: List[int] = typer.Option([], "--seeds", help="default 1 2 3"),
+    shots: List[int] = typer.Option([], "--shots", help="default 16; few_shot: e.g. --shots 1 2 4 8 16"),
+    source: Optional[str] = typer.Option(None, "--source", help="cross_dataset/dg: training dataset (default imagenet)"),
+    suite: Optional[Path] = typer.Option(None, "--suite", help="run a suite file, e.g. benchmarks/base2new.yaml"),
     backbone: str = typer.Option("ViT-B-16", "--backbone", help="open_clip model name, `toy`, or local-dir:PATH"),
     pretrained: str = typer.Option("openai", "--pretrained", help="open_clip pretrained tag; `none` = random weights"),
     weights: Optional[str] = typer.Option(None, "--weights", help="local checkpoint for the backbone"),
@@ -128,12 +131,31 @@ def run(
 
         slurm = dict(partition=partition, time_min=parse_time(time_limit), gpus_per_job=gpus_per_job,
                      cpus_per_job=cpus_per_job, array_parallelism=array_parallelism, account=account)
-    req = RunRequest(method=method, datasets=list(dataset), protocol=protocol, seeds=list(seeds), shots=list(shots),
-                     backbone=backbone, pretrained=pretrained, weights=weights,
-                     config_file=str(config) if config else None, sets=list(sets), device=device,
-                     results=results, root=root, force=force, feature_cache=not no_cache,
-                     launcher=launcher, gpus=gpus, dry_run=dry_run, slurm=slurm)
-    execute(req, console, out)
+    common = dict(backbone=backbone, pretrained=pretrained, weights=weights,
+                  config_file=str(config) if config else None, device=device,
+                  results=results, root=root, force=force, feature_cache=not no_cache,
+                  launcher=launcher, gpus=gpus, dry_run=dry_run, slurm=slurm)
+    if suite is None:
+        if not method:
+            raise UserError("missing METHOD; run `cpbench run METHOD` or `cpbench run --suite FILE`")
+        req = RunRequest(method=method, datasets=list(dataset), protocol=protocol or "base2new",
+                         seeds=list(seeds) or [1, 2, 3], shots=list(shots) or [16], source=source or "imagenet",
+                         sets=list(sets), **common)
+        execute(req, console, out)
+        return
+    from cpbench.runner import load_suite
+
+    st = load_suite(suite)  # command-line values, where given, override the suite's
+    methods = [method] if method else st["methods"]
+    reqs = [RunRequest(method=m, datasets=list(dataset) or st["datasets"], protocol=protocol or st["protocol"],
+                       seeds=list(seeds) or st["seeds"], shots=list(shots) or st["shots"],
+                       source=source or st["source"], sets=st["sets"] + list(sets), **common) for m in methods]
+    for r in reqs:  # validate every method before running any
+        from cpbench.methods.registry import get_method_class
+
+        get_method_class(r.method)
+    for r in reqs:
+        execute(r, console, out)
 
 
 # --------------------------------------------------------------------------- report

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from cpbench.errors import UserError
 
-PROTOCOLS = ("base2new",)
+PROTOCOLS = ("base2new", "cross_dataset", "dg", "few_shot")
 
 
 @dataclass
@@ -35,15 +35,37 @@ class RunRequest:
     gpus: str | None = None
     dry_run: bool = False
     slurm: dict = field(default_factory=dict)   # SlurmOptions fields: partition, time_min, gpus_per_job, ...
+    # cross_dataset / dg: the training dataset (a miniature or toy one can stand in for ImageNet)
+    source: str = "imagenet"
+
+
+def default_targets(req: RunRequest, prepared: list[str]) -> list[str]:
+    """Datasets a protocol evaluates when --datasets is not given."""
+    from cpbench.protocols import cross_dataset, domain_generalization
+
+    if req.protocol == "cross_dataset":
+        return list(cross_dataset.TARGETS)
+    if req.protocol == "dg":
+        return list(domain_generalization.TARGETS)
+    return prepared
 
 
 def plan_jobs(req: RunRequest, datasets: list[str]):
-    from cpbench.protocols import base2new
+    """``datasets``: trained-and-evaluated datasets (base2new, few_shot) or targets (cross_dataset,
+    dg, trained on ``req.source``)."""
+    from cpbench.protocols import base2new, cross_dataset, domain_generalization, few_shot
 
+    if req.protocol in ("base2new", "cross_dataset", "dg") and len(req.shots) != 1:
+        raise UserError(f"{req.protocol} takes one --shots value (16 in the papers); "
+                        "use --protocol few_shot for several")
     if req.protocol == "base2new":
-        if len(req.shots) != 1:
-            raise UserError("base2new takes one --shots value (16 in the papers)")
         return base2new.plan(req.method, datasets, req.seeds, req.shots[0])
+    if req.protocol == "cross_dataset":
+        return cross_dataset.plan(req.method, datasets, req.seeds, req.shots[0], req.source)
+    if req.protocol == "dg":
+        return domain_generalization.plan(req.method, datasets, req.seeds, req.shots[0], req.source)
+    if req.protocol == "few_shot":
+        return few_shot.plan(req.method, datasets, req.seeds, list(dict.fromkeys(req.shots)))
     raise UserError(f"unknown protocol {req.protocol!r}; use one of {', '.join(PROTOCOLS)}")
 
 
@@ -66,9 +88,11 @@ def execute(req: RunRequest, console: Console, out: Console) -> list[dict]:
     if not req.seeds:
         raise UserError("--seeds needs at least one seed")
     root = data_root(req.root)
-    datasets = list(dict.fromkeys(req.datasets)) or prep.prepared_names(root)
+    datasets = list(dict.fromkeys(req.datasets)) or default_targets(req, prep.prepared_names(root))
     if not datasets:
         raise UserError(f"no prepared datasets under {root}; run `cpbench prepare DATASET` first (or pass --root)")
+    if req.protocol in ("cross_dataset", "dg"):
+        prep.load(req.source, root)  # the training dataset (--source)
     for d in datasets:
         prep.load(d, root)  # unknown or unprepared -> one clear line
     settings = RunSettings(data_root=root, results_root=results_root(req.results), backbone=req.backbone,
@@ -98,3 +122,54 @@ def execute(req: RunRequest, console: Console, out: Console) -> list[dict]:
             rows.extend(got or [])
     out.print(f"{len(rows)} new result row(s) in {store.root}", highlight=False)
     return rows
+
+
+SUITE_KEYS = {"name", "description", "protocol", "methods", "datasets", "seeds", "shots", "source", "set"}
+
+
+def load_suite(path: Path) -> dict:
+    """A suite file (``benchmarks/*.yaml``): protocol, methods, datasets, seeds, shots, optional
+    source (cross_dataset/dg) and ``set`` (``--set`` overrides). Every problem is one line."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"suite file {path} not found; pass a YAML such as benchmarks/base2new.yaml")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"suite {path} is not valid YAML ({first}); fix the file")
+    if not isinstance(data, dict):
+        raise UserError(f"suite {path} must be a mapping with protocol:, methods:, datasets:, seeds:")
+    unknown = sorted(set(data) - SUITE_KEYS)
+    if unknown:
+        raise UserError(f"suite {path}: unknown key(s) {', '.join(map(str, unknown))}; use {', '.join(sorted(SUITE_KEYS))}")
+    protocol = data.get("protocol", "base2new")
+    if protocol not in PROTOCOLS:
+        raise UserError(f"suite {path}: unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
+
+    def strs(key):
+        v = data.get(key) or []
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
+            raise UserError(f"suite {path}: {key} must be a list of names")
+        return v
+
+    def ints(key, default):
+        v = data.get(key, default)
+        if isinstance(v, int) and not isinstance(v, bool):
+            v = [v]
+        if not isinstance(v, list) or not v or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+            raise UserError(f"suite {path}: {key} must be a list of integers")
+        return v
+
+    methods = strs("methods")
+    if not methods:
+        raise UserError(f"suite {path}: methods must list at least one method")
+    source = data.get("source", "imagenet")
+    if not isinstance(source, str) or not source:
+        raise UserError(f"suite {path}: source must be a dataset name")
+    return {"protocol": protocol, "methods": methods, "datasets": strs("datasets"), "seeds": ints("seeds", [1, 2, 3]),
+            "shots": ints("shots", [16]), "source": source, "sets": strs("set")}

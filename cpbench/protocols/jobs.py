@@ -41,6 +41,9 @@ from cpbench.results.store import ResultStore
 class Target:
     dataset: str
     subset: str = "all"     # all | base | new
+    # evaluate with the training class names (the source text bank, class-specific parameters
+    # included) and keep the logit columns of this target's classes, matched by name (DG: A/R)
+    gather: bool = False
 
 
 @dataclass(frozen=True)
@@ -88,9 +91,45 @@ class SilentReporter:
     def row(self, row): pass
 
 
+CONFIG_PROTOCOL = {"dg": "cross_dataset"}
+
+
+class _GatherColumns:
+    """Evaluation view of a method over the source class bank that keeps only ``columns`` of
+    its logits (in the target's label order); everything else is the method itself."""
+
+    def __init__(self, method, columns: list[int]):
+        self._method = method
+        self._columns = torch.tensor(columns, dtype=torch.long)
+
+    def __getattr__(self, name):
+        return getattr(self._method, name)
+
+    def logits_from_features(self, image_features, context):
+        logits = self._method.logits_from_features(image_features, context)
+        return logits[:, self._columns.to(logits.device)]
+
+    def forward(self, images):
+        logits = self._method(images)
+        return logits[:, self._columns.to(logits.device)]
+
+    __call__ = forward
+
+
+def gather_columns(source_names: list[str], target_names: list[str], dataset: str) -> list[int]:
+    index = {n: i for i, n in enumerate(source_names)}
+    missing = [n for n in target_names if n not in index]
+    if missing:
+        raise UserError(f"{dataset}: classes {missing[:3]} are not among the training classes; "
+                        "evaluate it with a protocol that rebuilds prompts (cross_dataset) instead of dg")
+    return [index[n] for n in target_names]
+
+
 def job_config(job: Job, s: RunSettings) -> ResolvedConfig:
     cls = get_method_class(job.method)
-    return resolve(job.method, cls.Options, job.protocol, dataset=job.train_dataset, shots=job.shots,
+    # DG evaluates the cross-dataset checkpoint: both train under the YAML's cross_dataset block
+    protocol = CONFIG_PROTOCOL.get(job.protocol, job.protocol)
+    return resolve(job.method, cls.Options, protocol, dataset=job.train_dataset, shots=job.shots,
                    config_file=s.config_file, sets=s.sets)
 
 
@@ -190,10 +229,15 @@ def _run_job_locked(job: Job, cfg: ResolvedConfig, key: str, backbone: Backbone,
         torch.manual_seed(epoch_seed(job.seed, 200_000 + ti))
         tds = ds if target.dataset == ds.name else prep.load(target.dataset, s.data_root)
         items, tnames, _ = _subset_items(tds, target.subset, job.shots if tds is ds else 0, job.seed, "test")
-        method.set_classnames(tnames)
+        scorer = method
+        if target.gather and list(tnames) != list(names):
+            scorer = _GatherColumns(method, gather_columns(list(names), list(tnames), tds.name))
+            method.set_classnames(names)
+        else:
+            method.set_classnames(tnames)
         method.to(device=s.device, dtype=precision.param_dtype)
         reporter.phase(f"evaluating on {tds.name}/{target.subset} ({len(items)} images)")
-        res = evaluate(method, items, tds.image_root, s.device, precision, cfg.train.test_batch_size,
+        res = evaluate(scorer, items, tds.image_root, s.device, precision, cfg.train.test_batch_size,
                        cfg.train.num_workers, cache=cache, dataset=tds.name,
                        on_batch=lambda b, n: (reporter.advance(b, n), faults.point("eval")))
         row = {

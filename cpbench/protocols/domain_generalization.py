@@ -1,0 +1,22 @@
+"""Domain generalisation (CoCoOp): the ImageNet-trained model of the cross-dataset protocol,
+evaluated on ImageNet-V2, -Sketch, -A and -R.
+
+ImageNet-A and -R are 200-class problems (labels 0..199 over their sorted wnids, as CoOp). Their
+targets are marked ``gather``: the method keeps the *source* class names (its 1000-class text
+bank, including class-specific parameters such as CoOp-CSC contexts or LAMM label embeddings)
+and the evaluation selects the logit columns of the target's classes, matched by class name, in
+the target's label order. For shared-context methods this equals CoOp's 200-way rebuild; for
+class-specific methods it keeps the learned per-class parameters (a 200-way rebuild would lose
+them). For V2 and Sketch (same 1000 classes) the selection is the identity."""
+
+from __future__ import annotations
+
+from cpbench.protocols import cross_dataset
+from cpbench.protocols.jobs import Job
+
+TARGETS = ("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
+
+
+def plan(method: str, targets: list[str], seeds: list[int], shots: int = 16,
+         source: str = cross_dataset.SOURCE) -> list[Job]:
+    return cross_dataset.plan(method, targets, seeds, shots, source, protocol="dg", gather=True)

@@ -1,0 +1,136 @@
+"""Cross-dataset, DG and few-shot end to end through the CLI entry point on miniature data: a
+miniature "source" (4 classes) stands in for ImageNet, a miniature target with other classes for
+the cross-dataset targets, and a 2-class subset of the source (labels 0..1 over its own sorted
+classes) for ImageNet-A/R, whose rows are gathered from the source's class bank."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from cpbench import cli
+from cpbench.data import prepare as prep
+from cpbench.data import specs as specs_mod
+from cpbench.results.store import ResultStore
+from minidata import make_caltech
+
+
+def _spec(name, folder):
+    return dataclasses.replace(specs_mod.CALTECH101, name=name, folder=folder, sources=())
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    base = dict(specs_mod.all_specs())
+    extra = {"mini_source": _spec("mini_source", "src"), "mini_other": _spec("mini_other", "other"),
+             "mini_a": _spec("mini_a", "a")}
+    monkeypatch.setattr(prep, "all_specs", lambda: dict(sorted({**base, **extra}.items())))
+    make_caltech(root)
+    for folder, classes in (("src", ("accordion", "airplane", "anchor", "ant")),
+                            ("other", ("bass", "beaver", "brain")), ("a", ("airplane", "ant"))):
+        d = make_caltech(tmp_path / "tmp" / folder, n_train=2, n_test=2, classes=classes)
+        d.rename(root / folder)
+    return root, tmp_path / "results"
+
+
+def _cli(monkeypatch, *args):
+    monkeypatch.setattr(sys, "argv", ["cpbench", *map(str, args)])
+    try:
+        cli.main()
+    except SystemExit as exc:
+        return exc.code
+    return 0
+
+
+def _rows(results):
+    return ResultStore(results).read().frame
+
+
+COMMON = ("--backbone", "tiny", "--pretrained", "none", "--set", "epochs=1", "--device", "cpu", "--seeds", "1")
+
+
+def test_cross_dataset_and_dg_share_the_checkpoint_and_skip_reruns(world, monkeypatch):
+    root, results = world
+    args = ("run", "coop", *COMMON, "--root", root, "--results", results, "--source", "mini_source")
+    assert _cli(monkeypatch, *args, "--protocol", "cross_dataset", "--datasets", "mini_other", "caltech101") == 0
+    df = _rows(results)
+    assert sorted(df.eval_dataset) == ["caltech101", "mini_other", "mini_source"]
+    assert set(df.protocol) == {"cross_dataset"} and set(df.train_dataset) == {"mini_source"}
+    assert set(df.subset) == {"all"} and set(df.shots) == {16}
+    assert df.set_index("eval_dataset").loc["mini_other", "n_classes"] == 3
+    ckpts = sorted((results / "checkpoints").iterdir())
+    assert len(ckpts) == 1
+    assert _cli(monkeypatch, *args, "--protocol", "dg", "--datasets", "mini_a") == 0
+    df = _rows(results)
+    dg = df[df.protocol == "dg"]
+    assert sorted(dg.eval_dataset) == ["mini_a", "mini_source"]
+    assert dg.set_index("eval_dataset").loc["mini_a", "n_classes"] == 2
+    assert sorted((results / "checkpoints").iterdir()) == ckpts  # trained once, evaluated twice
+    # the source row of dg equals cross_dataset's: the same checkpoint
+    src = df[df.eval_dataset == "mini_source"].set_index("protocol")["accuracy"]
+    assert src["dg"] == src["cross_dataset"]
+    n = len(df)
+    assert _cli(monkeypatch, *args, "--protocol", "dg", "--datasets", "mini_a") == 0
+    assert len(_rows(results)) == n  # skipped
+    before = set(_rows(results).run_id)
+    assert _cli(monkeypatch, *args, "--protocol", "dg", "--datasets", "mini_a", "--force") == 0
+    after = _rows(results)
+    assert len(after) == n and set(after.run_id) != before  # the shard is rewritten in place
+
+
+def test_dg_gathers_class_specific_rows(world, monkeypatch):
+    """CoOp-CSC: a 2-class rebuild would be refused (its 4 contexts cannot move to 2 classes); the
+    gather evaluates the source's 4-class bank and keeps the columns of airplane and ant."""
+    root, results = world
+    args = ("run", "coop", *COMMON, "--set", "csc=true", "--root", root, "--results", results,
+            "--source", "mini_source", "--protocol", "dg", "--datasets", "mini_a")
+    assert _cli(monkeypatch, *args) == 0
+    df = _rows(results).set_index("eval_dataset")
+    assert df.loc["mini_a", "n_classes"] == 2 and df.loc["mini_a", "n_test"] == 4
+    # cross_dataset (prompts rebuilt from the target's names) cannot move CSC contexts
+    code = _cli(monkeypatch, "run", "coop", *COMMON, "--set", "csc=true", "--root", root, "--results", results,
+                "--source", "mini_source", "--protocol", "cross_dataset", "--datasets", "mini_a")
+    assert code == 2
+
+
+def test_gather_selects_source_columns_in_target_order():
+    from cpbench.protocols.jobs import _GatherColumns, gather_columns
+
+    class M:
+        image_prompted = False
+
+        def logits_from_features(self, f, ctx):
+            return f @ torch.eye(4)
+
+    cols = gather_columns(["a", "b", "c", "d"], ["b", "d"], "x")
+    assert cols == [1, 3]
+    g = _GatherColumns(M(), cols)
+    out = g.logits_from_features(torch.tensor([[0.0, 1, 2, 3]]), None)
+    assert out.tolist() == [[1.0, 3.0]] and g.image_prompted is False
+    from cpbench.errors import UserError
+    with pytest.raises(UserError):
+        gather_columns(["a", "b"], ["z"], "x")
+
+
+def test_few_shot_per_shot_rows(world, monkeypatch):
+    root, results = world
+    assert _cli(monkeypatch, "run", "coop", *COMMON, "--root", root, "--results", results,
+                "--protocol", "few_shot", "--shots", "1", "2", "--datasets", "mini_source") == 0
+    df = _rows(results)
+    assert sorted(df.shots) == [1, 2] and set(df.protocol) == {"few_shot"} and set(df.subset) == {"all"}
+    assert set(df.n_classes) == {4}
+
+
+def test_protocol_errors_are_one_line(world, monkeypatch, capsys):
+    root, results = world
+    code = _cli(monkeypatch, "run", "coop", *COMMON, "--root", root, "--results", results,
+                "--protocol", "dg", "--shots", "1", "2", "--source", "mini_source", "--datasets", "mini_a")
+    assert code == 2 and not results.exists()
+    code = _cli(monkeypatch, "run", "coop", *COMMON, "--root", root, "--results", results, "--protocol", "nope")
+    assert code == 2
+    assert "unknown protocol" in capsys.readouterr().err
