@@ -4,7 +4,12 @@ and extract archives safely.
 Checksums: a downloaded file whose checksum does not match is deleted and fetched again (from
 the next mirror). A file given with ``--from`` whose checksum is unknown or differs (a repacked
 archive, say) is accepted with a warning *only if* the extracted content then passes the
-dataset's content check against its split file (see ``prepare``).
+dataset's content check against its split file (see ``prepare``): every image the split file
+names must then exist after extraction and the split sizes must equal the spec's expected counts.
+
+Google Drive share links are rewritten to the direct-download endpoint with ``confirm=t`` (which
+skips the "file too large to scan" confirm page); an HTML page received instead of a file is
+treated as a failed attempt, never saved as the file.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ class Source:
     extract: bool = False           # extract into the dataset dir after fetching
     strip: str = ""                 # leading folder to drop from archive members
     inner: str | None = None        # a nested archive to extract instead (e.g. a tgz inside a zip)
+    dest: str = ""                  # sub-folder of the dataset dir to extract into (Sketch: sketch/ -> images/)
     optional: bool = False
     manual: str | None = None       # when nothing can be automated: what to do, said to the user
 
@@ -187,6 +193,7 @@ def _safe_member_path(name: str, strip: str) -> PurePosixPath | None:
 def extract_source(path: Path, src: Source, target: Path, progress: Progress | None = None) -> None:
     """Extract a fetched source; for an outer archive with ``inner``, extract the inner one."""
     if src.inner and path.name != PurePosixPath(src.inner).name:
+        target.mkdir(parents=True, exist_ok=True)
         tmp = target / f".{PurePosixPath(src.inner).name}.tmp"
         try:
             with zipfile.ZipFile(path) as zf:
@@ -195,11 +202,12 @@ def extract_source(path: Path, src: Source, target: Path, progress: Progress | N
                         shutil.copyfileobj(s, d, CHUNK)
                 except KeyError:
                     raise UserError(f"{path.name} does not contain {src.inner}; delete it and prepare again") from None
-            extract(tmp, target, src.strip, progress, fmt=PurePosixPath(src.inner).name)
+            extract(tmp, target / src.dest if src.dest else target, src.strip, progress,
+                    fmt=PurePosixPath(src.inner).name)
         finally:
             tmp.unlink(missing_ok=True)
         return
-    extract(path, target, src.strip, progress)
+    extract(path, target / src.dest if src.dest else target, src.strip, progress)
 
 
 def extract(archive: Path, target: Path, strip: str = "", progress: Progress | None = None,

@@ -4,11 +4,25 @@ prepared dataset for ``run``.
 A dataset folder is ready when its marker ``.cpbench.json`` exists; the marker is written last
 and atomically, so an interrupted prepare is simply redone. Two prepares of one dataset are
 serialised by a file lock under ``<root>/.locks``.
+
+Sources are tried in order (official URL with its checksum, then mirrors); a file given with
+``--from DIR`` whose checksum is unknown or differs from the official one is accepted only if
+the extracted content matches the split file: every image it names exists and the split sizes
+equal the spec's expected counts (otherwise prepare fails and nothing is marked ready).
+
+Readers of layouts without a split json (FGVCAircraft, the ImageNet family) scan once at prepare
+time; the result is cached as ``.cpbench_split.json`` next to the marker so ``run`` does not
+rescan 1.3M ImageNet files. ``check`` re-verifies a prepared dataset: counts against the split
+file, and every image opened and decoded (missing and unreadable/truncated files are named).
+
+Tests (and power users) may pass ``spec=`` to ``prepare``/``load``/``check`` to use a modified
+spec (e.g. loopback URLs and relaxed counts) instead of the registered one.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -40,12 +54,25 @@ class PreparedDataset:
     def name(self) -> str:
         return self.spec.name
 
+    @property
+    def imagenet_indices(self) -> list[int] | None:
+        """For ImageNet-A/R: the ImageNet-1k index of each of the 200 labels (sorted wnid order);
+        for the other ImageNet datasets the identity; None elsewhere."""
+        from cpbench.data import readers
+        from cpbench.data.specs import IMAGENET_FAMILY, WNID_SUBSETS
+
+        if self.spec.name in WNID_SUBSETS:
+            return readers.imagenet_indices(readers.folder_wnids(self.dir, self.spec.image_dir))
+        if self.spec.name in IMAGENET_FAMILY:
+            return list(range(len(self.split.classnames)))
+        return None
+
     def fewshot(self, shots: int, seed: int) -> splits.FewShot:
         return splits.load_or_make_fewshot(self.dir, self.spec.name, self.split, shots, seed, self.spec.val_is_test)
 
 
 def get_spec(name: str, root: Path | None = None) -> DatasetSpec:
-    specs = all_specs()
+    specs = all_specs(root)
     if name not in specs:
         known = ", ".join(specs)
         raise UserError(f"unknown dataset {name!r}; known datasets: {known} (see `cpbench list`)")
@@ -61,11 +88,17 @@ def is_prepared(spec: DatasetSpec, root: Path) -> bool:
 
 
 def prepared_names(root: Path) -> list[str]:
-    return [name for name, spec in all_specs().items() if is_prepared(spec, root)]
+    return [name for name, spec in all_specs(root).items() if is_prepared(spec, root)]
 
 
-def _read_split(spec: DatasetSpec, ddir: Path) -> splits.Split:
+SPLIT_CACHE = ".cpbench_split.json"
+
+
+def _read_split(spec: DatasetSpec, ddir: Path, use_cache: bool = True) -> splits.Split:
     if spec.read_split is not None:
+        cache = ddir / SPLIT_CACHE
+        if use_cache and cache.is_file():
+            return splits.read_split(cache)
         return spec.read_split(ddir)
     assert spec.split_file, spec.name
     path = ddir / spec.split_file
@@ -74,9 +107,9 @@ def _read_split(spec: DatasetSpec, ddir: Path) -> splits.Split:
     return splits.read_split(path)
 
 
-def load(name: str, root: Path) -> PreparedDataset:
+def load(name: str, root: Path, spec: DatasetSpec | None = None) -> PreparedDataset:
     """A prepared dataset, or a UserError naming the ``cpbench prepare`` to run."""
-    spec = get_spec(name)
+    spec = spec or get_spec(name, root)
     ddir = dataset_dir(spec, root)
     if not (ddir / MARKER).exists():
         raise UserError(f"dataset {name!r} is not prepared under {root}; run `cpbench prepare {name} --root {root}`")
@@ -105,6 +138,38 @@ def check_counts(spec: DatasetSpec, split: splits.Split) -> dict:
             raise UserError(f"{spec.name}: {key} has {value} entries, expected {want}; the files differ from the "
                             f"official release (delete {spec.folder}/ and prepare again)")
     return got
+
+
+def _manual_source(spec: DatasetSpec, ddir: Path, from_dir: Path | None) -> dict:
+    """ImageNet: nothing can be downloaded; take the arranged folders (in place, or from --from)."""
+    images = ddir / spec.image_dir
+    if not (images / "train").is_dir() and from_dir is not None and (Path(from_dir) / "train").is_dir():
+        images.mkdir(parents=True, exist_ok=True)
+        for part in ("train", "val"):
+            if (Path(from_dir) / part).is_dir() and not (images / part).exists():
+                (images / part).symlink_to(Path(from_dir, part).resolve(), target_is_directory=True)
+    if not (images / "train").is_dir() or not (images / "val").is_dir():
+        raise UserError(f"{spec.name}: {spec.notes}")
+    return {"manual": str(images)}
+
+
+def disk_usage(path: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def human_size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 def _fetch_sources(spec: DatasetSpec, ddir: Path, root: Path, from_dir: Path | None,
@@ -139,8 +204,8 @@ def _fetch_sources(spec: DatasetSpec, ddir: Path, root: Path, from_dir: Path | N
 
 def prepare(name: str, root: Path, from_dir: Path | None = None, shots: Sequence[int] = (),
             seeds: Sequence[int] = (1, 2, 3), force: bool = False, say: Say = lambda m: None,
-            progress: fetch.Progress | None = None) -> tuple[PreparedDataset, dict]:
-    spec = get_spec(name)
+            progress: fetch.Progress | None = None, spec: DatasetSpec | None = None) -> tuple[PreparedDataset, dict]:
+    spec = spec or get_spec(name, root)
     for k in shots:
         if k <= 0:
             raise UserError(f"--shots must be positive integers (got {k})")
@@ -167,17 +232,30 @@ def prepare(name: str, root: Path, from_dir: Path | None = None, shots: Sequence
                 build_toy_dataset(spec.name, ddir, seed=0,
                                   progress=(lambda d, t: progress(spec.name, d, t)) if progress else None)
                 sources = {"generated": {"seed": 0}}
+            elif spec.kind == "manual":
+                sources = _manual_source(spec, ddir, from_dir)
+            elif spec.kind == "custom":
+                sources = {"custom": str(ddir)}
             else:
                 sources = _fetch_sources(spec, ddir, root, from_dir, say, progress)
-            split = _read_split(spec, ddir)
+            from cpbench.data.specs import IMAGENET_FAMILY
+
+            if spec.name in IMAGENET_FAMILY:
+                from cpbench.data import readers
+
+                readers.write_classnames(ddir)
+            split = _read_split(spec, ddir, use_cache=False)
             counts = check_counts(spec, split)
             missing = missing_files(ddir / spec.image_dir, split, limit=5)
             if missing:
                 raise UserError(f"{spec.name}: {len(missing)}+ images named by the split file are missing "
                                 f"(first: {missing[0]}); the archive does not match the split file")
+            if spec.read_split is not None:
+                splits.write_split(ddir / SPLIT_CACHE, split)
             info = {"dataset": spec.name, "split_sha256": splits.split_hash(split), "counts": counts,
                     "sources": sources, "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "seconds": round(time.time() - started, 2)}
+                    "seconds": round(time.time() - started, 2), "disk_bytes": disk_usage(ddir)}
+            info["disk"] = human_size(info["disk_bytes"])
             atomic.write_json(marker, info)
             info["skipped"] = False
         ds = PreparedDataset(spec, ddir, split)
@@ -196,3 +274,46 @@ def read_marker(ddir: Path) -> dict:
         return json.loads((ddir / MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+
+
+def unreadable_files(image_root: Path, split: splits.Split, progress: Callable[[int, int], None] | None = None) -> list[str]:
+    """Images that exist but cannot be decoded (truncated, not an image), by split path."""
+    from PIL import Image
+
+    bad = []
+    seen = set()
+    items = [it for it in (*split.train, *split.val, *split.test) if not (it.path in seen or seen.add(it.path))]
+    for n, item in enumerate(items, 1):
+        path = image_root / item.path
+        if path.is_file():
+            try:
+                with Image.open(path) as img:
+                    img.load()
+            except Exception:  # any decoder failure means the file is unusable
+                bad.append(item.path)
+        if progress and n % 500 == 0:
+            progress(n, len(items))
+    return bad
+
+
+def check(name: str, root: Path, spec: DatasetSpec | None = None, decode: bool = True) -> dict:
+    """Verify a prepared dataset: counts against the spec, missing and unreadable images.
+
+    Returns ``{"counts", "missing", "unreadable", "ok"}``; never modifies the dataset."""
+    spec = spec or get_spec(name, root)
+    ddir = dataset_dir(spec, Path(root))
+    if spec.split_file is None and spec.read_split is None:
+        raise UserError(f"{name}: nothing to check")
+    if not ddir.is_dir():
+        raise UserError(f"dataset {name!r} is not under {root}; run `cpbench prepare {name} --root {root}`")
+    split = _read_split(spec, ddir)
+    problems = []
+    try:
+        counts = check_counts(spec, split)
+    except UserError as exc:
+        problems.append(str(exc))
+        counts = {}
+    missing = missing_files(ddir / spec.image_dir, split)
+    unreadable = unreadable_files(ddir / spec.image_dir, split) if decode else []
+    return {"counts": counts, "missing": missing, "unreadable": unreadable, "problems": problems,
+            "ok": not (missing or unreadable or problems)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from cpbench.data import readers
 from cpbench.data.fetch import Source
 
 
@@ -66,6 +67,190 @@ CALTECH101 = DatasetSpec(
 )
 
 
+
+def _gd(file_id: str) -> str:
+    return f"https://drive.google.com/file/d/{file_id}/view?usp=sharing"
+
+
+def _split_source(dassl: str, file_id: str, sha256: str | None = None) -> Source:
+    return Source(filename=f"split_zhou_{dassl}.json", urls=(_gd(file_id),), sha256=sha256)
+
+
+_VGG = "https://www.robots.ox.ac.uk/~vgg/data"
+_IMAGENET_MANUAL = (
+    "ImageNet cannot be downloaded automatically (licence). Get ILSVRC2012_img_train.tar and "
+    "ILSVRC2012_img_val.tar from https://image-net.org, then arrange <root>/imagenet/images/train/<wnid>/*.JPEG "
+    "and <root>/imagenet/images/val/<wnid>/*.JPEG (the val tar is flat: sort it into wnid folders, e.g. with "
+    "valprep.sh) and run `cpbench prepare imagenet` again; classnames.txt is built offline")
+
+OXFORD_PETS = DatasetSpec(
+    name="oxford_pets", dassl_name="OxfordPets", folder="oxford_pets", image_dir="images",
+    template="a photo of a {}, a type of pet.", split_file="split_zhou_OxfordPets.json",
+    sources=(
+        Source("images.tar.gz", (f"{_VGG}/pets/data/images.tar.gz",), md5="5c4f3ee8e5d25df40f4fd59a7f44e54c", extract=True),
+        Source("annotations.tar.gz", (f"{_VGG}/pets/data/annotations.tar.gz",), md5="95a8c909bbe2e81eed6a22bccdf3f68f",
+               extract=True),
+        _split_source("OxfordPets", "1501r8Ber4nNKvmlFVQZ8SeUHTcdTTEqs"),
+    ),
+    expected=Expected(train=2944, val=736, test=3669, classes=37, base=19, new=18),
+)
+
+STANFORD_CARS = DatasetSpec(
+    name="stanford_cars", dassl_name="StanfordCars", folder="stanford_cars", image_dir="",
+    template="a photo of a {}.", split_file="split_zhou_StanfordCars.json",
+    notes="the official Stanford hosts are dead; without a mirror use --from with the four files",
+    sources=(
+        Source("cars_train.tgz", ("http://ai.stanford.edu/~jkrause/car196/cars_train.tgz",), extract=True),
+        Source("cars_test.tgz", ("http://ai.stanford.edu/~jkrause/car196/cars_test.tgz",), extract=True),
+        Source("car_devkit.tgz", ("https://ai.stanford.edu/~jkrause/cars/car_devkit.tgz",
+                                  "https://github.com/pytorch/vision/files/11644847/car_devkit.tgz"), extract=True,
+               optional=True),
+        Source("cars_test_annos_withlabels.mat",
+               ("http://ai.stanford.edu/~jkrause/car196/cars_test_annos_withlabels.mat",), optional=True),
+        _split_source("StanfordCars", "1ObCFbaAgVu0I-k_Au-gIUcefirdAuizT"),
+    ),
+    expected=Expected(train=6509, val=1635, test=8041, classes=196, base=98, new=98),
+)
+
+OXFORD_FLOWERS = DatasetSpec(
+    name="oxford_flowers", dassl_name="OxfordFlowers", folder="oxford_flowers", image_dir="jpg",
+    template="a photo of a {}, a type of flower.", split_file="split_zhou_OxfordFlowers.json",
+    sources=(
+        Source("102flowers.tgz", (f"{_VGG}/flowers/102/102flowers.tgz",), md5="52808999861908f626f3c1f4e79d11fa",
+               extract=True),
+        Source("imagelabels.mat", (f"{_VGG}/flowers/102/imagelabels.mat",), md5="e0620be6f572b9609742df49c70aed4d",
+               optional=True),
+        Source("cat_to_name.json", (_gd("1AkcxCXeK_RCGCEC_GvmWxjcjaNhu-at0"),), optional=True),
+        _split_source("OxfordFlowers", "1Pp0sRXzZFZq15zVOzKjKBu4A9i01nozT"),
+    ),
+    expected=Expected(train=4093, val=1633, test=2463, classes=102, base=51, new=51),
+)
+
+FOOD101 = DatasetSpec(
+    name="food101", dassl_name="Food101", folder="food-101", image_dir="images",
+    template="a photo of {}, a type of food.", split_file="split_zhou_Food101.json",
+    sources=(
+        Source("food-101.tar.gz", ("http://data.vision.ee.ethz.ch/cvl/food-101.tar.gz",),
+               md5="85eeb15f3717b99a5da872d97d918f87", extract=True, strip="food-101"),
+        _split_source("Food101", "1QK0tGi096I0Ba6kggatX1ee6dJFIcEJl"),
+    ),
+    expected=Expected(train=50500, val=20200, test=30300, classes=101, base=51, new=50),
+)
+
+FGVC_AIRCRAFT = DatasetSpec(
+    name="fgvc_aircraft", dassl_name="FGVCAircraft", folder="fgvc_aircraft", image_dir="images",
+    template="a photo of a {}, a type of aircraft.", read_split=readers.read_fgvc_aircraft,
+    sources=(
+        Source("fgvc-aircraft-2013b.tar.gz", (f"{_VGG}/fgvc-aircraft/archives/fgvc-aircraft-2013b.tar.gz",),
+               extract=True, strip="fgvc-aircraft-2013b/data"),
+    ),
+    expected=Expected(train=3334, val=3333, test=3333, classes=100, base=50, new=50),
+)
+
+SUN397 = DatasetSpec(
+    name="sun397", dassl_name="SUN397", folder="sun397", image_dir="SUN397",
+    template="a photo of a {}.", split_file="split_zhou_SUN397.json",
+    notes="the Princeton and MIT hosts 404; use --from with SUN397.tar.gz",
+    sources=(
+        Source("SUN397.tar.gz", ("http://vision.princeton.edu/projects/2010/SUN/SUN397.tar.gz",),
+               md5="8ca2778205c41d23104230ba66911c7a", extract=True),
+        Source("Partitions.zip", ("https://vision.princeton.edu/projects/2010/SUN/download/Partitions.zip",),
+               optional=True),
+        _split_source("SUN397", "1y2RD81BYuiyvebdN-JymPfyWYcd8_MUq"),
+    ),
+    expected=Expected(train=15880, val=3970, test=19850, classes=397, base=199, new=198),
+)
+
+DTD = DatasetSpec(
+    name="dtd", dassl_name="DescribableTextures", folder="dtd", image_dir="images",
+    template="{} texture.", split_file="split_zhou_DescribableTextures.json",
+    sources=(
+        Source("dtd-r1.0.1.tar.gz", (f"{_VGG}/dtd/download/dtd-r1.0.1.tar.gz",),
+               md5="fff73e5086ae6bdbea199a49dfb8a4c1", extract=True, strip="dtd"),
+        _split_source("DescribableTextures", "1u3_QfB467jqHgNXC00UIzbLZRQCg2S7x"),
+    ),
+    expected=Expected(train=2820, val=1128, test=1692, classes=47, base=24, new=23),
+)
+
+EUROSAT = DatasetSpec(
+    name="eurosat", dassl_name="EuroSAT", folder="eurosat", image_dir="2750",
+    template="a centered satellite photo of {}.", split_file="split_zhou_EuroSAT.json",
+    sources=(
+        # the torchgeo mirror first: the DFKI host's certificate expired
+        Source("EuroSAT.zip", (
+            "https://huggingface.co/datasets/torchgeo/eurosat/resolve/c877bcd43f099cd0196738f714544e355477f3fd/EuroSAT.zip",
+            "https://madm.dfki.de/files/sentinel/EuroSAT.zip",
+        ), md5="c8fa014336c82ac7804f0398fcb19387", extract=True),
+        _split_source("EuroSAT", "1Ip7yaCWFi0eaOFUGga0lUdVi_DDQth1o"),
+    ),
+    expected=Expected(train=13500, val=5400, test=8100, classes=10, base=5, new=5),
+)
+
+UCF101 = DatasetSpec(
+    name="ucf101", dassl_name="UCF101", folder="ucf101", image_dir="UCF-101-midframes",
+    template="a photo of a person doing {}.", split_file="split_zhou_UCF101.json",
+    sources=(
+        Source("UCF-101-midframes.zip", (_gd("10Jqome3vtUA2keJkNanAiFpgbyC9Hc2O"),), extract=True),
+        _split_source("UCF101", "1I0S0q91hJfsV9Gf4xDIjgDq4AqBNJb1y"),
+    ),
+    expected=Expected(train=7639, val=1898, test=3783, classes=101, base=51, new=50),
+)
+
+IMAGENET = DatasetSpec(
+    name="imagenet", dassl_name="ImageNet", folder="imagenet", image_dir="images",
+    template="a photo of a {}.", read_split=readers.read_imagenet, val_is_test=True, kind="manual",
+    notes=_IMAGENET_MANUAL,
+    expected=Expected(train=1281167, val=50000, test=50000, classes=1000, base=500, new=500),
+)
+
+IMAGENETV2 = DatasetSpec(
+    name="imagenetv2", dassl_name="ImageNetV2", folder="imagenetv2",
+    image_dir="imagenetv2-matched-frequency-format-val", template="a photo of a {}.",
+    read_split=readers.read_imagenetv2,
+    sources=(
+        Source("imagenetv2-matched-frequency.tar.gz", (
+            "https://huggingface.co/datasets/vaishaal/ImageNetV2/resolve/main/imagenetv2-matched-frequency.tar.gz",
+            "https://s3-us-west-2.amazonaws.com/imagenetv2public/imagenetv2-matched-frequency.tar.gz",
+        ), extract=True),
+    ),
+    expected=Expected(train=0, val=0, test=10000, classes=1000),
+)
+
+IMAGENET_SKETCH = DatasetSpec(
+    name="imagenet_sketch", dassl_name="ImageNetSketch", folder="imagenet-sketch", image_dir="images",
+    template="a photo of a {}.", read_split=readers.read_imagenet_sketch,
+    sources=(
+        Source("ImageNet-Sketch.zip", (_gd("1Mj0i5HBthqH1p_yeXzsg22gZduvgoNeA"),), extract=True,
+               strip="sketch", dest="images"),
+    ),
+    expected=Expected(train=0, val=0, test=50889, classes=1000),
+)
+
+IMAGENET_A = DatasetSpec(
+    name="imagenet_a", dassl_name="ImageNetA", folder="imagenet-adversarial", image_dir="imagenet-a",
+    template="a photo of a {}.", read_split=readers.read_imagenet_a,
+    sources=(
+        Source("imagenet-a.tar", ("https://people.eecs.berkeley.edu/~hendrycks/imagenet-a.tar",), extract=True),
+    ),
+    expected=Expected(train=0, val=0, test=7500, classes=200),
+)
+
+IMAGENET_R = DatasetSpec(
+    name="imagenet_r", dassl_name="ImageNetR", folder="imagenet-rendition", image_dir="imagenet-r",
+    template="a photo of a {}.", read_split=readers.read_imagenet_r,
+    sources=(
+        Source("imagenet-r.tar", ("https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar",), extract=True),
+    ),
+    expected=Expected(train=0, val=0, test=30000, classes=200),
+)
+
+IMAGENET_FAMILY = ("imagenet", "imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
+WNID_SUBSETS = ("imagenet_a", "imagenet_r")  # 200-class, relabelled 0..199 over sorted wnids
+
+BUILTIN = (IMAGENET, CALTECH101, OXFORD_PETS, STANFORD_CARS, OXFORD_FLOWERS, FOOD101, FGVC_AIRCRAFT, SUN397, DTD,
+           EUROSAT, UCF101, IMAGENETV2, IMAGENET_SKETCH, IMAGENET_A, IMAGENET_R)
+
+
 def _toy_specs() -> dict[str, DatasetSpec]:
     try:
         from cpbench.data.toy.datasets import TOY_DATASETS
@@ -83,7 +268,14 @@ def _toy_specs() -> dict[str, DatasetSpec]:
     return out
 
 
-def all_specs() -> dict[str, DatasetSpec]:
-    specs = {s.name: s for s in (CALTECH101,)}
+def all_specs(root=None) -> dict[str, DatasetSpec]:
+    """Every known dataset: the 15 built-in ones, the toy world, and (given a data root) the
+    custom datasets made with ``cpbench prepare NAME --from-folder DIR`` under it."""
+    specs = {s.name: s for s in BUILTIN}
     specs.update(_toy_specs())
+    if root is not None:
+        from cpbench.data.custom import custom_specs
+
+        for name, spec in custom_specs(root).items():
+            specs.setdefault(name, spec)
     return dict(sorted(specs.items()))
