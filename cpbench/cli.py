@@ -55,12 +55,21 @@ def _fail(msg: str) -> None:
 
 @app.command()
 def prepare(
-    dataset: str = typer.Argument(..., help="dataset name (see `cpbench list`), `toy` (all toy datasets) or `all`"),
+    dataset: str = typer.Argument(..., help="dataset name (see `cpbench list`), `toy` (all toy datasets), `all` "
+                                            "(every downloadable one), or a new name with --from-folder/--csv"),
     shots: List[int] = typer.Option([], "--shots", help="few-shot sizes to pre-draw, e.g. --shots 1 2 4 8 16"),
     seeds: List[int] = typer.Option([1, 2, 3], "--seeds", help="seeds for the few-shot draws"),
-    root: Optional[Path] = typer.Option(None, "--root", help="data root (default ./data or $CPBENCH_DATA)"),
+    root: Optional[Path] = typer.Option(None, "--root", help="data root (default ./data or $CPBENCH_DATA); "
+                                                            "an existing CoOp DATA folder works unchanged"),
     from_dir: Optional[Path] = typer.Option(None, "--from", help="folder holding the files the downloader would fetch"),
     force: bool = typer.Option(False, "--force", help="prepare again even if already prepared"),
+    check: bool = typer.Option(False, "--check", help="verify an existing dataset: counts, missing and unreadable images"),
+    from_folder: Optional[Path] = typer.Option(None, "--from-folder", help="your own data: one sub-folder per class"),
+    csv_file: Optional[Path] = typer.Option(None, "--csv", help="your own data: a CSV of path,label"),
+    classnames_file: Optional[Path] = typer.Option(None, "--classnames", help="class names, one a line (CSV integer labels)"),
+    template: str = typer.Option("a photo of a {}.", "--template", help="prompt template of your own dataset"),
+    split_file: Optional[Path] = typer.Option(None, "--split", help="a given CoOp-format split for your own data"),
+    split_seed: int = typer.Option(1, "--split-seed", help="seed of the generated 50/20/30 split of your own data"),
 ) -> None:
     """Download (or take --from), verify, extract and split a dataset; draw few-shot files."""
     from cpbench.data import prepare as prep
@@ -69,24 +78,58 @@ def prepare(
     from cpbench.progress import ByteProgress
 
     root_path = data_root(root)
+    say = lambda m: console.print(f"[dim]{dataset}:[/] {m}", highlight=False)  # noqa: E731
+    if from_folder is not None or csv_file is not None:
+        from cpbench.data.custom import make_custom
+
+        builtin = tuple(n for n, s in all_specs().items())
+        spec = make_custom(dataset, root_path, from_folder, csv_file, classnames_file, template, split_file,
+                           split_seed, builtin=builtin)
+        ds, info = prep.prepare(dataset, root_path, shots=shots, seeds=seeds, force=True, say=say, spec=spec)
+        _print_prepared(dataset, ds, info)
+        return
     if dataset == "all":
-        names = [n for n, s in all_specs().items() if s.kind != "manual"]
+        names = [n for n, s in all_specs().items() if s.kind == "download"]
     elif dataset == "toy":  # every dataset of the embedded toy world
         names = [n for n, s in all_specs().items() if s.kind == "generated"]
     else:
         names = [dataset]
     for name in names:
-        prep.get_spec(name)
+        prep.get_spec(name, root_path)
+    if check:
+        bad = 0
+        for name in names:
+            if dataset == "all" and not prep.is_prepared(prep.get_spec(name, root_path), root_path):
+                continue
+            r = prep.check(name, root_path)
+            c = r["counts"]
+            if r["ok"]:
+                out.print(f"{name}: ok — train {c['train']} / val {c['val']} / test {c['test']}, {c['classes']} classes",
+                          highlight=False)
+                continue
+            bad += 1
+            for p in r["problems"]:
+                out.print(f"{name}: {p}", highlight=False)
+            for kind in ("missing", "unreadable"):
+                for path in r[kind]:
+                    out.print(f"{name}: {kind}: {path}", highlight=False)
+        if bad:
+            raise UserError(f"{bad} dataset(s) failed the check; run `cpbench prepare {dataset} --force` to repair")
+        return
     for name in names:
         with ByteProgress(console) as bar:
             ds, info = prep.prepare(name, root_path, from_dir, shots, seeds, force=force,
                                     say=lambda m: console.print(f"[dim]{name}:[/] {m}", highlight=False), progress=bar)
-        c = info["counts"]
-        state = "already prepared, verified" if info.get("skipped") else "prepared"
-        out.print(f"{name}: {state} in {ds.dir} — train {c['train']} / val {c['val']} / test {c['test']}, "
-                  f"{c['classes']} classes, base {c['base']} / new {c['new']}", highlight=False)
-        for key, (ntr, nva) in info.get("fewshot", {}).items():
-            out.print(f"  {key}: train {ntr} / val {nva}", highlight=False)
+        _print_prepared(name, ds, info)
+
+
+def _print_prepared(name, ds, info) -> None:
+    c = info["counts"]
+    state = "already prepared, verified" if info.get("skipped") else "prepared"
+    out.print(f"{name}: {state} in {ds.dir} — train {c['train']} / val {c['val']} / test {c['test']}, "
+              f"{c['classes']} classes, base {c['base']} / new {c['new']}", highlight=False)
+    for key, (ntr, nva) in info.get("fewshot", {}).items():
+        out.print(f"  {key}: train {ntr} / val {nva}", highlight=False)
 
 
 # --------------------------------------------------------------------------- run
@@ -163,17 +206,30 @@ def run(
 
 @app.command()
 def report(
-    format: str = typer.Option("markdown", "--format", help="markdown | csv"),
+    format: str = typer.Option("markdown", "--format", help="markdown | csv | latex | html | json"),
     results: Optional[Path] = typer.Option(None, "--results", help="results dir"),
     std: bool = typer.Option(True, "--std/--no-std", help="show the std over seeds"),
+    protocol: List[str] = typer.Option([], "--protocol", help="only these protocols (base2new cross_dataset dg few_shot)"),
+    methods: List[str] = typer.Option([], "--methods", help="only these methods"),
+    datasets: List[str] = typer.Option([], "--datasets", "--dataset", help="only these datasets"),
+    compare: Optional[str] = typer.Option(None, "--compare", help="paper: add published numbers (with provenance) and deltas"),
+    plots: Optional[Path] = typer.Option(None, "--plots", help="also write PNG figures into this folder"),
 ) -> None:
-    """Tables from the results rows (base/new/HM per dataset and the Average row)."""
+    """Tables per protocol in the papers' layouts (mean ± std over seeds, HM rules of the papers)."""
     from cpbench.paths import results_root
+    from cpbench.results import formats
     from cpbench.results import report as rep
     from cpbench.results.store import ResultStore
 
-    if format not in ("markdown", "csv"):
-        raise UserError(f"--format must be markdown or csv, got {format!r}")
+    if format not in formats.FORMATS:
+        raise UserError(f"--format must be one of {', '.join(formats.FORMATS)}, got {format!r}")
+    if compare not in (None, "paper"):
+        raise UserError(f"--compare takes `paper`, got {compare!r}")
+    bad = [p for p in protocol if p not in rep.PROTOCOL_ORDER]
+    if bad:
+        raise UserError(f"unknown protocol {bad[0]!r} in --protocol; use {', '.join(rep.PROTOCOL_ORDER)}")
+    if plots is not None and plots.exists() and not plots.is_dir():
+        raise UserError(f"--plots {plots} is a file; pass a folder (it is created if missing)")
     store = ResultStore(results_root(results))
     read = store.read()
     for path in read.corrupt:
@@ -181,9 +237,19 @@ def report(
                       highlight=False, soft_wrap=True)
     if read.frame.empty:
         raise UserError(f"no results under {store.root}; run `cpbench run METHOD` first (or pass --results DIR)")
-    agg = rep.aggregate(read.frame)
-    text = rep.base2new_markdown(agg, show_std=std) if format == "markdown" else rep.base2new_csv(agg)
-    sys.stdout.write(text)
+    agg = rep.filter_agg(rep.aggregate(read.frame), protocol, methods, datasets)
+    if agg.empty:
+        raise UserError("no results match --protocol/--methods/--datasets; drop a filter (see `cpbench report`)")
+    if plots is not None:
+        try:
+            from cpbench.results.plots import write_plots
+
+            made = write_plots(agg, plots)
+        except ModuleNotFoundError as exc:
+            raise UserError(f"--plots needs {exc.name}; pip install matplotlib")
+        for p in made:
+            console.print(f"wrote {p}", highlight=False)
+    sys.stdout.write(formats.render(rep.tables(agg, compare=compare == "paper"), format, std))
 
 
 # --------------------------------------------------------------------------- list
@@ -201,7 +267,7 @@ def list_(root: Optional[Path] = typer.Option(None, "--root", help="data root"))
     t = Table(title=f"datasets (root: {root_path})")
     for col in ("name", "prepared", "classes", "images", "disk", "template"):
         t.add_column(col)
-    for name, spec in all_specs().items():
+    for name, spec in all_specs(root_path).items():
         ddir = prep.dataset_dir(spec, root_path)
         ready = prep.is_prepared(spec, root_path)
         images = disk = classes = ""
@@ -210,7 +276,7 @@ def list_(root: Optional[Path] = typer.Option(None, "--root", help="data root"))
             c = info.get("counts", {})
             classes = str(c.get("classes", ""))
             images = str(sum(c.get(k, 0) for k in ("train", "val", "test")))
-            disk = info.get("disk", "")
+            disk = info.get("disk") or prep.human_size(prep.disk_usage(ddir))
         t.add_row(name, "yes" if ready else "", classes or (str(spec.expected.classes or "")), images, disk, spec.template)
     out.print(t)
     out.print("methods: " + ", ".join(method_names()))

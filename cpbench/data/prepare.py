@@ -112,8 +112,31 @@ def load(name: str, root: Path, spec: DatasetSpec | None = None) -> PreparedData
     spec = spec or get_spec(name, root)
     ddir = dataset_dir(spec, root)
     if not (ddir / MARKER).exists():
+        existing = _existing_coop(spec, ddir)
+        if existing is not None:  # a CoOp DATA folder used as --root unchanged
+            return PreparedDataset(spec, ddir, existing)
         raise UserError(f"dataset {name!r} is not prepared under {root}; run `cpbench prepare {name} --root {root}`")
     return PreparedDataset(spec, ddir, _read_split(spec, ddir))
+
+
+def _existing_coop(spec: DatasetSpec, ddir: Path) -> splits.Split | None:
+    """The split of a complete dataset folder laid out by CoOp (no cpbench marker), else None.
+
+    Complete = the split file (or reader input) is there, the counts match the spec and the first
+    and last image of every part exist (a full scan is ``--check``'s job)."""
+    if spec.kind not in ("download", "manual") or not (ddir / spec.image_dir).is_dir():
+        return None
+    if spec.split_file and not (ddir / spec.split_file).is_file():
+        return None
+    try:
+        split = _read_split(spec, ddir)
+        check_counts(spec, split)
+    except (UserError, OSError):
+        return None
+    sample = [p[i] for p in (split.train, split.val, split.test) if p for i in (0, -1)]
+    if not sample or missing_files(ddir / spec.image_dir, splits.Split(tuple(sample), (), ())):
+        return None
+    return split
 
 
 def missing_files(image_root: Path, split: splits.Split, limit: int | None = None) -> list[str]:
@@ -225,7 +248,11 @@ def prepare(name: str, root: Path, from_dir: Path | None = None, shots: Sequence
         else:
             marker.unlink(missing_ok=True)
             started = time.time()
-            if spec.kind == "generated":
+            adopted = None if force else _existing_coop(spec, ddir)
+            if adopted is not None:
+                say("found a complete CoOp-layout folder; verifying it instead of downloading")
+                sources = {"existing": str(ddir)}
+            elif spec.kind == "generated":
                 from cpbench.data.toy.datasets import build_toy_dataset
 
                 say(f"generating {spec.name}")
