@@ -398,3 +398,24 @@ def test_methods_i_run_base_to_new_end_to_end(mini_caltech, tmp_path, monkeypatc
     out = capsys.readouterr().out
     for method in METHODS_I:
         assert method in out
+
+
+# ============================================================================ fp16 like the official
+def test_fp16_keeps_the_official_fp32_prompts():
+    """Under PREC=fp16 the official code keeps IVLP's VPT/VPT_shallow and MaPLe's deep prompts and
+    projections in fp32 (ctx, MaPLe's proj half); PromptSRC's teacher comes from an fp32 tower."""
+    from cpbench.models.backbone import load_backbone
+
+    bb = load_backbone("tiny", "none").half()
+    src = PromptSRC(bb, NAMES[:2], PromptSRCOptions()).half()
+    dt = {n: t.dtype for n, t in src.learned_state().items()}
+    assert dt["ctx"] == dt["gpa_ctx"] == torch.float16
+    assert {dt[k] for k in ("VPT", "deep_text", "deep_vision", "gpa_VPT", "gpa_deep_vision")} == {torch.float32}
+    mp = MaPLe(bb, NAMES[:2], MaPLeOptions()).half()
+    assert mp.ctx.dtype == mp.proj.weight.dtype == torch.float16
+    assert mp.compound_prompts_text[0].dtype == mp.compound_prompt_projections[0].weight.dtype == torch.float32
+    x = images(2).half()
+    _, terms = src.forward_train(x, torch.tensor([0, 1]))
+    sum(terms.values()).backward()
+    assert src.VPT.grad.dtype == torch.float32 and src.ctx.grad.dtype == torch.float16
+    assert src.fixed_embeddings.dtype == torch.float32 and all(torch.isfinite(v) for v in terms.values())

@@ -47,3 +47,23 @@ def deep_list(stack: torch.Tensor | None) -> list | None:
     if stack is None:
         return None
     return [None, *stack.unbind(0)]
+
+
+class OfficialFloat32:
+    """Mixin: parameters (and their buffers) that the official code keeps in fp32 even under
+    ``PREC=fp16``, where cpbench casts the whole method to half. In multimodal-prompt-learning /
+    PromptSRC, ``convert_weights`` halves only Linear/Conv/attention weights and ``proj`` /
+    ``text_projection``, and the prompt learner halves ``ctx`` (token-embedding dtype) and
+    MaPLe's ``proj``; IVLP's ``VPT`` / ``VPT_shallow`` and MaPLe's ``compound_prompts_text`` /
+    ``compound_prompt_projections`` are created in fp32 and stay so (their SGD updates are
+    fp32; the encoders cast them to the activation dtype, as the official ``.half()`` calls)."""
+
+    fp32_prefixes: tuple[str, ...] = ()
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        if self.fp32_prefixes:
+            for n, t in [*self.named_parameters(), *self.named_buffers()]:
+                if n.startswith(self.fp32_prefixes) and t.is_floating_point() and t.dtype != torch.float32:
+                    t.data = t.data.float()
+        return out

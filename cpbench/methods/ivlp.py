@@ -10,7 +10,7 @@ Learned, no coupling between the branches:
   ``{text,image}_encoder.transformer.resblocks.k.VPT_shallow`` = row k-1), replacing text tokens
   1..n_t / the last n_v vision tokens. All N(0, 0.02²) except an initialised ``ctx``.
 ``depth_vision = 0`` (or ``n_ctx_vision = 0``) means no vision prompts at all, as the official code.
-One CE. At ViT-B/16 with 4+4 tokens and depth 9/9: 9·4·512 + 9·4·768 = 46,080 parameters.
+Under fp16 ``ctx`` is half and the vision/deep prompts stay fp32, as the official code. One CE. At ViT-B/16 with 4+4 tokens and depth 9/9: 9·4·512 + 9·4·768 = 46,080 parameters.
 Config (PromptSRC repo ``IVLP/vit_b16_c2_ep20_batch4_4+4ctx``): 20 epochs, batch 4, lr 0.0025.
 """
 
@@ -24,7 +24,7 @@ from torch import nn
 
 from cpbench.errors import UserError
 from cpbench.methods.base import Method, Options
-from cpbench.methods.deep_prompts import capped_depth, deep_list, deep_stack, vl_context
+from cpbench.methods.deep_prompts import OfficialFloat32, capped_depth, deep_list, deep_stack, vl_context
 from cpbench.methods.prompts import ClassPrompts
 
 
@@ -37,10 +37,11 @@ class IVLPOptions(Options):
     depth_vision: int = 9
 
 
-class IVLP(Method):
+class IVLP(OfficialFloat32, Method):
     name = "ivlp"
     Options = IVLPOptions
     image_prompted = True
+    fp32_prefixes = ("VPT", "deep_text", "deep_vision")   # official VPT / VPT_shallow: fp32 under fp16
 
     def __init__(self, backbone, classnames, options: IVLPOptions, template="a photo of a {}."):
         super().__init__(backbone, classnames, options, template)

@@ -9,7 +9,8 @@ Learned (official names):
 - ``compound_prompts_text.j`` [n, D_t] ~ N(0, 0.02²): text prompt of layer j+1 (replaces tokens 1..n);
 - ``compound_prompt_projections.j`` Linear(D_t → D_v): vision prompt of layer j+1 (replaces the
   last n tokens); deep copies of ONE initialised layer, so they start identical.
-Vision prompts are never free parameters. Depth 9, capped by the towers' layers. One CE.
+Vision prompts are never free parameters. Under fp16, ``ctx`` and ``proj`` are half and the deep
+prompts and their projections stay fp32, as the official code. Depth 9, capped by the towers' layers. One CE.
 About 3.55M parameters at ViT-B/16. Base-to-new config ``vit_b16_c2_ep5_batch4_2ctx``: 5 epochs,
 batch 4, lr 0.0035; cross-dataset/DG ``…_cross_datasets``: depth 3, 2 epochs, lr 0.0026.
 """
@@ -25,7 +26,7 @@ from torch import nn
 
 from cpbench.errors import UserError
 from cpbench.methods.base import Method, Options
-from cpbench.methods.deep_prompts import capped_depth, vl_context
+from cpbench.methods.deep_prompts import OfficialFloat32, capped_depth, vl_context
 from cpbench.methods.prompts import ClassPrompts
 
 
@@ -36,10 +37,11 @@ class MaPLeOptions(Options):
     depth: int = 9
 
 
-class MaPLe(Method):
+class MaPLe(OfficialFloat32, Method):
     name = "maple"
     Options = MaPLeOptions
     image_prompted = True
+    fp32_prefixes = ("compound_prompts_text", "compound_prompt_projections")  # fp32 under fp16, as official
 
     def __init__(self, backbone, classnames, options: MaPLeOptions, template="a photo of a {}."):
         super().__init__(backbone, classnames, options, template)

@@ -11,7 +11,7 @@ Architecture: IVLP (4 text + 4 vision tokens, depth 9/9; see ``ivlp.py``). Train
 The teacher g̃_c is the mean over the 60 generic templates (``TEMPLATES``, the official
 ``IMAGENET_TEMPLATES`` order) of the UNNORMALISED frozen CLIP text features; it is computed once
 per class set, on first use in training (non-persistent buffer; new-class evaluation never needs
-it). The frozen image features come from the same backbone without prompts, under no_grad.
+it), with an fp32 text tower as the official code (a float copy when the backbone is fp16). The frozen image features come from the same backbone without prompts, under no_grad.
 
 Gaussian prompt aggregation (GPA): w_e ∝ N(e; μ, σ²) for epochs e = 1..E, normalised to sum 1
 (computed as a softmax of the log-pdf, equal to pdf/Σpdf and safe from underflow); after each
@@ -23,8 +23,8 @@ Inference: plain prompted CLIP (IVLP) with the aggregated prompts.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, fields
+import copy
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -86,6 +86,7 @@ def src_losses(logits, text, teacher, image, frozen_image, logit_scale, text_wei
 class PromptSRC(IVLP):
     name = "promptsrc"
     Options = PromptSRCOptions
+    fp32_prefixes = ("VPT", "deep_text", "deep_vision", "gpa_VPT", "gpa_deep_text", "gpa_deep_vision")
 
     def __init__(self, backbone, classnames, options: PromptSRCOptions, template="a photo of a {}."):
         super().__init__(backbone, classnames, options, template)
@@ -107,10 +108,15 @@ class PromptSRC(IVLP):
     def teacher_text_features(self) -> torch.Tensor:
         """Mean over the 60 templates of the unnormalised frozen text features, [C, E] float."""
         if self.fixed_embeddings.numel() == 0:
+            bb = self.backbone
+            # fp32 text tower as the official teacher (``load_clip_to_cpu(cfg, True).float()``) even
+            # when the backbone runs in fp16: a float copy of the (fp16-exact) weights
+            enc = bb.text if bb.text.dtype == torch.float32 else copy.deepcopy(bb.text).float()
             names = [clean(c) for c in self.classnames]
             total = None
             for t in TEMPLATES:
-                f = self.backbone.encode_text([t.replace("{}", n) for n in names]).float()
+                ids = bb.tokenize([t.replace("{}", n) for n in names])
+                f = enc(bb.token_embedding(ids).float(), ids.argmax(dim=-1)).float()
                 total = f if total is None else total + f
             self.fixed_embeddings = total / len(TEMPLATES)
         return self.fixed_embeddings
