@@ -300,3 +300,39 @@ def test_traversal_member_refused_nothing_outside(tmp_path):
     written = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
     assert not any("evil" in p for p in written), written
     assert not (root / "dtd" / prep.MARKER).exists()
+
+
+def test_two_prepares_on_one_root_do_not_clobber(tmp_path):
+    files, classnames, _ = build("eurosat")
+    results, errors = [], []
+    with serve(files) as (base, log):
+        spec = loopback_spec("eurosat", base, files)
+
+        def one():
+            try:
+                results.append(prep.prepare("eurosat", tmp_path, spec=spec)[1]["skipped"])
+            except Exception as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=one) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    assert not errors and sorted(results) == [False, True]  # one prepared, the other waited and verified
+    assert len([f for f, _ in log if f == "EuroSAT.zip"]) == 1
+
+
+def test_existing_coop_folder_works_unchanged_as_root(tmp_path):
+    """A CoOp DATA folder (no cpbench marker) is loaded as is, and prepare adopts it offline."""
+    files, classnames, _ = build("eurosat")
+    ddir = tmp_path / "eurosat"
+    with zipfile.ZipFile(io.BytesIO(files["EuroSAT.zip"])) as zf:
+        zf.extractall(ddir)
+    (ddir / "split_zhou_EuroSAT.json").write_bytes(files["split_zhou_EuroSAT.json"])
+    spec = dataclasses.replace(all_specs()["eurosat"], expected=Expected(train=2, val=2, test=2, classes=2),
+                               sources=())
+    ds = prep.load("eurosat", tmp_path, spec=spec)
+    assert ds.split.classnames == classnames
+    ds2, info = prep.prepare("eurosat", tmp_path, spec=spec)  # no sources: nothing can be downloaded
+    assert info["sources"] == {"existing": str(ddir)} and ds2.split == ds.split
