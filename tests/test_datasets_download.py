@@ -196,7 +196,7 @@ def build(name: str):
         names = readers.imagenet_names()
         return {"imagenetv2-matched-frequency.tar.gz": pack(".tar.gz", members)}, \
             [names[i] for i in (0, 1, 2, 10)], (0, 0, 8)
-    if name in ("imagenet_sketch", "imagenet_a", "imagenet_r"):
+    if name in ("imagenet_sketch", "imagenet_a", "imagenet_r"):  # labels: sorted wnids -> ImageNet 2, 7, 500
         wnids = [readers.imagenet_wnids()[i] for i in (7, 2, 500)]
         top = {"imagenet_sketch": "sketch", "imagenet_a": "imagenet-a", "imagenet_r": "imagenet-r"}[name]
         members = {f"{top}/{w}/{i}.JPEG": jpeg(i + k * 5) for k, w in enumerate(wnids) for i in range(2)}
@@ -260,7 +260,7 @@ def test_prepare_downloads_miniature(name, tmp_path):
 
 
 def test_imagenet_a_r_keep_imagenet_indices(tmp_path):
-    for name in ("imagenet_a", "imagenet_r"):
+    for name in ("imagenet_a", "imagenet_r", "imagenet_sketch"):
         files, classnames, _ = build(name)
         with serve(files) as (base, _log):
             ds, _ = prep.prepare(name, tmp_path, spec=loopback_spec(name, base, files))
@@ -288,6 +288,7 @@ def test_imagenet_manual_message_then_folders(tmp_path):
     assert len(lines) == 1000 and lines[2] == "n01484850 great white shark"
     assert (tmp_path / "imagenet" / prep.SPLIT_CACHE).is_file()
     assert prep.load("imagenet", tmp_path, spec=spec).split == ds.split
+    assert ds.imagenet_indices == [0, 1, 2]
 
 
 def test_traversal_member_refused_nothing_outside(tmp_path):

@@ -56,15 +56,17 @@ class PreparedDataset:
 
     @property
     def imagenet_indices(self) -> list[int] | None:
-        """For ImageNet-A/R: the ImageNet-1k index of each of the 200 labels (sorted wnid order);
-        for the other ImageNet datasets the identity; None elsewhere."""
+        """ImageNet-1k index of each label, for the ImageNet family (for A/R: the 200 labels in sorted
+        wnid order, so class-specific methods can gather their rows); None for other datasets."""
         from cpbench.data import readers
         from cpbench.data.specs import IMAGENET_FAMILY, WNID_SUBSETS
 
-        if self.spec.name in WNID_SUBSETS:
+        if self.spec.name in WNID_SUBSETS or self.spec.name == "imagenet_sketch":
             return readers.imagenet_indices(readers.folder_wnids(self.dir, self.spec.image_dir))
-        if self.spec.name in IMAGENET_FAMILY:
-            return list(range(len(self.split.classnames)))
+        if self.spec.name == "imagenet":
+            return readers.imagenet_indices(readers.folder_wnids(self.dir, f"{self.spec.image_dir}/train"))
+        if self.spec.name in IMAGENET_FAMILY:  # ImageNetV2: folder i is class i
+            return sorted({it.label for it in self.split.test})
         return None
 
     def fewshot(self, shots: int, seed: int) -> splits.FewShot:
