@@ -116,11 +116,22 @@ def prepare(
         if bad:
             raise UserError(f"{bad} dataset(s) failed the check; run `cpbench prepare {dataset} --force` to repair")
         return
+    failed = []
     for name in names:
-        with ByteProgress(console) as bar:
-            ds, info = prep.prepare(name, root_path, from_dir, shots, seeds, force=force,
-                                    say=lambda m: console.print(f"[dim]{name}:[/] {m}", highlight=False), progress=bar)
+        try:
+            with ByteProgress(console) as bar:
+                ds, info = prep.prepare(name, root_path, from_dir, shots, seeds, force=force,
+                                        say=lambda m: console.print(f"[dim]{name}:[/] {m}", highlight=False),
+                                        progress=bar)
+        except UserError as exc:
+            if len(names) == 1:
+                raise
+            failed.append(name)  # `all`: go on with the others, report at the end
+            console.print(f"[red]{exc}[/]", highlight=False)
+            continue
         _print_prepared(name, ds, info)
+    if failed:
+        raise UserError(f"{len(failed)} dataset(s) not prepared ({', '.join(failed)}); see the messages above")
 
 
 def _print_prepared(name, ds, info) -> None:
