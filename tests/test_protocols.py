@@ -26,10 +26,10 @@ def _spec(name, folder):
 @pytest.fixture
 def world(tmp_path, monkeypatch):
     root = tmp_path / "data"
-    base = dict(specs_mod.all_specs())
+    real = prep.all_specs
     extra = {"mini_source": _spec("mini_source", "src"), "mini_other": _spec("mini_other", "other"),
              "mini_a": _spec("mini_a", "a")}
-    monkeypatch.setattr(prep, "all_specs", lambda: dict(sorted({**base, **extra}.items())))
+    monkeypatch.setattr(prep, "all_specs", lambda *a, **k: dict(sorted({**real(*a, **k), **extra}.items())))
     make_caltech(root)
     for folder, classes in (("src", ("accordion", "airplane", "anchor", "ant")),
                             ("other", ("bass", "beaver", "brain")), ("a", ("airplane", "ant"))):
@@ -134,3 +134,22 @@ def test_protocol_errors_are_one_line(world, monkeypatch, capsys):
     code = _cli(monkeypatch, "run", "coop", *COMMON, "--root", root, "--results", results, "--protocol", "nope")
     assert code == 2
     assert "unknown protocol" in capsys.readouterr().err
+
+
+def test_per_shot_epochs_and_shared_training_config(tmp_path):
+    """few_shot takes the YAML's shots.<k> epochs; dg and cross_dataset resolve one config, so
+    their training keys (and checkpoints) coincide while their job keys (rows) differ."""
+    from cpbench.protocols import cross_dataset, domain_generalization, few_shot
+    from cpbench.protocols.jobs import RunSettings, job_config, job_key, training_key
+
+    s = RunSettings(data_root=tmp_path, results_root=tmp_path)
+    epochs = {j.shots: job_config(j, s).train.epochs
+              for j in few_shot.plan("coop", ["caltech101"], [1], [1, 2, 4, 8, 16])}
+    assert epochs == {1: 50, 2: 100, 4: 100, 8: 200, 16: 200}
+    (xd,) = cross_dataset.plan("coop", ["caltech101"], [1])
+    (dg,) = domain_generalization.plan("coop", ["imagenet_a"], [1])
+    cx, cg = job_config(xd, s), job_config(dg, s)
+    assert cx.hash == cg.hash and cx.train.epochs == 50
+    assert training_key(xd, cx, s) == training_key(dg, cg, s)
+    assert job_key(xd, cx, s) != job_key(dg, cg, s)
+    assert [t.gather for t in dg.targets] == [False, True] and not any(t.gather for t in xd.targets)
