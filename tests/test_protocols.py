@@ -115,6 +115,9 @@ def test_gather_selects_source_columns_in_target_order():
     from cpbench.errors import UserError
     with pytest.raises(UserError):
         gather_columns(["a", "b"], ["z"], "x")
+    with pytest.raises(UserError, match="occur twice"):  # ImageNet has two "missile" and two "sunglasses"
+        gather_columns(["a", "b", "a"], ["a"], "x")
+    assert gather_columns(["a", "b", "a"], ["b"], "x") == [1]
 
 
 def test_few_shot_per_shot_rows(world, monkeypatch):
@@ -153,3 +156,14 @@ def test_per_shot_epochs_and_shared_training_config(tmp_path):
     assert training_key(xd, cx, s) == training_key(dg, cg, s)
     assert job_key(xd, cx, s) != job_key(dg, cg, s)
     assert [t.gather for t in dg.targets] == [False, True] and not any(t.gather for t in xd.targets)
+
+
+def test_dg_gather_with_lamm(world, monkeypatch):
+    """LAMM's learned label embeddings are per class: DG evaluates it on the source bank (its
+    learned rows kept) and scores the target's 2 classes. (The column selection itself is checked
+    exactly in test_gather_selects_source_columns_in_target_order.)"""
+    root, results = world
+    assert _cli(monkeypatch, "run", "lamm", *COMMON, "--root", root, "--results", results,
+                "--source", "mini_source", "--protocol", "dg", "--datasets", "mini_a") == 0
+    df = _rows(results).set_index("eval_dataset")
+    assert df.loc["mini_a", "n_classes"] == 2 and df.loc["mini_a", "n_test"] == 4

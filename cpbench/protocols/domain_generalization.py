@@ -4,8 +4,8 @@ evaluated on ImageNet-V2, -Sketch, -A and -R.
 ImageNet-A and -R are 200-class problems (labels 0..199 over their sorted wnids, as CoOp). Their
 targets are marked ``gather``: the method keeps the *source* class names (its 1000-class text
 bank, including class-specific parameters such as CoOp-CSC contexts or LAMM label embeddings)
-and the evaluation selects the logit columns of the target's classes, matched by class name, in
-the target's label order. For shared-context methods this equals CoOp's 200-way rebuild; for
+and the evaluation selects the logit columns of the target's classes, matched by wnid
+(ImageNet -> A/R: ImageNet's names are not unique) or else by class name, in the target's label order. For shared-context methods this equals CoOp's 200-way rebuild; for
 class-specific methods it keeps the learned per-class parameters (a 200-way rebuild would lose
 them). For V2 and Sketch (same 1000 classes) the selection is the identity."""
 

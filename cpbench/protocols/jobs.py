@@ -117,12 +117,40 @@ class _GatherColumns:
 
 
 def gather_columns(source_names: list[str], target_names: list[str], dataset: str) -> list[int]:
-    index = {n: i for i, n in enumerate(source_names)}
+    """Source column of each target class, matched by class name (must be unambiguous)."""
+    index: dict[str, int] = {}
+    dup = set()
+    for i, n in enumerate(source_names):
+        if n in index:
+            dup.add(n)
+        index.setdefault(n, i)
     missing = [n for n in target_names if n not in index]
     if missing:
         raise UserError(f"{dataset}: classes {missing[:3]} are not among the training classes; "
                         "evaluate it with a protocol that rebuilds prompts (cross_dataset) instead of dg")
+    ambiguous = [n for n in target_names if n in dup]
+    if ambiguous:
+        raise UserError(f"{dataset}: class names {ambiguous[:3]} occur twice among the training classes; "
+                        "give the dataset a wnid map or evaluate it with --protocol cross_dataset")
     return [index[n] for n in target_names]
+
+
+def target_columns(ds, tds, names: list[str], tnames: list[str]) -> list[int]:
+    """ImageNet -> ImageNet-A/R: by wnid (the 200 sorted folders; ImageNet's names are not unique:
+    two "missile", two "sunglasses"); anything else by class name."""
+    if ds.name == "imagenet" and len(names) == 1000:
+        try:
+            from cpbench.data.readers import folder_wnids, imagenet_indices
+            from cpbench.data.specs import WNID_SUBSETS
+        except ImportError:  # the ImageNet family is not available in this build
+            WNID_SUBSETS = ()
+        if tds.name in WNID_SUBSETS:
+            cols = imagenet_indices(folder_wnids(tds.dir, tds.spec.image_dir))
+            if len(cols) != len(tnames):
+                raise UserError(f"{tds.name}: {len(cols)} wnid folders but {len(tnames)} classes in its split; "
+                                f"re-run `cpbench prepare {tds.name} --force`")
+            return cols
+    return gather_columns(names, tnames, tds.name)
 
 
 def job_config(job: Job, s: RunSettings) -> ResolvedConfig:
@@ -231,7 +259,7 @@ def _run_job_locked(job: Job, cfg: ResolvedConfig, key: str, backbone: Backbone,
         items, tnames, _ = _subset_items(tds, target.subset, job.shots if tds is ds else 0, job.seed, "test")
         scorer = method
         if target.gather and list(tnames) != list(names):
-            scorer = _GatherColumns(method, gather_columns(list(names), list(tnames), tds.name))
+            scorer = _GatherColumns(method, target_columns(ds, tds, list(names), list(tnames)))
             method.set_classnames(names)
         else:
             method.set_classnames(tnames)
