@@ -43,13 +43,13 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
 }
 
 # size name -> object radius range in pixels (single-object scenes)
-SIZES: dict[str, tuple[float, float]] = {"small": (8.0, 11.5), "medium": (12.0, 16.0), "large": (16.5, 22.0)}
+SIZES: dict[str, tuple[float, float]] = {"small": (10.0, 13.5), "medium": (14.0, 18.5), "large": (19.0, 25.0)}
 SIZE_WORDS: dict[str, tuple[str, ...]] = {
     "small": ("small", "small", "tiny", "little"),
     "medium": ("medium", "medium-sized", "medium"),
     "large": ("large", "big", "large"),
 }
-_SMALL_PAIR_RADIUS = (8.0, 13.0)  # two-object scenes: smaller objects so that both fit
+_SMALL_PAIR_RADIUS = (10.0, 14.5)  # two-object scenes: smaller objects so that both fit
 
 
 @dataclass(frozen=True)
@@ -221,7 +221,7 @@ def render(scene: Scene) -> np.ndarray:
         tex = main * (1.0 - pmap) + second * pmap
         alpha = _object_mask(o)[..., None]
         img = img + (tex - img) * alpha
-    noise = rng.standard_normal(img.shape, dtype=np.float32) * np.float32(rng.uniform(1.0, 7.0))
+    noise = rng.standard_normal(img.shape, dtype=np.float32) * np.float32(rng.uniform(1.0, 5.0))
     return np.clip(np.rint(img + noise), 0, 255).astype(np.uint8)
 
 
@@ -263,7 +263,7 @@ def sample_object(rng: np.random.Generator, background: str, *, shape: str | Non
 
 
 def _size_of(radius: float) -> str:
-    return "small" if radius < 11.75 else "medium" if radius < 16.25 else "large"
+    return "small" if radius < 13.75 else "medium" if radius < 18.75 else "large"
 
 
 def sample_scene(rng: np.random.Generator, *, n_objects: int = 1, shape: str | None = None,
@@ -298,7 +298,7 @@ def sample_scene(rng: np.random.Generator, *, n_objects: int = 1, shape: str | N
     return Scene(objects, background, int(rng.integers(2 ** 31)))
 
 
-def sample_pretraining_scene(rng: np.random.Generator, holdout: Holdout, p_two: float = 0.25) -> Scene:
+def sample_pretraining_scene(rng: np.random.Generator, holdout: Holdout, p_two: float = 0.2) -> Scene:
     """A scene from the pretraining distribution: any attributes except the held-out combinations."""
     n = 2 if rng.random() < p_two else 1
     while True:
