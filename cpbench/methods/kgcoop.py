@@ -8,7 +8,9 @@ trainable, as the official rule ``"ctx" in name``) plus the knowledge-guided ter
 t_c^clip the normalised frozen CLIP features of the hand-crafted prompt of the training dataset
 (``template``: empty = the dataset's template; the official ``CUSTOM_TEMPLATES`` equal CoOp's
 except DTD, "a photo of a {}, a type of texture.", set in kgcoop.yaml). The teacher is computed
-once per class set, on first use in training (non-persistent buffer).
+once per class set, on first use in training (non-persistent buffer). The official teacher is
+encoded by the fp16 CLIP; here it comes from the backbone in the run's precision (fp16 runs match,
+fp32 runs get an fp32 teacher; the golden test compares in fp32).
 Config ``vit_b16_ep100_ctxv1``: 100 epochs, batch 128, lr 0.002.
 """
 
