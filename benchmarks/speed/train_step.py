@@ -3,7 +3,7 @@
 Prints one JSON line: method, backbone, classes, mode, seconds per step, images/s, peak RSS.
 "naive" = full-length text sequences (the official repos); "fast" = sequences cut after the
 longest EOT (exact under CLIP's causal mask). Images are random tensors so only model work is
-timed. Used by run_all.py; can be run alone:
+timed. Used by run_all.sh; can be run alone:
 
     python benchmarks/speed/train_step.py --method coop --backbone toy --classes 100 --mode fast
 """
