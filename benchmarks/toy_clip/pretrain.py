@@ -11,7 +11,7 @@ numbers), then prints zero-shot accuracy on every toy dataset (base and new halv
 
 Deterministic: every batch is a pure function of (seed, step) and the run is a fixed number of
 steps on a fixed number of CPU threads, so a re-run reproduces the weights.
-Imports nothing from cpbench but the toy world (cpbench.data.toy.*).
+Uses cpbench's toy world (cpbench.data.toy.*) and its text encoder (cpbench.models.text).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from cpbench.data.toy.datasets import TOY_DATASETS, pretraining_holdout, split_images  # noqa: E402
+from cpbench.models.text import PromptTextEncoder  # noqa: E402
 from cpbench.data.toy.world import COLOURS, IMAGE_SIZE, PATTERNS, SHAPES, caption, render, sample_pretraining_scene  # noqa: E402
 
 # auxiliary attribute targets: which shapes, colours and patterns a scene holds (multi-label)
@@ -92,15 +93,10 @@ def make_batch(seed: int, step: int, batch: int, holdout) -> tuple[np.ndarray, l
     return np.stack(images), texts, targets
 
 
-def encode_text_cut(model, tokens: torch.Tensor) -> torch.Tensor:
-    """model.encode_text(tokens, normalize=True), computed only up to the batch's last EOT token:
-    under the causal mask nothing after an EOT reaches it, so the features are the same."""
-    length = int(tokens.argmax(-1).max()) + 1
-    tokens = tokens[:, :length]
-    x = model.token_embedding(tokens) + model.positional_embedding[:length]
-    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
-    x = model.ln_final(x)
-    x = x[torch.arange(x.shape[0]), tokens.argmax(-1)] @ model.text_projection
+def encode_text_cut(text_encoder: PromptTextEncoder, model, tokens: torch.Tensor) -> torch.Tensor:
+    """model.encode_text(tokens, normalize=True) through cpbench's PromptTextEncoder, which cuts the
+    sequences after the batch's last EOT (exact under the causal mask; bit-identical here)."""
+    x = text_encoder(model.token_embedding(tokens), tokens.argmax(-1))
     return torch.nn.functional.normalize(x, dim=-1)
 
 
@@ -197,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     cfg = model_config(args.width, args.layers, args.embed_dim, args.context_length, args.patch)
     model = build_model(cfg)
+    text_encoder = PromptTextEncoder(model)
     init_scale = math.log(100.0) if args.logit_scale == "fixed" else math.log(1 / 0.07)
     with torch.no_grad():
         model.logit_scale.fill_(init_scale)
@@ -223,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
             g["lr"] = lr_at(step, args.steps, args.warmup, args.lr)
         img_raw = model.encode_image(to_tensor(images))
         img_f = torch.nn.functional.normalize(img_raw, dim=-1)
-        txt_f = encode_text_cut(model, tokenizer(texts))
+        txt_f = encode_text_cut(text_encoder, model, tokenizer(texts))
         loss = loss_fn(img_f, txt_f, model.logit_scale.exp())
         if args.aux_weight > 0:
             aux = torch.nn.functional.binary_cross_entropy_with_logits(

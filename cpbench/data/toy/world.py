@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -370,12 +369,3 @@ def caption(scene: Scene, rng: np.random.Generator) -> str:
     if extras:
         text = text.rstrip(".") + " " + " ".join(extras) + "."
     return text
-
-
-def make_pair(rng: np.random.Generator, holdout: Holdout) -> tuple[np.ndarray, str]:
-    """A pretraining (image, caption) pair."""
-    scene = sample_pretraining_scene(rng, holdout)
-    return render(scene), caption(scene, rng)
-
-
-SceneSampler = Callable[[np.random.Generator], Scene]
