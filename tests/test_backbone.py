@@ -84,3 +84,63 @@ def test_coop_csc_and_positions_keep_eot(tiny_backbone):
         assert prompts.shape[:2] == (len(NAMES), tiny_backbone.clip.context_length)
         feats = m.text_features()
         assert feats.shape == (len(NAMES), tiny_backbone.embed_dim)
+
+
+def test_train_crop_scale_is_the_backbones(tiny_backbone, tmp_path, monkeypatch):
+    """Real backbones train prompts on Dassl's RandomResizedCrop(0.08-1); the 64-pixel toy backbone
+    declares its own area range in toy_clip.json, and the train transform uses it."""
+    import json
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+    from torchvision import transforms as T
+
+    import cpbench.models.backbone as bb
+    from cpbench.data.images import test_transform, train_transform
+
+    def crop(pre):
+        tf = train_transform(pre).transforms
+        assert any(isinstance(t, T.RandomHorizontalFlip) for t in tf)
+        rrc = [tuple(t.scale) for t in tf if isinstance(t, T.RandomResizedCrop)]
+        return rrc[0] if rrc else None
+
+    assert crop(tiny_backbone.preprocess) == (0.08, 1.0)
+    toy = bb.load_backbone("toy")
+    cfg = json.loads((bb.TOY_DIR / "toy_clip.json").read_text())
+    assert "train_crop_scale" in cfg["preprocess"] and cfg["preprocess"]["train_crop_scale"] is None
+    assert toy.preprocess.train_crop_scale is None and crop(toy.preprocess) is None
+    # whole image: the train transform of a 64-pixel toy image is the test transform plus a flip
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    flipped = torch.flip(test_transform(toy.preprocess)(img), dims=[-1])
+    outs = [train_transform(toy.preprocess)(img) for _ in range(8)]
+    assert all(torch.equal(o, test_transform(toy.preprocess)(img)) or torch.equal(o, flipped) for o in outs)
+    cfg_half = {**cfg, "preprocess": {**cfg["preprocess"], "train_crop_scale": [0.5, 1.0]}}
+    # the toy config identifies the embedded weights in result keys: new weights, new keys; and a
+    # crop scale it declares is the one used
+    copy = tmp_path / "toy"
+    shutil.copytree(bb.TOY_DIR, copy)
+    before = bb.toy_fingerprint()
+    monkeypatch.setattr(bb, "TOY_DIR", copy)
+    assert bb.toy_fingerprint() == before
+    (copy / "toy_clip.json").write_text(json.dumps(cfg_half))
+    assert bb.toy_fingerprint() != before
+    assert crop(bb.load_backbone("toy").preprocess) == (0.5, 1.0)
+
+
+def test_result_keys_follow_the_embedded_toy_weights(tmp_path, monkeypatch):
+    import cpbench.protocols.jobs as jobs
+    from cpbench.protocols import base2new
+
+    (job,) = base2new.plan("coop", ["toy_shapes"], [1], 16)
+    s = jobs.RunSettings(data_root=tmp_path, results_root=tmp_path, backbone="toy", pretrained="openai")
+    cfg = jobs.job_config(job, s)
+    a = jobs.job_key(job, cfg, s), jobs.training_key(job, cfg, s)
+    monkeypatch.setattr(jobs, "toy_fingerprint", lambda: "other-weights")
+    b = jobs.job_key(job, cfg, s), jobs.training_key(job, cfg, s)
+    assert a[0] != b[0] and a[1] != b[1]
+    # an explicit --weights file is identified by its path, as for every backbone
+    s2 = jobs.RunSettings(data_root=tmp_path, results_root=tmp_path, backbone="toy", weights="/w.safetensors")
+    with_file = jobs.job_key(job, cfg, s2)
+    monkeypatch.setattr(jobs, "toy_fingerprint", lambda: "yet-other-weights")
+    assert jobs.job_key(job, cfg, s2) == with_file

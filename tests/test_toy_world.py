@@ -48,7 +48,7 @@ def test_world_size_and_captions():
 
 def test_pretraining_never_shows_held_out_combinations():
     holdout = toy.pretraining_holdout()
-    assert len(holdout.colour_shape) == 24 and len(holdout.shape_pairs) == 24 and len(holdout.pattern_shape) == 6
+    assert len(holdout.colour_shape) == 34 and len(holdout.shape_pairs) == 24 and len(holdout.pattern_shape) == 9
     rng = np.random.default_rng(0)
     for _ in range(3000):
         s = world.sample_pretraining_scene(rng, holdout)
@@ -82,6 +82,40 @@ def test_dataset_definition(name):
         else:
             (o,) = scene.objects
             assert all(getattr(o, k) == v for k, v in kw.items())
+        # ... in the dataset's domain
+        for k, v in ds.domain:
+            assert scene.background == v if k == "background" else all(getattr(o, k) == v for o in scene.objects)
+
+
+@pytest.mark.parametrize("name", sorted(toy.TOY_DATASETS))
+def test_dataset_domain_is_unnamed_and_partly_unseen(name):
+    """Each dataset has a domain (an attribute value all its images share) that neither the class
+    names nor the zero-shot template name, and pretraining never shows it with some of the
+    dataset's shapes: the default prompt meets an unseen composition, which naming the domain
+    (or a learned context) can repair."""
+    ds = toy.TOY_DATASETS[name]
+    ((attr, value),) = [(k, v) for k, v in ds.domain if k in ("colour", "pattern")]
+    assert {k for k, _ in ds.domain} <= {"colour", "pattern", "size", "background"}
+    for _, v in ds.domain:
+        assert all(v not in c.split() for c in ds.classnames) and v not in ds.template and v in ds.domain_template
+    assert "{}" in ds.domain_template and value in ds.domain_template.split("{}")[0]
+    held = toy.pretraining_holdout()
+    held_pairs = held.colour_shape if attr == "colour" else held.pattern_shape
+    shapes = {w for c in ds.classnames for w in c.replace(" and ", " ").split() if w in world.SHAPES}
+    unseen = {s for s in shapes if (value, s) in held_pairs}
+    assert 0 < len(unseen) and len(unseen) <= len(shapes)
+    # but the domain's word is grounded: pretraining shows it with other shapes
+    assert any((value, s) not in held_pairs for s in world.SHAPES)
+
+
+def test_sample_scene_fixes_size_and_pair_attributes():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        (o,) = world.sample_scene(rng, shape="star", size="large").objects
+        assert o.size == "large" and world.SIZES["large"][0] <= o.radius <= world.SIZES["large"][1]
+        pair = world.sample_scene(rng, shapes=("circle", "heart"), colour="green", pattern="dotted")
+        assert [(o.colour, o.pattern) for o in pair.objects] == [("green", "dotted")] * 2
+        assert world.BACKGROUNDS and world._contrasts("green", pair.background)
 
 
 @pytest.mark.parametrize("name", sorted(toy.TOY_DATASETS))
@@ -194,3 +228,24 @@ def test_pretraining_script_reproduces_its_weights(tmp_path):
     cfg = json.loads((tmp_path / "a" / "toy_clip.json").read_text())
     assert set(cfg["pretraining"]["zero_shot"]) == set(toy.TOY_DATASETS)
     assert cfg["pretraining"]["steps"] == 3 and "pretrain.py" in cfg["pretraining"]["command"]
+
+
+def test_prepare_regenerates_a_toy_dataset_whose_definition_changed(tmp_path, monkeypatch):
+    """A data root prepared by an older cpbench (another world version or domain) must not be
+    reused silently with new weights: prepare regenerates it, and the feature-cache tag changes."""
+    from cpbench.data import prepare as prep
+
+    small = dataclasses.replace(toy.TOY_DATASETS["toy_shapes"], n_train=2, n_val=1, n_test=1)
+    monkeypatch.setitem(toy.TOY_DATASETS, "toy_shapes", small)
+    said = []
+    ds, _ = prep.prepare("toy_shapes", tmp_path, say=said.append)
+    tag, first = ds.cache_tag, (ds.image_root / ds.split.test[0].path).read_bytes()
+    ds2, info2 = prep.prepare("toy_shapes", tmp_path, say=said.append)
+    assert info2["skipped"] and ds2.cache_tag == tag and not said[1:]
+    monkeypatch.setitem(toy.TOY_DATASETS, "toy_shapes", dataclasses.replace(small, domain=(("colour", "blue"),)))
+    ds3, info3 = prep.prepare("toy_shapes", tmp_path, say=said.append)
+    assert not info3["skipped"] and any("regenerating" in m for m in said)
+    assert (ds3.image_root / ds3.split.test[0].path).read_bytes() != first
+    assert ds3.cache_tag != tag
+    assert all(o.colour == "blue" for _, _, sc in toy.split_scenes(toy.TOY_DATASETS["toy_shapes"], "test")
+               for o in sc.objects)

@@ -28,14 +28,15 @@ def test_transform(pre: Preprocess) -> T.Compose:
 
 
 def train_transform(pre: Preprocess) -> T.Compose:
-    """RandomResizedCrop(scale 0.08-1, bicubic) + horizontal flip + normalise."""
-    return T.Compose([
-        T.RandomResizedCrop(pre.image_size, scale=(0.08, 1.0),
-                            interpolation=_INTERP.get(pre.interpolation, T.InterpolationMode.BICUBIC)),
-        T.RandomHorizontalFlip(),
-        T.ToTensor(),
-        T.Normalize(pre.mean, pre.std),
-    ])
+    """RandomResizedCrop(scale 0.08-1, bicubic) + horizontal flip + normalise (Dassl's
+    random_resized_crop, random_flip, normalize). A backbone may declare its own crop scale, or
+    none (``train_crop_scale=None``: the test resize and center crop, then the flip)."""
+    interpolation = _INTERP.get(pre.interpolation, T.InterpolationMode.BICUBIC)
+    if pre.train_crop_scale is None:
+        crop = [T.Resize(pre.image_size, interpolation=interpolation), T.CenterCrop(pre.image_size)]
+    else:
+        crop = [T.RandomResizedCrop(pre.image_size, scale=pre.train_crop_scale, interpolation=interpolation)]
+    return T.Compose(crop + [T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(pre.mean, pre.std)])
 
 
 def describe(transform: T.Compose) -> str:

@@ -21,6 +21,7 @@ spec (e.g. loopback URLs and relaxed counts) instead of the registered one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -53,6 +54,16 @@ class PreparedDataset:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def cache_tag(self) -> str:
+        """Name plus a digest of its prepare record: feature caches keyed on it go stale when the
+        dataset is prepared again (regenerated toy images keep their paths)."""
+        try:
+            record = (self.dir / MARKER).read_bytes()
+        except OSError:
+            return self.spec.name
+        return f"{self.spec.name}@{hashlib.sha256(record).hexdigest()[:12]}"
 
     @property
     def imagenet_indices(self) -> list[int] | None:
@@ -242,6 +253,13 @@ def prepare(name: str, root: Path, from_dir: Path | None = None, shots: Sequence
     with FileLock(str(root / ".locks" / f"{spec.name}.lock")):
         marker = ddir / MARKER
         info: dict
+        if marker.exists() and not force and spec.kind == "generated":
+            from cpbench.data.toy.datasets import definition_digest
+
+            if json.loads(marker.read_text(encoding="utf-8")).get("sources", {}).get("generated", {}).get(
+                    "definition") != definition_digest(spec.name):
+                say(f"{spec.name}: this cpbench generates it differently; regenerating")
+                shutil.rmtree(ddir)
         if marker.exists() and not force:
             info = json.loads(marker.read_text(encoding="utf-8"))
             split = _read_split(spec, ddir)
@@ -250,17 +268,18 @@ def prepare(name: str, root: Path, from_dir: Path | None = None, shots: Sequence
         else:
             marker.unlink(missing_ok=True)
             started = time.time()
-            adopted = None if force else _existing_coop(spec, ddir)
+            # generated data is cheap to regenerate and may be stale, so it is never adopted
+            adopted = None if force or spec.kind == "generated" else _existing_coop(spec, ddir)
             if adopted is not None:
                 say("found a complete CoOp-layout folder; verifying it instead of downloading")
                 sources = {"existing": str(ddir)}
             elif spec.kind == "generated":
-                from cpbench.data.toy.datasets import build_toy_dataset
+                from cpbench.data.toy.datasets import build_toy_dataset, definition_digest
 
                 say(f"generating {spec.name}")
                 build_toy_dataset(spec.name, ddir, seed=0,
                                   progress=(lambda d, t: progress(spec.name, d, t)) if progress else None)
-                sources = {"generated": {"seed": 0}}
+                sources = {"generated": {"seed": 0, "definition": definition_digest(spec.name)}}
             elif spec.kind == "manual":
                 sources = _manual_source(spec, ddir, from_dir)
             elif spec.kind == "custom":

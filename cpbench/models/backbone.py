@@ -49,6 +49,9 @@ class Preprocess:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     interpolation: str = "bicubic"
+    # RandomResizedCrop's area range when training prompts (Dassl's INPUT.RRCROP_SCALE default);
+    # None: no random crop. The 64-pixel toy backbone declares its own (see its toy_clip.json).
+    train_crop_scale: tuple[float, float] | None = (0.08, 1.0)
 
 
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
@@ -77,6 +80,15 @@ def _build_from_cfg(cfg: dict, quick_gelu: bool) -> nn.Module:
                                 text_cfg=cfg["text_cfg"], quick_gelu=quick_gelu)
 
 
+def _crop_scale(value) -> tuple[float, float] | None:
+    return None if value is None else (float(value[0]), float(value[1]))
+
+
+def toy_fingerprint() -> str:
+    """A short digest of the embedded toy backbone's config (which records its pretraining run)."""
+    return hashlib.sha256((TOY_DIR / "toy_clip.json").read_bytes()).hexdigest()[:12]
+
+
 def _toy(spec: BackboneSpec) -> tuple[nn.Module, int, Preprocess]:
     cfg_path = TOY_DIR / "toy_clip.json"
     if not cfg_path.exists():
@@ -95,7 +107,8 @@ def _toy(spec: BackboneSpec) -> tuple[nn.Module, int, Preprocess]:
         model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     pp = cfg.get("preprocess", {})
     pre = Preprocess(pp.get("image_size", cfg["vision_cfg"]["image_size"]), tuple(pp.get("mean", OPENAI_MEAN)),
-                     tuple(pp.get("std", OPENAI_STD)), pp.get("interpolation", "bicubic"))
+                     tuple(pp.get("std", OPENAI_STD)), pp.get("interpolation", "bicubic"),
+                     _crop_scale(pp.get("train_crop_scale", (0.08, 1.0))))
     return model, cfg["text_cfg"].get("context_length", 77), pre
 
 

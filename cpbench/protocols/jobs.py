@@ -32,7 +32,7 @@ from cpbench.engine.precision import resolve_precision, seed_everything
 from cpbench.engine.train import epoch_seed, train
 from cpbench.errors import UserError
 from cpbench.methods.registry import get_method_class
-from cpbench.models.backbone import Backbone
+from cpbench.models.backbone import Backbone, toy_fingerprint
 from cpbench.results.schema import environment, now
 from cpbench.results.store import ResultStore
 
@@ -161,11 +161,20 @@ def job_config(job: Job, s: RunSettings) -> ResolvedConfig:
                    config_file=s.config_file, sets=s.sets)
 
 
+def _backbone_identity(s: RunSettings) -> list[str]:
+    """The backbone as keys see it. The embedded toy weights change with cpbench releases, so they
+    are identified by their config (which records the pretraining run), not only by name."""
+    ident = [s.backbone, s.pretrained, s.weights or ""]
+    if s.backbone == "toy" and not s.weights:
+        ident.append(toy_fingerprint())
+    return ident
+
+
 def job_key(job: Job, cfg: ResolvedConfig, s: RunSettings) -> str:
     blob = json.dumps({
         "method": job.method, "protocol": job.protocol, "train": [job.train_dataset, job.train_subset],
         "shots": job.shots, "seed": job.seed, "targets": [[t.dataset, t.subset] for t in job.targets],
-        "config": cfg.hash, "backbone": [s.backbone, s.pretrained, s.weights or ""],
+        "config": cfg.hash, "backbone": _backbone_identity(s),
     }, sort_keys=True)
     return f"{job.method}-{job.train_dataset}-s{job.seed}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
@@ -174,7 +183,7 @@ def training_key(job: Job, cfg: ResolvedConfig, s: RunSettings) -> str:
     """What determines the learned parameters (not the eval targets): shared across protocols."""
     blob = json.dumps({
         "method": job.method, "train": [job.train_dataset, job.train_subset], "shots": job.shots,
-        "seed": job.seed, "config": cfg.hash, "backbone": [s.backbone, s.pretrained, s.weights or ""],
+        "seed": job.seed, "config": cfg.hash, "backbone": _backbone_identity(s),
     }, sort_keys=True)
     return f"{job.method}-{job.train_dataset}-{job.train_subset}-k{job.shots}-s{job.seed}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
@@ -236,7 +245,7 @@ def _run_job_locked(job: Job, cfg: ResolvedConfig, key: str, backbone: Backbone,
     elif getattr(cls, "closed_form", False):
         t0 = time.time()
         reporter.phase(f"fitting {job.method} on {len(tr)} images")
-        method.fit_items(tr, va, ds.image_root, s.device, precision, cfg.train, cache=cache, dataset=ds.name)
+        method.fit_items(tr, va, ds.image_root, s.device, precision, cfg.train, cache=cache, dataset=ds.cache_tag)
         train_seconds = time.time() - t0
         checkpoint.save(ckpt_dir, "final", method.learned_state(), {"epoch": 0, "train_seconds": train_seconds})
     elif cls.trainable and cfg.train.epochs > 0:
@@ -266,7 +275,7 @@ def _run_job_locked(job: Job, cfg: ResolvedConfig, key: str, backbone: Backbone,
         method.to(device=s.device, dtype=precision.param_dtype)
         reporter.phase(f"evaluating on {tds.name}/{target.subset} ({len(items)} images)")
         res = evaluate(scorer, items, tds.image_root, s.device, precision, cfg.train.test_batch_size,
-                       cfg.train.num_workers, cache=cache, dataset=tds.name,
+                       cfg.train.num_workers, cache=cache, dataset=tds.cache_tag,
                        on_batch=lambda b, n: (reporter.advance(b, n), faults.point("eval")))
         row = {
             "run_id": run_id, "job_key": key, "method": job.method, "protocol": job.protocol,

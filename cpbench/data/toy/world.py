@@ -19,6 +19,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 IMAGE_SIZE = 64
+# Bumped whenever the same scene would render (or sample) differently, so that prepared toy
+# datasets from an older cpbench are regenerated rather than silently mixed with new weights.
+WORLD_VERSION = 2
 _SUPERSAMPLE = 2  # masks are drawn at 2x and box-filtered down (anti-aliased edges)
 
 SHAPES: tuple[str, ...] = (
@@ -48,7 +51,7 @@ SIZE_WORDS: dict[str, tuple[str, ...]] = {
     "medium": ("medium", "medium-sized", "medium"),
     "large": ("large", "big", "large"),
 }
-_SMALL_PAIR_RADIUS = (10.0, 14.5)  # two-object scenes: smaller objects so that both fit
+_SMALL_PAIR_RADIUS = (11.5, 15.0)  # two-object scenes: each object fills about half its 32-pixel half
 
 
 @dataclass(frozen=True)
@@ -268,16 +271,18 @@ def _size_of(radius: float) -> str:
 def sample_scene(rng: np.random.Generator, *, n_objects: int = 1, shape: str | None = None,
                  colour: str | None = None, pattern: str | None = None,
                  shapes: tuple[str, str] | None = None, background: str | None = None,
-                 solid_weight: float = 0.35) -> Scene:
-    """A random scene. With one object, ``shape``/``colour``/``pattern`` fix its attributes;
-    with two (``n_objects=2`` or ``shapes`` given), ``shapes`` fixes the pair of shapes."""
+                 size: str | None = None, solid_weight: float = 0.35) -> Scene:
+    """A random scene. With one object, ``shape``/``colour``/``pattern``/``size`` fix its
+    attributes; with two (``n_objects=2`` or ``shapes`` given), ``shapes`` fixes the pair of
+    shapes and ``colour``/``pattern`` apply to both objects."""
     if shapes is not None:
         n_objects = 2
     if colour is not None:
         background = background or _pick(rng, [b for b in BACKGROUNDS if _contrasts(colour, b)])
     background = background or _pick(rng, BACKGROUNDS)
     if n_objects == 1:
-        obj = sample_object(rng, background, shape=shape, colour=colour, pattern=pattern, solid_weight=solid_weight)
+        obj = sample_object(rng, background, shape=shape, colour=colour, pattern=pattern, size=size,
+                            solid_weight=solid_weight)
         objects: tuple[Obj, ...] = (obj,)
     else:
         if shapes is None:
@@ -290,14 +295,14 @@ def sample_scene(rng: np.random.Generator, *, n_objects: int = 1, shape: str | N
             boxes = [(0.0, 0.0, IMAGE_SIZE, half), (0.0, half, IMAGE_SIZE, IMAGE_SIZE)]
         order = rng.permutation(2)
         objects = tuple(
-            sample_object(rng, background, shape=shapes[int(k)], radius_range=_SMALL_PAIR_RADIUS, box=boxes[n],
-                          solid_weight=solid_weight)
+            sample_object(rng, background, shape=shapes[int(k)], colour=colour, pattern=pattern,
+                          radius_range=_SMALL_PAIR_RADIUS, box=boxes[n], solid_weight=solid_weight)
             for n, k in enumerate(order))
         objects = tuple(replace(o, size=_size_of(o.radius)) for o in objects)
     return Scene(objects, background, int(rng.integers(2 ** 31)))
 
 
-def sample_pretraining_scene(rng: np.random.Generator, holdout: Holdout, p_two: float = 0.2) -> Scene:
+def sample_pretraining_scene(rng: np.random.Generator, holdout: Holdout, p_two: float = 0.3) -> Scene:
     """A scene from the pretraining distribution: any attributes except the held-out combinations."""
     n = 2 if rng.random() < p_two else 1
     while True:
