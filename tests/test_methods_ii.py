@@ -88,6 +88,7 @@ def test_lamm_loss_terms_equal_hand_computation(tiny_backbone):
         T = 2.0
         pt = torch.softmax(z / T, 1)
         logit = 0.05 * T * T * float(-(pt * torch.log_softmax(zf / T, 1)).sum(1).mean())
+    terms = {k: v.detach() if torch.is_tensor(v) else v for k, v in terms.items()}
     assert math.isclose(float(terms["ce"]), float(ce), rel_tol=1e-5)
     assert math.isclose(float(terms["param"]), float(param), rel_tol=1e-5)
     assert math.isclose(float(terms["feature"]), feat, rel_tol=1e-4, abs_tol=1e-6)
