@@ -17,25 +17,25 @@ from cpbench.models.backbone import Preprocess
 _INTERP = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR}
 
 
+def _resize_center(pre: Preprocess) -> list:
+    interpolation = _INTERP.get(pre.interpolation, T.InterpolationMode.BICUBIC)
+    return [T.Resize(pre.image_size, interpolation=interpolation), T.CenterCrop(pre.image_size)]
+
+
 def test_transform(pre: Preprocess) -> T.Compose:
     """Resize the short side (bicubic), center crop, normalise."""
-    return T.Compose([
-        T.Resize(pre.image_size, interpolation=_INTERP.get(pre.interpolation, T.InterpolationMode.BICUBIC)),
-        T.CenterCrop(pre.image_size),
-        T.ToTensor(),
-        T.Normalize(pre.mean, pre.std),
-    ])
+    return T.Compose(_resize_center(pre) + [T.ToTensor(), T.Normalize(pre.mean, pre.std)])
 
 
 def train_transform(pre: Preprocess) -> T.Compose:
     """RandomResizedCrop(scale 0.08-1, bicubic) + horizontal flip + normalise (Dassl's
     random_resized_crop, random_flip, normalize). A backbone may declare its own crop scale, or
     none (``train_crop_scale=None``: the test resize and center crop, then the flip)."""
-    interpolation = _INTERP.get(pre.interpolation, T.InterpolationMode.BICUBIC)
     if pre.train_crop_scale is None:
-        crop = [T.Resize(pre.image_size, interpolation=interpolation), T.CenterCrop(pre.image_size)]
+        crop = _resize_center(pre)
     else:
-        crop = [T.RandomResizedCrop(pre.image_size, scale=pre.train_crop_scale, interpolation=interpolation)]
+        crop = [T.RandomResizedCrop(pre.image_size, scale=pre.train_crop_scale,
+                                    interpolation=_INTERP.get(pre.interpolation, T.InterpolationMode.BICUBIC))]
     return T.Compose(crop + [T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(pre.mean, pre.std)])
 
 

@@ -252,16 +252,15 @@ def prepare(name: str, root: Path, from_dir: Path | None = None, shots: Sequence
     (root / ".locks").mkdir(parents=True, exist_ok=True)
     with FileLock(str(root / ".locks" / f"{spec.name}.lock")):
         marker = ddir / MARKER
-        info: dict
-        if marker.exists() and not force and spec.kind == "generated":
+        info: dict = json.loads(marker.read_text(encoding="utf-8")) if marker.exists() and not force else {}
+        if info and spec.kind == "generated":
             from cpbench.data.toy.datasets import definition_digest
 
-            if json.loads(marker.read_text(encoding="utf-8")).get("sources", {}).get("generated", {}).get(
-                    "definition") != definition_digest(spec.name):
+            if info.get("sources", {}).get("generated", {}).get("definition") != definition_digest(spec.name):
                 say(f"{spec.name}: this cpbench generates it differently; regenerating")
                 shutil.rmtree(ddir)
-        if marker.exists() and not force:
-            info = json.loads(marker.read_text(encoding="utf-8"))
+                info = {}
+        if info:
             split = _read_split(spec, ddir)
             counts = check_counts(spec, split)
             info["skipped"] = True
