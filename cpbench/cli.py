@@ -73,7 +73,7 @@ def prepare(
 ) -> None:
     """Download (or take --from), verify, extract and split a dataset; draw few-shot files."""
     from cpbench.data import prepare as prep
-    from cpbench.data.specs import all_specs
+    from cpbench.data.catalog import all_specs
     from cpbench.paths import data_root
     from cpbench.progress import ByteProgress
 
@@ -270,7 +270,7 @@ def report(
 def list_(root: Optional[Path] = typer.Option(None, "--root", help="data root")) -> None:
     """Datasets (and which are prepared), methods and backbones."""
     from cpbench.data import prepare as prep
-    from cpbench.data.specs import all_specs
+    from cpbench.data.catalog import all_specs
     from cpbench.methods.registry import method_names
     from cpbench.paths import data_root
 

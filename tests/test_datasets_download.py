@@ -20,7 +20,8 @@ from PIL import Image
 
 from cpbench.data import prepare as prep
 from cpbench.data import readers
-from cpbench.data.specs import Expected, all_specs
+from cpbench.data.catalog import all_specs
+from cpbench.data.specs import Expected
 from cpbench.errors import UserError
 
 # --------------------------------------------------------------------------- loopback server

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cpbench.data import prepare as prep
-from cpbench.data.specs import all_specs
+from cpbench.data.catalog import all_specs
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import CALTECH_SRC  # noqa: E402

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cpbench import cli
-from cpbench.data.specs import all_specs
+from cpbench.data.catalog import all_specs
 from cpbench.methods.registry import method_names
 from cpbench.protocols import cross_dataset, domain_generalization
 from cpbench.results.store import ResultStore

@@ -16,7 +16,7 @@ test (CoOp's rounding), which needs at least 3 images per class. Labels follow t
 names (folders) or the class-name file order.
 
 The dataset is described by ``<root>/<name>/cpbench_dataset.json`` (name, template, counts);
-``specs.all_specs(root)`` discovers it, so every method and protocol can use it by name.
+``catalog.all_specs(root)`` discovers it, so every method and protocol can use it by name.
 """
 
 from __future__ import annotations

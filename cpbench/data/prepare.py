@@ -34,7 +34,8 @@ from filelock import FileLock
 
 from cpbench import atomic
 from cpbench.data import fetch, splits
-from cpbench.data.specs import DatasetSpec, all_specs
+from cpbench.data.catalog import all_specs
+from cpbench.data.specs import DatasetSpec
 from cpbench.errors import UserError
 
 MARKER = ".cpbench.json"
