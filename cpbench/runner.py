@@ -74,7 +74,8 @@ def execute(req: RunRequest, console: Console, out: Console) -> list[dict]:
     from cpbench.engine.precision import resolve_device
     from cpbench.methods.registry import get_method_class
     from cpbench.paths import data_root, results_root
-    from cpbench.protocols.jobs import RunSettings, job_config, run_job
+    from cpbench.protocols.execute import run_job
+    from cpbench.protocols.jobs import RunSettings, job_config
     from cpbench.results.store import ResultStore
 
     get_method_class(req.method)

@@ -130,17 +130,18 @@ def test_train_crop_scale_is_the_backbones(tiny_backbone, tmp_path, monkeypatch)
 
 def test_result_keys_follow_the_embedded_toy_weights(tmp_path, monkeypatch):
     import cpbench.protocols.jobs as jobs
+    import cpbench.protocols.keys as keys
     from cpbench.protocols import base2new
 
     (job,) = base2new.plan("coop", ["toy_shapes"], [1], 16)
     s = jobs.RunSettings(data_root=tmp_path, results_root=tmp_path, backbone="toy", pretrained="openai")
     cfg = jobs.job_config(job, s)
-    a = jobs.job_key(job, cfg, s), jobs.training_key(job, cfg, s)
-    monkeypatch.setattr(jobs, "toy_fingerprint", lambda: "other-weights")
-    b = jobs.job_key(job, cfg, s), jobs.training_key(job, cfg, s)
+    a = keys.job_key(job, cfg, s), keys.training_key(job, cfg, s)
+    monkeypatch.setattr(keys, "toy_fingerprint", lambda: "other-weights")
+    b = keys.job_key(job, cfg, s), keys.training_key(job, cfg, s)
     assert a[0] != b[0] and a[1] != b[1]
     # an explicit --weights file is identified by its path, as for every backbone
     s2 = jobs.RunSettings(data_root=tmp_path, results_root=tmp_path, backbone="toy", weights="/w.safetensors")
-    with_file = jobs.job_key(job, cfg, s2)
-    monkeypatch.setattr(jobs, "toy_fingerprint", lambda: "yet-other-weights")
-    assert jobs.job_key(job, cfg, s2) == with_file
+    with_file = keys.job_key(job, cfg, s2)
+    monkeypatch.setattr(keys, "toy_fingerprint", lambda: "yet-other-weights")
+    assert keys.job_key(job, cfg, s2) == with_file

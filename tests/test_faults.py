@@ -28,7 +28,9 @@ from minidata import make_caltech  # noqa: E402
 from cpbench import faults  # noqa: E402
 from cpbench.engine import checkpoint  # noqa: E402
 from cpbench.protocols import base2new  # noqa: E402
-from cpbench.protocols.jobs import RunSettings, job_config, run_job, training_key  # noqa: E402
+from cpbench.protocols.execute import run_job  # noqa: E402
+from cpbench.protocols.jobs import RunSettings, job_config  # noqa: E402
+from cpbench.protocols.keys import training_key  # noqa: E402
 from cpbench.results.store import ResultStore  # noqa: E402
 
 TRIALS = 24

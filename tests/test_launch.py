@@ -15,7 +15,8 @@ from minidata import make_caltech  # noqa: E402
 
 from cpbench.launch import job_from_payload, job_payload, settings_payload  # noqa: E402
 from cpbench.protocols import base2new  # noqa: E402
-from cpbench.protocols.jobs import RunSettings, run_job  # noqa: E402
+from cpbench.protocols.execute import run_job  # noqa: E402
+from cpbench.protocols.jobs import RunSettings  # noqa: E402
 from cpbench.results.store import ResultStore  # noqa: E402
 
 SETS = ["epochs=2", "batch_size=2", "test_batch_size=4"]

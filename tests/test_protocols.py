@@ -99,7 +99,7 @@ def test_dg_gathers_class_specific_rows(world, monkeypatch):
 
 
 def test_gather_selects_source_columns_in_target_order():
-    from cpbench.protocols.jobs import _GatherColumns, gather_columns
+    from cpbench.protocols.gather import GatherColumns, gather_columns
 
     class M:
         image_prompted = False
@@ -109,7 +109,7 @@ def test_gather_selects_source_columns_in_target_order():
 
     cols = gather_columns(["a", "b", "c", "d"], ["b", "d"], "x")
     assert cols == [1, 3]
-    g = _GatherColumns(M(), cols)
+    g = GatherColumns(M(), cols)
     out = g.logits_from_features(torch.tensor([[0.0, 1, 2, 3]]), None)
     assert out.tolist() == [[1.0, 3.0]] and g.image_prompted is False
     from cpbench.errors import UserError
@@ -143,7 +143,8 @@ def test_per_shot_epochs_and_shared_training_config(tmp_path):
     """few_shot takes the YAML's shots.<k> epochs; dg and cross_dataset resolve one config, so
     their training keys (and checkpoints) coincide while their job keys (rows) differ."""
     from cpbench.protocols import cross_dataset, domain_generalization, few_shot
-    from cpbench.protocols.jobs import RunSettings, job_config, job_key, training_key
+    from cpbench.protocols.jobs import RunSettings, job_config
+    from cpbench.protocols.keys import job_key, training_key
 
     s = RunSettings(data_root=tmp_path, results_root=tmp_path)
     epochs = {j.shots: job_config(j, s).train.epochs

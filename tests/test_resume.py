@@ -26,7 +26,9 @@ from minidata import make_caltech  # noqa: E402
 
 from cpbench.engine import checkpoint  # noqa: E402
 from cpbench.protocols import base2new  # noqa: E402
-from cpbench.protocols.jobs import RunSettings, job_config, run_job, training_key  # noqa: E402
+from cpbench.protocols.execute import run_job  # noqa: E402
+from cpbench.protocols.jobs import RunSettings, job_config  # noqa: E402
+from cpbench.protocols.keys import training_key  # noqa: E402
 from cpbench.results.store import ResultStore  # noqa: E402
 
 SETS = ["epochs=3", "batch_size=2", "test_batch_size=4"]
@@ -125,7 +127,7 @@ def test_a_resume_without_momentum_would_differ(data, tiny_backbone, baseline, t
 
 def test_crash_before_final_checkpoint_or_during_eval(data, tiny_backbone, baseline, tmp_path, monkeypatch):
     base_s, base_rows, base_final, _ = baseline
-    import cpbench.protocols.jobs as jobs_mod
+    import cpbench.protocols.execute as jobs_mod
 
     s = _s(data, tmp_path / "res")
     calls = {"n": 0}
@@ -157,7 +159,7 @@ def test_crash_before_final_checkpoint_or_during_eval(data, tiny_backbone, basel
 def test_evaluation_rng_does_not_depend_on_what_ran_before(data, tiny_backbone, tmp_path, monkeypatch):
     """Methods that sample at test time (coopvpt) must score the same whether they trained in this
     process, resumed, or loaded their final checkpoint: each evaluation starts from the same RNG state."""
-    import cpbench.protocols.jobs as jobs_mod
+    import cpbench.protocols.execute as jobs_mod
 
     seen = []
     real_eval = jobs_mod.evaluate

@@ -75,7 +75,8 @@ def parse_gpus(text: str | None) -> list[str]:
 
 def run(req, settings, jobs, console, out) -> list[dict]:
     """``cpbench run --dry-run`` / ``--launcher local|slurm`` after the runner has validated everything."""
-    from cpbench.protocols.jobs import job_config, job_key
+    from cpbench.protocols.jobs import job_config
+    from cpbench.protocols.keys import job_key
     from cpbench.results.store import ResultStore
 
     store = ResultStore(settings.results_root)

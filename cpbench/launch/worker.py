@@ -25,7 +25,7 @@ class Worker:
 
     def run(self, payload: dict) -> dict:
         from cpbench.models.backbone import load_backbone
-        from cpbench.protocols.jobs import run_job
+        from cpbench.protocols.execute import run_job
         from cpbench.results.store import ResultStore
 
         try:

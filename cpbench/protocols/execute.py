@@ -1,0 +1,171 @@
+"""Running one job: lock its training key, learn (load the final checkpoint, fit, or train with
+per-epoch checkpoints), evaluate every target, write the rows as one Parquet shard.
+
+An existing shard means the job is done (unless ``force``). The learned state after training is
+kept as a ``final`` checkpoint, so evaluations never retrain, and per-epoch checkpoints let an
+interrupted job resume.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+
+from cpbench import faults
+from cpbench.config import ResolvedConfig
+from cpbench.data import prepare as prep
+from cpbench.data.splits import subsample_classes
+from cpbench.engine import checkpoint
+from cpbench.engine.cache import FeatureCache
+from cpbench.engine.evaluate import evaluate
+from cpbench.engine.precision import Precision, resolve_precision, seed_everything
+from cpbench.engine.train import epoch_seed, train
+from cpbench.errors import UserError
+from cpbench.methods.base import Method
+from cpbench.methods.registry import get_method_class
+from cpbench.models.backbone import Backbone
+from cpbench.protocols.gather import GatherColumns, target_columns
+from cpbench.protocols.jobs import Job, Reporter, RunSettings, SilentReporter, job_config
+from cpbench.protocols.keys import job_key, training_key
+from cpbench.results.schema import environment, now
+from cpbench.results.store import ResultStore
+
+
+def subset_items(ds: prep.PreparedDataset, subset: str, shots: int, seed: int, part: str):
+    """Items of ``part`` (train|val|test) for a class subset, with the subset's class names."""
+    fs = ds.fewshot(shots, seed) if shots > 0 else None
+    train_items = fs.train if fs else ds.split.train
+    val_items = fs.val if fs else ds.split.val
+    (tr, va, te), names = subsample_classes(subset, train_items, val_items, ds.split.test)
+    return {"train": tr, "val": va, "test": te}[part], names, (tr, va)
+
+
+def job_lock(s: RunSettings, tkey: str) -> FileLock:
+    """One process at a time per training key (parallel workers, a second `cpbench run` on the same
+    results): the second waits, then finds the shard written and skips, or the final checkpoint
+    and only evaluates. flock locks die with their process, so a killed run leaves no stale lock."""
+    path = s.results_root / "locks" / f"{tkey}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path))
+
+
+def run_job(job: Job, backbone: Backbone, s: RunSettings, store: ResultStore,
+            reporter: Reporter = SilentReporter()) -> list[dict] | None:
+    cfg = job_config(job, s)
+    key = job_key(job, cfg, s)
+    if store.has(key) and not s.force:
+        reporter.job_skipped(job)
+        return None
+    with job_lock(s, training_key(job, cfg, s)):
+        if store.has(key) and not s.force:
+            reporter.job_skipped(job)
+            return None
+        return _run_job_locked(job, cfg, key, backbone, s, store, reporter)
+
+
+@dataclass
+class Learned:
+    """A method with its learned state in place, and how it got there."""
+    method: Method
+    dataset: prep.PreparedDataset      # the training dataset
+    names: list[str]                   # the training class names, in label order
+    precision: Precision
+    epochs: int
+    train_seconds: float
+    cache: FeatureCache | None
+
+
+def learn(job: Job, cfg: ResolvedConfig, backbone: Backbone, s: RunSettings, reporter: Reporter) -> Learned:
+    """Build the method on the training classes and give it its learned state: from the final
+    checkpoint if one exists, else by a closed-form fit or by training (resuming from the last
+    epoch checkpoint)."""
+    precision = resolve_precision(cfg.train.precision, s.device)
+    cls = get_method_class(job.method)
+    if cfg.train.feature_views and (cls.image_prompted or not cls.feature_training):
+        raise UserError(f"feature_views (cached augmented train features) is not available for {job.method}: "
+                        "its image path is prompted or it needs the images; remove --set feature_views")
+    ds = prep.load(job.train_dataset, s.data_root)
+    train_items, names, (tr, va) = subset_items(ds, job.train_subset, job.shots, job.seed, "train")
+    if cls.trainable and not train_items:
+        raise UserError(f"{ds.name}: no training images for the {job.train_subset} classes; check the split file "
+                        f"in {ds.dir} or re-run `cpbench prepare {ds.name} --force`")
+    seed_everything(job.seed)
+    backbone.to(device=s.device, dtype=precision.param_dtype)
+    method = cls(backbone, names, cfg.options, template=ds.spec.template).to(device=s.device, dtype=precision.param_dtype)
+    ckpt_dir = s.results_root / "checkpoints" / training_key(job, cfg, s)
+    if s.force and ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)
+    final = checkpoint.load(ckpt_dir, "final")
+    train_seconds = 0.0
+    epochs = cfg.train.epochs if cls.trainable else 0
+    cache = FeatureCache(s.data_root / ".cache" / "features") if s.feature_cache else None
+    if final is not None:
+        method.load_learned_state(final[0])
+        train_seconds = float(final[1].get("train_seconds", 0.0))
+    elif getattr(cls, "closed_form", False):
+        t0 = time.time()
+        reporter.phase(f"fitting {job.method} on {len(tr)} images")
+        method.fit_items(tr, va, ds.image_root, s.device, precision, cfg.train, cache=cache, dataset=ds.cache_tag)
+        train_seconds = time.time() - t0
+        checkpoint.save(ckpt_dir, "final", method.learned_state(), {"epoch": 0, "train_seconds": train_seconds})
+    elif cls.trainable and cfg.train.epochs > 0:
+        reporter.phase(f"training {job.method} on {ds.name} ({len(train_items)} images, {cfg.train.epochs} epochs)",
+                       cfg.train.epochs)
+        if hasattr(method, "prepare_training"):  # a method that needs the training images themselves (CPL)
+            method.prepare_training(train_items, ds.image_root, s.device)
+        result = train(method, train_items, ds.image_root, cfg.train, s.device, precision, job.seed, ckpt_dir,
+                       on_epoch=lambda e, E, loss: reporter.advance(e + 1, E))
+        train_seconds = result.seconds  # includes the time trained before an interruption
+        checkpoint.save(ckpt_dir, "final", method.learned_state(), {"epoch": cfg.train.epochs, "train_seconds": train_seconds})
+    return Learned(method, ds, list(names), precision, epochs, train_seconds, cache)
+
+
+def _run_job_locked(job: Job, cfg: ResolvedConfig, key: str, backbone: Backbone, s: RunSettings,
+                    store: ResultStore, reporter: Reporter) -> list[dict]:
+    started_at = now()
+    lr = learn(job, cfg, backbone, s, reporter)
+    method, ds, names, precision = lr.method, lr.dataset, lr.names, lr.precision
+    env = environment()
+    run_id = uuid.uuid4().hex[:12]
+    rows = []
+    for ti, target in enumerate(job.targets):
+        # the same RNG state for each evaluation whether training ran now, resumed or was loaded
+        # from the final checkpoint (methods that sample at test time, e.g. Bayesian prompts)
+        torch.manual_seed(epoch_seed(job.seed, 200_000 + ti))
+        tds = ds if target.dataset == ds.name else prep.load(target.dataset, s.data_root)
+        items, tnames, _ = subset_items(tds, target.subset, job.shots if tds is ds else 0, job.seed, "test")
+        scorer = method
+        if target.gather and list(tnames) != list(names):
+            scorer = GatherColumns(method, target_columns(ds, tds, list(names), list(tnames)))
+            method.set_classnames(names)
+        else:
+            method.set_classnames(tnames)
+        method.to(device=s.device, dtype=precision.param_dtype)
+        reporter.phase(f"evaluating on {tds.name}/{target.subset} ({len(items)} images)")
+        res = evaluate(scorer, items, tds.image_root, s.device, precision, cfg.train.test_batch_size,
+                       cfg.train.num_workers, cache=lr.cache, dataset=tds.cache_tag,
+                       on_batch=lambda b, n: (reporter.advance(b, n), faults.point("eval")))
+        row = {
+            "run_id": run_id, "job_key": key, "method": job.method, "protocol": job.protocol,
+            "train_dataset": job.train_dataset, "eval_dataset": tds.name, "subset": target.subset,
+            "shots": job.shots, "seed": job.seed, "backbone": s.backbone, "pretrained": s.pretrained,
+            "weights": s.weights or "", "config_hash": cfg.hash, "config_json": json.dumps(cfg.as_dict(), sort_keys=True),
+            "accuracy": res.accuracy, "correct": res.correct, "n_test": res.n, "n_classes": len(tnames),
+            "epochs": lr.epochs, "precision": precision.effective, "precision_requested": precision.requested,
+            "n_learnable": method.n_learnable(),
+            "feature_cache": ("test" if (lr.cache is not None and not method.image_prompted) else "off"),
+            "train_features": (f"cached-aug:{cfg.train.feature_views}" if cfg.train.feature_views else "images"),
+            "train_seconds": lr.train_seconds, "eval_seconds": res.seconds, "device": str(s.device),
+            "started_at": started_at, "finished_at": now(), **env,
+        }
+        rows.append(row)
+        reporter.row(row)
+    store.write(key, rows)
+    return rows

@@ -1,0 +1,43 @@
+"""The names of a job's results and checkpoints.
+
+``job_key`` names the Parquet shard (everything that determines the rows: targets included);
+``training_key`` names the checkpoint folder and the lock (only what determines the learned
+parameters, so cross_dataset and dg share one training)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from cpbench.config import ResolvedConfig
+from cpbench.models.backbone import toy_fingerprint
+from cpbench.protocols.jobs import Job, RunSettings
+
+
+def backbone_identity(s: RunSettings) -> list[str]:
+    """The backbone as keys see it. The embedded toy weights change with cpbench releases, so they
+    are identified by their config (which records the pretraining run), not only by name."""
+    ident = [s.backbone, s.pretrained, s.weights or ""]
+    if s.backbone == "toy" and not s.weights:
+        ident.append(toy_fingerprint())
+    return ident
+
+
+def job_key(job: Job, cfg: ResolvedConfig, s: RunSettings) -> str:
+    blob = json.dumps({
+        "method": job.method, "protocol": job.protocol, "train": [job.train_dataset, job.train_subset],
+        "shots": job.shots, "seed": job.seed, "targets": [[t.dataset, t.subset] for t in job.targets],
+        "config": cfg.hash, "backbone": backbone_identity(s),
+    }, sort_keys=True)
+    return f"{job.method}-{job.train_dataset}-s{job.seed}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+
+def training_key(job: Job, cfg: ResolvedConfig, s: RunSettings) -> str:
+    """What determines the learned parameters (not the eval targets): shared across protocols."""
+    blob = json.dumps({
+        "method": job.method, "train": [job.train_dataset, job.train_subset], "shots": job.shots,
+        "seed": job.seed, "config": cfg.hash, "backbone": backbone_identity(s),
+    }, sort_keys=True)
+    return f"{job.method}-{job.train_dataset}-{job.train_subset}-k{job.shots}-s{job.seed}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
