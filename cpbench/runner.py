@@ -37,6 +37,8 @@ class RunRequest:
     slurm: dict = field(default_factory=dict)   # SlurmOptions fields: partition, time_min, gpus_per_job, ...
     # cross_dataset / dg: the training dataset (a miniature or toy one can stand in for ImageNet)
     source: str = "imagenet"
+    # learned state imported instead of trained: "official:DIR" | "export:FILE" (cpbench/imports.py)
+    state_from: str | None = None
 
 
 def default_targets(req: RunRequest, prepared: list[str]) -> list[str]:
@@ -99,7 +101,7 @@ def execute(req: RunRequest, console: Console, out: Console) -> list[dict]:
     settings = RunSettings(data_root=root, results_root=results_root(req.results), backbone=req.backbone,
                            pretrained=req.pretrained, weights=req.weights, config_file=req.config_file,
                            sets=req.sets, device=resolve_device(req.device), force=req.force,
-                           feature_cache=req.feature_cache)
+                           feature_cache=req.feature_cache, state_from=req.state_from)
     if settings.results_root.exists() and not settings.results_root.is_dir():
         raise UserError(f"--results {settings.results_root} is a file; pass a folder (it is created if missing)")
     jobs = plan_jobs(req, datasets)

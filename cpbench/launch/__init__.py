@@ -27,7 +27,8 @@ def settings_payload(s) -> dict:
     """JSON-able RunSettings (device as its name; a worker resolves it on its own machine)."""
     return {"data_root": str(s.data_root), "results_root": str(s.results_root), "backbone": s.backbone,
             "pretrained": s.pretrained, "weights": s.weights, "config_file": s.config_file, "sets": list(s.sets),
-            "device": str(s.device), "force": bool(s.force), "feature_cache": bool(s.feature_cache)}
+            "device": str(s.device), "force": bool(s.force), "feature_cache": bool(s.feature_cache),
+            "state_from": s.state_from}
 
 
 def job_payload(job, settings: dict, device: str | None = None) -> dict:
@@ -55,7 +56,7 @@ def settings_from_payload(p: dict):
     return RunSettings(data_root=Path(s["data_root"]), results_root=Path(s["results_root"]), backbone=s["backbone"],
                        pretrained=s["pretrained"], weights=s["weights"], config_file=s["config_file"],
                        sets=list(s["sets"]), device=resolve_device(s["device"]), force=s["force"],
-                       feature_cache=s["feature_cache"])
+                       feature_cache=s["feature_cache"], state_from=s.get("state_from"))
 
 
 def dumps(obj: dict) -> str:

@@ -106,7 +106,13 @@ def learn(job: Job, cfg: ResolvedConfig, backbone: Backbone, s: RunSettings, rep
     train_seconds = 0.0
     epochs = cfg.train.epochs if cls.trainable else 0
     cache = FeatureCache(s.data_root / ".cache" / "features") if s.feature_cache else None
-    if final is not None:
+    if s.state_from:  # imported, not trained here (cpbench/imports.py)
+        from cpbench import imports
+
+        method.load_learned_state(imports.load_state(s.state_from, job, method, ds))
+        method.to(device=s.device, dtype=precision.param_dtype)
+        epochs = 0
+    elif final is not None:
         method.load_learned_state(final[0])
         train_seconds = float(final[1].get("train_seconds", 0.0))
     elif getattr(cls, "closed_form", False):
@@ -133,6 +139,11 @@ def _run_job_locked(job: Job, cfg: ResolvedConfig, key: str, backbone: Backbone,
     lr = learn(job, cfg, backbone, s, reporter)
     method, ds, names, precision = lr.method, lr.dataset, lr.names, lr.precision
     env = environment()
+    imported = ""
+    if s.state_from:
+        from cpbench import imports
+
+        imported = imports.identity(s.state_from)
     run_id = uuid.uuid4().hex[:12]
     rows = []
     for ti, target in enumerate(job.targets):
@@ -163,6 +174,7 @@ def _run_job_locked(job: Job, cfg: ResolvedConfig, key: str, backbone: Backbone,
             "feature_cache": ("test" if (lr.cache is not None and not method.image_prompted) else "off"),
             "train_features": (f"cached-aug:{cfg.train.feature_views}" if cfg.train.feature_views else "images"),
             "train_seconds": lr.train_seconds, "eval_seconds": res.seconds, "device": str(s.device),
+            "imported": imported,
             "started_at": started_at, "finished_at": now(), **env,
         }
         rows.append(row)

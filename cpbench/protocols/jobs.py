@@ -54,6 +54,8 @@ class RunSettings:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     force: bool = False
     feature_cache: bool = True
+    # learned state imported instead of trained (``official:DIR`` | ``export:FILE``; see cpbench/imports.py)
+    state_from: str | None = None
 
 
 class Reporter(Protocol):

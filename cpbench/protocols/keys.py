@@ -23,11 +23,21 @@ def backbone_identity(s: RunSettings) -> list[str]:
     return ident
 
 
+def _imported(s: RunSettings) -> dict:
+    """Imported state is part of what determines the rows (absent for trained jobs, so their keys
+    are unchanged)."""
+    if not s.state_from:
+        return {}
+    from cpbench import imports
+
+    return {"imported": imports.identity(s.state_from)}
+
+
 def job_key(job: Job, cfg: ResolvedConfig, s: RunSettings) -> str:
     blob = json.dumps({
         "method": job.method, "protocol": job.protocol, "train": [job.train_dataset, job.train_subset],
         "shots": job.shots, "seed": job.seed, "targets": [[t.dataset, t.subset] for t in job.targets],
-        "config": cfg.hash, "backbone": backbone_identity(s),
+        "config": cfg.hash, "backbone": backbone_identity(s), **_imported(s),
     }, sort_keys=True)
     return f"{job.method}-{job.train_dataset}-s{job.seed}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
@@ -36,7 +46,7 @@ def training_key(job: Job, cfg: ResolvedConfig, s: RunSettings) -> str:
     """What determines the learned parameters (not the eval targets): shared across protocols."""
     blob = json.dumps({
         "method": job.method, "train": [job.train_dataset, job.train_subset], "shots": job.shots,
-        "seed": job.seed, "config": cfg.hash, "backbone": backbone_identity(s),
+        "seed": job.seed, "config": cfg.hash, "backbone": backbone_identity(s), **_imported(s),
     }, sort_keys=True)
     return f"{job.method}-{job.train_dataset}-{job.train_subset}-k{job.shots}-s{job.seed}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 

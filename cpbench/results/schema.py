@@ -43,6 +43,7 @@ SCHEMA = pa.schema([
     ("train_seconds", pa.float64()),
     ("eval_seconds", pa.float64()),
     ("device", pa.string()),
+    ("imported", pa.string()),         # "" = trained by cpbench; else KIND:IDENTITY (cpbench/imports.py)
     ("host", pa.string()),
     ("started_at", pa.string()),
     ("finished_at", pa.string()),
