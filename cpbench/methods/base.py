@@ -81,6 +81,7 @@ class Method(nn.Module):
     image_prompted: ClassVar[bool] = False   # prompts enter the image encoder: no image-feature caching
     feature_training: ClassVar[bool] = False  # forward_train_features is valid (opt-in cached train views)
     trainable: ClassVar[bool] = True         # zero-shot CLIP / linear probe set this False / custom
+    seed_dependent: ClassVar[bool] = True    # False: the seed changes nothing (zero-shot CLIP); never flagged for seeds
 
     def __init__(self, backbone: Backbone, classnames: list[str], options: Options, template: str = "a photo of a {}."):
         super().__init__()

@@ -35,3 +35,14 @@ def get_method_class(name: str):
         raise UserError(f"unknown method {name!r}; known methods: {', '.join(method_names())}")
     module, cls = METHODS[name].split(":")
     return getattr(importlib.import_module(module), cls)
+
+
+# The order of methods in reports (rows and column groups): zero-shot CLIP first, then the order
+# the papers' tables use (CoOp, CoCoOp, KgCoOp, MaPLe, IVLP, PromptSRC, the LAMM variants, PRE,
+# Bayesian PL, CPL), linear-probe CLIP last. A method not listed here follows, alphabetically.
+REPORT_ORDER = ("zeroshot", "coop", "cocoop", "kgcoop", "maple", "ivlp", "promptsrc", "lamm", "coop_lamm",
+                "maple_lamm", "pre", "coopvpt", "cocoopvpt", "cpl", "linear_probe")
+
+
+def report_rank(name: str) -> tuple[int, str]:
+    return (REPORT_ORDER.index(name) if name in REPORT_ORDER else len(REPORT_ORDER), name)

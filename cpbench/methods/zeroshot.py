@@ -18,6 +18,7 @@ class ZeroShotCLIP(Method):
     name = "zeroshot"
     Options = ZeroShotOptions
     trainable = False
+    seed_dependent = False  # no training data, no sampling: every seed gives the same result
 
     def prompts(self) -> list[str]:
         template = self.options.template or self.template
