@@ -24,7 +24,7 @@ console = Console(stderr=True)
 out = Console()
 
 # options that take several values: `--seeds 1 2 3` is expanded to `--seeds 1 --seeds 2 --seeds 3`
-LIST_OPTIONS = {"--seeds", "--shots", "--dataset", "--datasets", "--set", "--methods", "--gpus-list"}
+LIST_OPTIONS = {"--seeds", "--shots", "--dataset", "--datasets", "--set", "--methods", "--gpus-list", "--config-hash"}
 
 
 def _expand_lists(argv: list[str]) -> list[str]:
@@ -223,10 +223,19 @@ def report(
     protocol: List[str] = typer.Option([], "--protocol", help="only these protocols (base2new cross_dataset dg few_shot)"),
     methods: List[str] = typer.Option([], "--methods", help="only these methods"),
     datasets: List[str] = typer.Option([], "--datasets", "--dataset", help="only these datasets"),
-    compare: Optional[str] = typer.Option(None, "--compare", help="paper: add published numbers (with provenance) and deltas"),
+    config_hash: List[str] = typer.Option([], "--config-hash", help="keep only the configurations whose config hash "
+                                                                    "starts with PREFIX (for their methods; other "
+                                                                    "methods stay)"),
+    latest: bool = typer.Option(False, "--latest", help="keep only the most recent configuration of each method "
+                                                        "(per protocol)"),
+    layout: str = typer.Option("auto", "--layout", help="base-to-new tables: wide (datasets x methods) | long "
+                                                        "(one row per dataset and method) | auto (long when wide)"),
+    compare: Optional[str] = typer.Option(None, "--compare", help="paper: add published numbers of the same setting "
+                                                                  "(with provenance) and deltas"),
     plots: Optional[Path] = typer.Option(None, "--plots", help="also write PNG figures into this folder"),
 ) -> None:
-    """Tables per protocol in the papers' layouts (mean ± std over seeds, HM rules of the papers)."""
+    """Tables per protocol in the papers' layouts (mean ± std over seeds, HM rules of the papers);
+    different methods, backbones and configurations never share a cell."""
     from cpbench.paths import results_root
     from cpbench.results import formats
     from cpbench.results import report as rep
@@ -236,6 +245,8 @@ def report(
         raise UserError(f"--format must be one of {', '.join(formats.FORMATS)}, got {format!r}")
     if compare not in (None, "paper"):
         raise UserError(f"--compare takes `paper`, got {compare!r}")
+    if layout not in rep.LAYOUTS:
+        raise UserError(f"--layout must be one of {', '.join(rep.LAYOUTS)}, got {layout!r}")
     bad = [p for p in protocol if p not in rep.PROTOCOL_ORDER]
     if bad:
         raise UserError(f"unknown protocol {bad[0]!r} in --protocol; use {', '.join(rep.PROTOCOL_ORDER)}")
@@ -248,19 +259,21 @@ def report(
                       highlight=False, soft_wrap=True)
     if read.frame.empty:
         raise UserError(f"no results under {store.root}; run `cpbench run METHOD` first (or pass --results DIR)")
-    agg = rep.filter_agg(rep.aggregate(read.frame), protocol, methods, datasets)
-    if agg.empty:
-        raise UserError("no results match --protocol/--methods/--datasets; drop a filter (see `cpbench report`)")
+    built = rep.build(read.frame, rep.ReportOptions(protocol, methods, datasets, config_hash, latest, layout,
+                                                    compare == "paper"))
     if plots is not None:
         try:
             from cpbench.results.plots import write_plots
 
-            made = write_plots(agg, plots)
+            made = write_plots(built.tables, plots)
         except ModuleNotFoundError as exc:
             raise UserError(f"--plots needs {exc.name}; pip install matplotlib")
         for p in made:
             console.print(f"wrote {p}", highlight=False)
-    sys.stdout.write(formats.render(rep.tables(agg, compare=compare == "paper"), format, std))
+    if format == "csv":  # csv has no place for the notes
+        for note in built.notes:
+            console.print(note, highlight=False, soft_wrap=True, markup=False)
+    sys.stdout.write(formats.render(built, format, std))
 
 
 # --------------------------------------------------------------------------- list

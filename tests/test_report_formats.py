@@ -5,7 +5,8 @@
   per-dataset HMs and Average rows to 0.01, through the CLI's json output.
 - markdown, csv, latex (structure: balanced environments, column counts), html (parsed with
   html.parser), json all render the base2new/cross_dataset/dg/few_shot tables.
-- --compare paper attaches the published number, its provenance label and the delta.
+- --compare paper attaches the published number, its provenance label and the delta (the rows
+  carry the configuration a default run records, so they are in the papers' setting).
 - --plots writes non-empty PNGs.
 """
 
@@ -23,6 +24,7 @@ import pytest
 from cpbench import cli
 from cpbench.results import formats, published, report
 from cpbench.results.store import ResultStore
+from report_rows import row as _hand_row
 
 B2N = ("coop", "cocoop", "maple", "promptsrc")
 DATASETS = ("imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
@@ -30,10 +32,7 @@ DATASETS = ("imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_fl
 
 
 def _row(protocol, method, train, eval_, subset, shots, seed, acc):
-    return {"run_id": f"r{seed}", "job_key": "k", "method": method, "protocol": protocol, "train_dataset": train,
-            "eval_dataset": eval_, "subset": subset, "shots": shots, "seed": seed, "backbone": "ViT-B-16",
-            "pretrained": "openai", "config_hash": "h", "accuracy": acc, "n_test": 100, "n_classes": 10,
-            "finished_at": f"2026-01-0{seed}T00:00:00"}
+    return _hand_row(protocol, method, train, eval_, subset, shots, seed, acc)
 
 
 def _seeds(mean, spread):
@@ -93,6 +92,7 @@ def test_published_hms_and_averages_reproduced(results, monkeypatch, capsys):
     assert code == 0, err
     doc = json.loads(out)
     (table,) = doc["tables"]
+    assert table["layout"] == "wide" and table["row_header"] == ["Dataset"]  # 4 methods: the grid still fits
     got = {(c["method"], c["dataset"], c["field"]): c for r in table["rows"] for c in r["cells"]}
     checked = 0
     for m in B2N:
@@ -111,20 +111,20 @@ def test_published_hms_and_averages_reproduced(results, monkeypatch, capsys):
 
 
 def test_transfer_and_few_shot_layouts():
-    agg = report.aggregate(pd.DataFrame(other_rows()))
-    tabs = {(t.protocol, t.key): t for t in report.tables(agg)}
+    tabs = {(t.protocol, t.key): t for t in report.build(pd.DataFrame(other_rows())).tables}
     xd = tabs[("cross_dataset", "imagenet, 16-shot")]
     assert xd.columns == ["imagenet (source)", "caltech101", "dtd", "Average"]  # protocol order, source first
-    (label, cells), = xd.rows
-    assert label == "coop" and cells[3].value == pytest.approx((90.0 + 41.5) / 2)  # targets only
+    (r,) = xd.rows
+    assert r.labels == ("coop",) and r.cells[3].value == pytest.approx((90.0 + 41.5) / 2)  # targets only
+    assert xd.average_over == ("caltech101", "dtd") and xd.trained_on == "imagenet"
     dg = tabs[("dg", "imagenet, 16-shot")]
     assert dg.columns == ["imagenet (source)", "imagenetv2", "imagenet_a", "Average"]
-    assert dg.rows[0][1][-1].value == pytest.approx(55.0)
+    assert dg.rows[0].cells[-1].value == pytest.approx(55.0)
     fs = tabs[("few_shot", "1-shot")]
     assert fs.columns == ["dtd", "eurosat", "Average"]
-    dtd = fs.rows[0][1][0]
+    dtd = fs.rows[0].cells[0]
     assert dtd.n == 3 and not dtd.flag and dtd.value == pytest.approx((46 + 47 + 50) / 3)
-    assert fs.rows[0][1][1].flag and fs.rows[0][1][1].n == 2  # fewer seeds than dtd's 3
+    assert fs.rows[0].cells[1].flag and fs.rows[0].cells[1].n == 2  # fewer seeds than dtd's 3
     assert {k for p, k in tabs if p == "few_shot"} == {"1-shot", "2-shot", "4-shot"}
 
 
@@ -191,15 +191,17 @@ def test_every_format_renders(results, monkeypatch, capsys, compare):
     for title in ("Base-to-new generalisation", "Cross-dataset transfer", "Domain generalisation",
                   "Few-shot classification (4-shot)", "**Average**", "71.66", " ± "):
         assert title in md
-    assert ("(paper 71.66 [README], Δ +0.00)" in md) == compare
-    assert ("[recalled]" in md) == compare
+    assert ("(paper 71.66 [authors' README], Δ +0.00)" in md) == compare
+    assert ("[paper, recalled]" in md) == compare
+    assert ("Published numbers: authors' README = " in md) == compare  # the legend of the labels
+    assert (md.count("--compare paper: compared ") == 1) == compare
     csv = pd.read_csv(io.StringIO(outs["csv"]))
     assert set(csv.protocol) == {"base2new", "cross_dataset", "dg", "few_shot"}
     assert set(csv.method) == set(B2N)
     hm = csv[(csv.method == "coop") & (csv.dataset == "Average") & (csv.field == "HM")]
     assert hm["mean"].round(2).tolist() == [71.66]
     if compare:
-        assert hm["delta"].abs().max() < 0.01 and hm["provenance"].tolist() == ["README"]
+        assert hm["delta"].abs().max() < 0.01 and hm["provenance"].tolist() == ["authors' README"]
     doc = json.loads(outs["json"])
     assert len(doc["tables"]) == 1 + 1 + 1 + 3
     p = _Collect()
@@ -208,7 +210,11 @@ def test_every_format_renders(results, monkeypatch, capsys, compare):
     assert not p.errors and not p.stack
     assert len(p.tables) == 6
     b2n = p.tables[0]
-    assert b2n[0] == b2n[1] == b2n[2] == 1 + 3 * 4 and len(b2n) == 2 + 12  # group row, header, 11 + Average
+    if compare:  # 4 methods with paper numbers are too wide for the grid: one row per (dataset, method)
+        assert "Layout: one row per dataset and method" in md
+        assert b2n[0] == b2n[1] == 2 + 3 and len(b2n) == 1 + 12 * 4  # header, (11 + Average) x 4 methods
+    else:
+        assert b2n[0] == b2n[1] == b2n[2] == 1 + 3 * 4 and len(b2n) == 2 + 12  # group row, header, 11 + Average
     for t in p.tables:
         assert len(set(t)) == 1  # every row as wide as the header
     assert _latex_ok(outs["latex"]) >= 12 + 2 + 2 + 3
@@ -237,11 +243,12 @@ def test_plots_are_pngs(results, monkeypatch, capsys, tmp_path):
 
 
 def test_published_data_is_consistent():
-    rows = published.all_rows()
-    assert {r["provenance"] for r in rows} <= set(published.PROVENANCE)
+    rows = published.all_published()
     # each published base2new HM recomputes from its Base and New (to rounding)
     for r in rows:
-        if r["protocol"] == "base2new" and r["field"] == "hm":
-            b = published.lookup("base2new", r["method"], r["dataset"], "base").value
-            n = published.lookup("base2new", r["method"], r["dataset"], "new").value
-            assert report.hm(b, n) == pytest.approx(r["value"], abs=0.011), r
+        if r.protocol == "base2new" and r.field == "hm":
+            kw = dict(backbone=r.backbone, pretrained=r.pretrained, trained_on=r.trained_on,
+                      average_over=r.average_over)
+            b = published.lookup("base2new", r.method, r.dataset, "base", r.shots, **kw).value
+            n = published.lookup("base2new", r.method, r.dataset, "new", r.shots, **kw).value
+            assert report.hm(b, n) == pytest.approx(r.value, abs=0.011), r

@@ -5,35 +5,36 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from cpbench.results import report
+from cpbench.results import formats, report
+from report_rows import b2n
 
 
-def _rows(method, dataset, subset, accs):
-    return [{"protocol": "base2new", "method": method, "backbone": "b", "pretrained": "p",
-             "train_dataset": dataset, "eval_dataset": dataset, "subset": subset, "shots": 16,
-             "seed": s, "accuracy": a, "config_hash": "h", "finished_at": f"2026-01-0{s}"}
-            for s, a in enumerate(accs, 1)]
+def _cells(rep, dataset):
+    (t,) = [t for t in rep.tables if t.protocol == "base2new"]
+    (row,) = [r for r in t.rows if r.labels[0] == dataset]
+    return {c.field: c for c in row.cells}
 
 
 def test_hm_and_average_rows_by_hand():
-    rows = (_rows("coop", "d1", "base", [80, 82, 84]) + _rows("coop", "d1", "new", [60, 61, 62])
-            + _rows("coop", "d2", "base", [90, 92]) + _rows("coop", "d2", "new", [50, 54]))
-    table, methods, max_seeds = report.base2new_table(report.aggregate(pd.DataFrame(rows)))
-    t = table
+    rows = b2n("coop", "dtd", [80, 82, 84], [60, 61, 62]) + b2n("coop", "eurosat", [90, 92], [50, 54])
+    rep = report.build(pd.DataFrame(rows))
     b1, n1 = 82.0, 61.0
     b2, n2 = 91.0, 52.0
-    assert t.loc["d1", ("coop", "HM")] == pytest.approx(2 * b1 * n1 / (b1 + n1))
-    assert t.loc["d2", ("coop", "HM")] == pytest.approx(2 * b2 * n2 / (b2 + n2))
+    assert _cells(rep, "dtd")["HM"].value == pytest.approx(2 * b1 * n1 / (b1 + n1))
+    assert _cells(rep, "eurosat")["HM"].value == pytest.approx(2 * b2 * n2 / (b2 + n2))
+    avg = _cells(rep, "Average")
     ab, an = (b1 + b2) / 2, (n1 + n2) / 2
-    assert t.loc["Average", ("coop", "Base")] == pytest.approx(ab)
-    assert t.loc["Average", ("coop", "HM")] == pytest.approx(2 * ab * an / (ab + an))
+    assert avg["Base"].value == pytest.approx(ab)
+    assert avg["HM"].value == pytest.approx(2 * ab * an / (ab + an))
     # not the mean of per-dataset HMs
-    mean_hm = (t.loc["d1", ("coop", "HM")] + t.loc["d2", ("coop", "HM")]) / 2
-    assert abs(t.loc["Average", ("coop", "HM")] - mean_hm) > 1e-3
-    assert max_seeds == 3
-    md = report.base2new_markdown(report.aggregate(pd.DataFrame(rows)))
-    assert "†" in md  # d2 has fewer seeds than d1
-    assert f"{2 * ab * an / (ab + an):.2f}" in md
+    mean_hm = (_cells(rep, "dtd")["HM"].value + _cells(rep, "eurosat")["HM"].value) / 2
+    assert abs(avg["HM"].value - mean_hm) > 1e-3
+    dtd = _cells(rep, "dtd")["Base"]
+    assert dtd.n == 3 and dtd.seeds == (1, 2, 3) and dtd.values == (80.0, 82.0, 84.0)
+    assert dtd.std == pytest.approx(pd.Series([80, 82, 84]).std(ddof=0))
+    assert _cells(rep, "eurosat")["Base"].flag and not dtd.flag  # fewer seeds than dtd
+    md = formats.render(rep, "markdown")
+    assert "†" in md and f"{2 * ab * an / (ab + an):.2f}" in md
 
 
 def test_published_coop_average():
@@ -42,8 +43,13 @@ def test_published_coop_average():
     new = [67.88, 89.81, 95.29, 60.40, 59.67, 82.26, 22.30, 65.89, 41.18, 54.74, 56.05]
     rows = []
     for i, (b, n) in enumerate(zip(base, new)):
-        rows += _rows("coop", f"d{i:02d}", "base", [b]) + _rows("coop", f"d{i:02d}", "new", [n])
-    t = report.base2new_table(report.aggregate(pd.DataFrame(rows)))[0]
-    assert round(t.loc["Average", ("coop", "Base")], 2) == 82.69
-    assert round(t.loc["Average", ("coop", "New")], 2) == 63.22
-    assert round(t.loc["Average", ("coop", "HM")], 2) == 71.66
+        rows += b2n("coop", f"d{i:02d}", [b], [n])
+    avg = _cells(report.build(pd.DataFrame(rows), report.ReportOptions(layout="wide")), "Average")
+    assert [round(avg[f].value, 2) for f in ("Base", "New", "HM")] == [82.69, 63.22, 71.66]
+
+
+def test_rerun_replaces_the_earlier_row_of_its_seed():
+    first = b2n("coop", "dtd", [70.0], [50.0], finished="2026-01-01T00:00:00")
+    again = b2n("coop", "dtd", [72.0], [52.0], finished="2026-01-02T00:00:00")  # --force, same setting
+    c = _cells(report.build(pd.DataFrame(again + first)), "dtd")
+    assert c["Base"].value == 72.0 and c["Base"].n == 1

@@ -1,7 +1,9 @@
-"""Renderers for ``report.Table``: markdown, csv, latex, html, json. Numbers print with two
-decimals; ``±`` std where a cell has more than one seed; ``†`` flags fewer seeds than the
-table's most; with the paper comparison a cell also shows the published number, its
-provenance label and the delta (ours − paper)."""
+"""Renderers for ``table.Report``: markdown, csv, latex, html, json. Numbers print with two
+decimals; ``±`` std where a cell has more than one seed (not for seed-less methods, whose seeds
+repeat one result); ``†`` flags fewer seeds than the table's most; with the paper comparison a
+cell also shows the published number, its provenance label and the delta (ours − paper). The
+report's notes (backbone, what the labels stand for, selections, what was compared) come first;
+csv has no place for them, so the CLI prints them on stderr."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import math
 
 import pandas as pd
 
-from cpbench.results.report import Cell, Table
+from cpbench.results.table import RECORD_FIELDS, Cell, Report, Table, record, records
 
 FORMATS = ("markdown", "csv", "latex", "html", "json")
 
@@ -22,7 +24,7 @@ def _num(x) -> str:
 
 def _cell_text(c: Cell, std: bool, pm: str = "±", dagger: str = "†", delta: str = "Δ") -> str:
     t = _num(c.value)
-    if std and not c.derived and c.n > 1 and not math.isnan(c.std):
+    if std and not c.derived and not c.seedless and c.n > 1 and not math.isnan(c.std):
         t += f" {pm} {c.std:.2f}"
     if c.flag:
         t += f" {dagger}"
@@ -38,46 +40,50 @@ def _heading(t: Table) -> str:
     return t.title + (f" ({t.key})" if t.key else "")
 
 
-def markdown(tables: list[Table], std: bool = True) -> str:
-    if not tables:
+def _labels(labels: tuple[str, ...], average: bool, bold) -> list[str]:
+    return [bold(x) if average and i == 0 else x for i, x in enumerate(labels)]
+
+
+def _md(x: str) -> str:
+    return x.replace("|", "\\|")
+
+
+def _sub_headers(t: Table) -> list[str]:
+    """Column headers under the group row (``Base``/``New``/``HM``), or the full names."""
+    return [c.rsplit(" ", 1)[1] for c in t.columns] if t.groups else list(t.columns)
+
+
+def markdown(report: Report, std: bool = True) -> str:
+    if not report.tables:
         return "_no results for the selected protocols/methods/datasets_\n"
-    parts = []
-    for t in tables:
-        lines = [f"## {_heading(t)}", "", "| " + " | ".join([t.row_header] + t.columns) + " |",
-                 "|" + "|".join(["---"] + ["---:"] * len(t.columns)) + "|"]
-        for label, cells in t.rows:
-            head = f"**{label}**" if label == "Average" else label
-            lines.append("| " + " | ".join([head] + [_cell_text(c, std) for c in cells]) + " |")
+    parts = ["\n".join(f"- {n}" for n in report.notes) + "\n"] if report.notes else []
+    for t in report.tables:
+        lines = [f"## {_heading(t)}", "", "| " + " | ".join(_md(h) for h in t.row_header + t.columns) + " |",
+                 "|" + "|".join(["---"] * len(t.row_header) + ["---:"] * len(t.columns)) + "|"]
+        for r in t.rows:
+            lines.append("| " + " | ".join(_labels(tuple(_md(x) for x in r.labels), r.average, lambda x: f"**{x}**")
+                                           + [_cell_text(c, std) for c in r.cells]) + " |")
         parts.append("\n".join(lines) + "\n\n" + " ".join(t.notes) + "\n")
     return "\n".join(parts)
 
 
-def records(tables: list[Table]) -> list[dict]:
-    out = []
-    for t in tables:
-        for label, cells in t.rows:
-            for col, c in zip(t.columns, cells):
-                out.append({"protocol": t.protocol, "table": t.key, "method": c.method, "dataset": c.dataset,
-                            "field": c.field, "shots": c.shots,
-                            "mean": None if math.isnan(c.value) else c.value,
-                            "std": None if (c.derived or math.isnan(c.std)) else c.std, "n_seeds": c.n,
-                            "fewer_seeds": c.flag, "derived": c.derived, "paper": c.paper,
-                            "provenance": c.provenance or None, "delta": c.delta})
-    return out
+def _flat(rec: dict) -> dict:
+    return {**rec, "seeds": " ".join(str(s) for s in rec["seeds"]),
+            "values": " ".join(f"{v:.4f}" for v in rec["values"])}
 
 
-def csv(tables: list[Table]) -> str:
-    cols = ["protocol", "table", "method", "dataset", "field", "shots", "mean", "std", "n_seeds", "fewer_seeds", "derived",
-            "paper", "provenance", "delta"]
-    return pd.DataFrame(records(tables), columns=cols).to_csv(index=False, float_format="%.4f")
+def csv(report: Report) -> str:
+    return pd.DataFrame([_flat(r) for r in records(report.tables)], columns=RECORD_FIELDS).to_csv(
+        index=False, float_format="%.4f")
 
 
-def json_text(tables: list[Table]) -> str:
-    doc = {"tables": [{"protocol": t.protocol, "title": t.title, "key": t.key, "row_header": t.row_header,
-                       "columns": t.columns, "notes": t.notes,
-                       "rows": [{"label": label, "cells": [r for r in records([Table(t.protocol, t.title, t.row_header,
-                                                                                           t.columns, [], [(label, cells)], key=t.key)])]}
-                                for label, cells in t.rows]} for t in tables]}
+def json_text(report: Report) -> str:
+    doc = {"notes": report.notes,
+           "tables": [{"protocol": t.protocol, "title": t.title, "key": t.key, "layout": t.layout,
+                       "row_header": t.row_header, "columns": t.columns, "groups": [list(g) for g in t.groups],
+                       "average_over": list(t.average_over), "trained_on": t.trained_on, "notes": t.notes,
+                       "rows": [{"labels": list(r.labels), "average": r.average,
+                                 "cells": [record(t, c) for c in r.cells]} for r in t.rows]} for t in report.tables]}
     return json.dumps(doc, indent=2, allow_nan=False) + "\n"
 
 
@@ -93,32 +99,32 @@ def tex_escape(s: str) -> str:
     return s
 
 
-def latex(tables: list[Table], std: bool = True) -> str:
-    """One ``table`` environment per table (booktabs rules; needs ``\\usepackage{booktabs}``)."""
-    parts = []
-    for t in tables:
-        ncol = 1 + len(t.columns)
+def latex(report: Report, std: bool = True) -> str:
+    """One ``table`` environment per table (booktabs rules; needs ``\\usepackage{booktabs}``);
+    the report's notes as comment lines first."""
+    parts = ["\n".join("% " + n for n in report.notes)] if report.notes else []
+    for t in report.tables:
+        nlab = len(t.row_header)
         lines = [r"\begin{table}[t]", r"\centering", r"\small",
                  r"\caption{" + tex_escape(_heading(t)) + "}",
-                 r"\begin{tabular}{l" + "r" * len(t.columns) + "}", r"\toprule"]
+                 r"\begin{tabular}{" + "l" * nlab + "r" * len(t.columns) + "}", r"\toprule"]
         if t.groups:
-            lines.append(" & ".join([""] + [r"\multicolumn{%d}{c}{%s}" % (span, tex_escape(g)) for g, span in t.groups])
-                         + r" \\")
-            start = 2
+            lines.append(" & ".join([""] * nlab + [r"\multicolumn{%d}{c}{%s}" % (span, tex_escape(g))
+                                                   for g, span in t.groups]) + r" \\")
+            start = nlab + 1
             lines.append("".join(r"\cmidrule(lr){%d-%d}" % (start + sum(s for _, s in t.groups[:i]),
                                                               start + sum(s for _, s in t.groups[:i + 1]) - 1)
                                  for i in range(len(t.groups))))
-            heads = [c.split(" ", 1)[1] if " " in c else c for c in t.columns]
-        else:
-            heads = t.columns
-        lines.append(" & ".join([tex_escape(t.row_header)] + [tex_escape(h) for h in heads]) + r" \\")
+        lines.append(" & ".join([tex_escape(h) for h in t.row_header + _sub_headers(t)]) + r" \\")
         lines.append(r"\midrule")
-        for label, cells in t.rows:
-            if label == "Average":
+        first_average = True
+        for r in t.rows:
+            if r.average and first_average:
                 lines.append(r"\midrule")
-            texts = [tex_escape(_cell_text(c, std)) for c in cells]
-            row = [r"\textbf{Average}" if label == "Average" else tex_escape(label)] + texts
-            assert len(row) == ncol
+                first_average = False
+            row = _labels(tuple(tex_escape(x) for x in r.labels), r.average, lambda x: r"\textbf{%s}" % x)
+            row += [tex_escape(_cell_text(c, std)) for c in r.cells]
+            assert len(row) == nlab + len(t.columns)
             lines.append(" & ".join(row) + r" \\")
         lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}",
                   "% " + " ".join(t.notes).replace("\n", " ")]
@@ -126,24 +132,27 @@ def latex(tables: list[Table], std: bool = True) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def html_text(tables: list[Table], std: bool = True) -> str:
+def html_text(report: Report, std: bool = True) -> str:
     e = html.escape
     parts = ["<!DOCTYPE html>", "<html>", "<head>", '<meta charset="utf-8">', "<title>cpbench report</title>",
              "<style>table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:2px 6px}"
              "td{text-align:right}th[scope=row]{text-align:left}tr.avg{font-weight:bold}</style>", "</head>", "<body>"]
-    for t in tables:
+    if report.notes:
+        parts.append("<ul>" + "".join(f"<li>{e(n)}</li>" for n in report.notes) + "</ul>")
+    for t in report.tables:
         parts.append(f"<h2>{e(_heading(t))}</h2>")
         parts.append("<table>")
         parts.append("<thead>")
         if t.groups:
-            parts.append("<tr><th></th>" + "".join(f'<th colspan="{span}">{e(g)}</th>' for g, span in t.groups) + "</tr>")
-        parts.append("<tr>" + "".join(f"<th>{e(c)}</th>" for c in [t.row_header] + t.columns) + "</tr>")
+            parts.append("<tr>" + "<th></th>" * len(t.row_header)
+                         + "".join(f'<th colspan="{span}">{e(g)}</th>' for g, span in t.groups) + "</tr>")
+        parts.append("<tr>" + "".join(f"<th>{e(c)}</th>" for c in t.row_header + _sub_headers(t)) + "</tr>")
         parts.append("</thead>")
         parts.append("<tbody>")
-        for label, cells in t.rows:
-            cls = ' class="avg"' if label == "Average" else ""
-            parts.append(f"<tr{cls}><th scope=\"row\">{e(label)}</th>"
-                         + "".join(f"<td>{e(_cell_text(c, std))}</td>" for c in cells) + "</tr>")
+        for r in t.rows:
+            cls = ' class="avg"' if r.average else ""
+            parts.append(f"<tr{cls}>" + "".join(f'<th scope="row">{e(x)}</th>' for x in r.labels)
+                         + "".join(f"<td>{e(_cell_text(c, std))}</td>" for c in r.cells) + "</tr>")
         parts.append("</tbody>")
         parts.append("</table>")
         parts.append(f"<p>{e(' '.join(t.notes))}</p>")
@@ -151,15 +160,15 @@ def html_text(tables: list[Table], std: bool = True) -> str:
     return "\n".join(parts) + "\n"
 
 
-def render(tables: list[Table], fmt: str, std: bool = True) -> str:
+def render(report: Report, fmt: str, std: bool = True) -> str:
     if fmt == "markdown":
-        return markdown(tables, std)
+        return markdown(report, std)
     if fmt == "csv":
-        return csv(tables)
+        return csv(report)
     if fmt == "latex":
-        return latex(tables, std)
+        return latex(report, std)
     if fmt == "html":
-        return html_text(tables, std)
+        return html_text(report, std)
     if fmt == "json":
-        return json_text(tables)
+        return json_text(report)
     raise ValueError(fmt)

@@ -1,0 +1,130 @@
+"""The report's data model: what every renderer (markdown, csv, latex, html, json), the plots and
+any later view (confidence intervals, paired comparisons, leaderboards) read. No pandas, no
+formatting here.
+
+- ``Entry``: one comparable set of rows: a method under one backbone (name, pretrained tag,
+  weights file), one configuration and one origin (trained by cpbench, or imported). Rows of two
+  entries never share a cell. ``label`` is what tables print (``coop``, ``coop (epochs=2)``).
+- ``Cell``: one number of a table: a seed mean (with its std, seed list and per-seed values),
+  or a derived number (HM, an Average) computed from seed means. With ``--compare paper`` it
+  also holds the published number of the same setting, its provenance label and the delta.
+- ``Row``: one or more row labels (``("dtd",)`` or ``("dtd", "coop")`` in the long layout) and
+  its cells, one per column.
+- ``Table``: one protocol table (per shot count / source), its columns, optional column
+  groups (one per entry in the wide base-to-new layout) and its notes.
+- ``Report``: the tables plus report-level notes (which configurations the labels stand for,
+  what a selection kept, what ``--compare paper`` compared and why not).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+def isnan(x) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str                                 # identity (JSON of the fields below + the setting)
+    method: str
+    backbone: str = ""
+    pretrained: str = ""
+    weights: str = ""                        # a local checkpoint given with --weights ("" = none)
+    imported: str = ""                       # "" = trained by cpbench; else KIND:IDENTITY
+    overrides: tuple[tuple[str, str], ...] = ()  # settings that differ from the method's defaults
+    known_config: bool = True                # False: rows without a readable config (old shards)
+    config_hashes: tuple[str, ...] = ()      # the rows' config hashes (one per per-dataset default)
+    seed_dependent: bool = True              # False: the method's result does not depend on the seed
+    label: str = ""
+
+    @property
+    def backbone_label(self) -> str:
+        name = self.backbone + (f"/{self.pretrained}" if self.pretrained and self.pretrained != "none" else "")
+        return name + (f" weights={self.weights.replace(chr(92), '/').rsplit('/', 1)[-1]}" if self.weights else "")
+
+
+@dataclass
+class Cell:
+    value: float = float("nan")     # percent; seed mean, or derived (HM, Average)
+    std: float = float("nan")       # population std over seeds (ddof=0, as CoOp's parse_test_res)
+    n: int = 0                      # seeds behind the mean (derived: the fewest of its parts)
+    seeds: tuple[int, ...] = ()     # which seeds, sorted
+    values: tuple[float, ...] = ()  # per-seed accuracies, in ``seeds`` order
+    flag: bool = False              # fewer seeds than the table's most (seed-dependent entries only)
+    derived: bool = False           # HM / averages: computed from means, no std of their own
+    entry: Entry | None = None
+    dataset: str = ""               # a dataset name or "Average"
+    field: str = "accuracy"         # Base | New | HM for base2new, else accuracy
+    shots: int = 16
+    config_hash: str = ""           # of the rows behind the cell ("" for derived cells)
+    paper: float | None = None      # the published number of the same setting (--compare paper)
+    provenance: str = ""            # its reader label, e.g. "authors' README" (legend in the notes)
+
+    @property
+    def method(self) -> str:
+        return self.entry.method if self.entry else ""
+
+    @property
+    def label(self) -> str:
+        return self.entry.label if self.entry else ""
+
+    @property
+    def seedless(self) -> bool:
+        return self.entry is not None and not self.entry.seed_dependent
+
+    @property
+    def delta(self) -> float | None:
+        if self.paper is None or isnan(self.value):
+            return None
+        return self.value - self.paper
+
+
+@dataclass
+class Row:
+    labels: tuple[str, ...]
+    cells: list[Cell]
+    average: bool = False           # an Average row (printed bold)
+
+
+@dataclass
+class Table:
+    protocol: str
+    title: str
+    row_header: list[str]                   # one name per row-label column
+    columns: list[str]
+    rows: list[Row]
+    groups: list[tuple[str, int]] = field(default_factory=list)  # column groups (label, span)
+    notes: list[str] = field(default_factory=list)
+    key: str = ""                           # e.g. "16-shot", "imagenet, 16-shot"
+    layout: str = ""                        # base2new: wide | long; others: "" (entries are rows)
+    average_over: tuple[str, ...] = ()      # the datasets the Average row/column averages
+    trained_on: str = ""                    # cross_dataset / dg: the source dataset
+
+
+@dataclass
+class Report:
+    tables: list[Table]
+    notes: list[str] = field(default_factory=list)
+
+
+RECORD_FIELDS = ["protocol", "table", "entry", "method", "backbone", "pretrained", "weights", "imported", "dataset",
+                 "field", "shots", "mean", "std", "n_seeds", "seeds", "values", "fewer_seeds", "seedless", "derived",
+                 "config_hash", "paper", "provenance", "delta"]
+
+
+def record(t: Table, c: Cell) -> dict:
+    """One cell as a flat record (the csv/json row; the same in every layout)."""
+    e = c.entry or Entry(key="", method="")
+    return {"protocol": t.protocol, "table": t.key, "entry": e.label, "method": e.method, "backbone": e.backbone,
+            "pretrained": e.pretrained, "weights": e.weights, "imported": e.imported, "dataset": c.dataset,
+            "field": c.field, "shots": c.shots, "mean": None if isnan(c.value) else c.value,
+            "std": None if (c.derived or isnan(c.std)) else c.std, "n_seeds": c.n, "seeds": list(c.seeds),
+            "values": list(c.values), "fewer_seeds": c.flag, "seedless": c.seedless, "derived": c.derived,
+            "config_hash": c.config_hash, "paper": c.paper, "provenance": c.provenance or None, "delta": c.delta}
+
+
+def records(tables: list[Table]) -> list[dict]:
+    return [record(t, c) for t in tables for r in t.rows for c in r.cells]
