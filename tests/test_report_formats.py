@@ -15,16 +15,15 @@ from __future__ import annotations
 import io
 import json
 import re
-import sys
 from html.parser import HTMLParser
 
 import pandas as pd
 import pytest
 
-from cpbench import cli
 from cpbench.results import formats, published, report
 from cpbench.results.store import ResultStore
-from report_rows import row as _hand_row
+from reporting import row as _hand_row
+from reporting import run_cli as _cli
 
 B2N = ("coop", "cocoop", "maple", "promptsrc")
 DATASETS = ("imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
@@ -72,18 +71,6 @@ def results(tmp_path):
     for i in range(0, len(rows), 50):
         store.write(f"hand-{i}", rows[i:i + 50])
     return tmp_path / "res"
-
-
-def _cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["cpbench", *map(str, args)])
-    capsys.readouterr()
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
 
 
 def test_published_hms_and_averages_reproduced(results, monkeypatch, capsys):

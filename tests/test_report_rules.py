@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from cpbench.results import formats, report
-from report_rows import b2n
+from reporting import b2n
 
 
 def _cells(rep, dataset):

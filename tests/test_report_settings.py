@@ -19,31 +19,18 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 
 import pandas as pd
 import pytest
 
-from cpbench import cli
 from cpbench.methods.registry import REPORT_ORDER, METHODS
 from cpbench.results import formats, published, report
 from cpbench.results.store import ResultStore
-from report_rows import b2n
+from reporting import b2n
+from reporting import run_cli as _cli
 
 ELEVEN = ("imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101", "fgvc_aircraft",
           "sun397", "dtd", "eurosat", "ucf101")
-
-
-def _cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["cpbench", *map(str, args)])
-    capsys.readouterr()
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
 
 
 def _store(tmp_path, rows) -> str:

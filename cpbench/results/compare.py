@@ -59,24 +59,16 @@ def match(t: Table, c: Cell) -> tuple[published.Published | None, tuple[str, str
     return hit[0], ("", "", frozenset())
 
 
-def _reason(kind: str, subjects: set[str], published_: set[str]) -> str:
-    pub = _few(published_)
-    if kind == "method":
-        return f"nothing published for {_few(subjects)}"
-    if kind == "backbone":
-        return f"backbone {_few(subjects)} (published: {pub})"
-    if kind == "config":
-        return f"non-default settings in {_few(subjects)} (published numbers use each method's defaults)"
-    if kind == "shots":
-        return f"{_few(subjects)} (published: {pub})"
-    if kind == "source":
-        return f"trained on {_few(subjects)} (published: trained on {pub})"
-    if kind == "average":
-        return f"Average over {_few(subjects)}, not a published dataset set (published averages: {pub})"
-    return f"no published number on {_few(subjects)}"
-
-
-ORDER = ("backbone", "config", "shots", "source", "average", "dataset", "method")
+# why a cell got no published number, most decisive first: {subjects} are ours, {published} the papers'
+REASONS = {
+    "backbone": "backbone {subjects} (published: {published})",
+    "config": "non-default settings in {subjects} (published numbers use each method's defaults)",
+    "shots": "{subjects} (published: {published})",
+    "source": "trained on {subjects} (published: trained on {published})",
+    "average": "Average over {subjects}, not a published dataset set (published averages: {published})",
+    "dataset": "no published number on {subjects}",
+    "method": "nothing published for {subjects}",
+}
 
 
 def attach(tables: list[Table]) -> list[str]:
@@ -99,7 +91,8 @@ def attach(tables: list[Table]) -> list[str]:
                 c.paper, c.provenance = p.value, p.label
                 compared += 1
                 used.add(p.provenance)
-    reasons = "; ".join(_reason(k, *why[k]) for k in ORDER if k in why)
+    reasons = "; ".join(REASONS[k].format(subjects=_few(why[k][0]), published=_few(why[k][1])) for k in REASONS
+                        if k in why)
     if compared == 0:
         line = "--compare paper: nothing compared: " + (reasons or "no results") + "."
     else:

@@ -1,9 +1,13 @@
-"""Results rows made by hand for the report tests: the columns ``cpbench run`` writes, with the
-configuration a run with these ``--set`` values would record (no training)."""
+"""For the report tests: results rows made by hand (the columns ``cpbench run`` writes, with the
+configuration a run with these ``--set`` values would record; no training) and an in-process
+CLI call."""
 
 from __future__ import annotations
 
 import json
+import sys
+
+from cpbench import cli
 
 from cpbench.config import resolve
 from cpbench.errors import UserError
@@ -38,3 +42,16 @@ def b2n(method: str, dataset: str, base: list[float], new: list[float], **kw) ->
     seeds = kw.pop("seeds", None) or list(range(1, len(base) + 1))
     return ([row("base2new", method, dataset, dataset, "base", 16, s, a, **kw) for s, a in zip(seeds, base)]
             + [row("base2new", method, dataset, dataset, "new", 16, s, a, **kw) for s, a in zip(seeds, new)])
+
+
+def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    """``cpbench ARGS`` in this process: (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["cpbench", *map(str, args)])
+    capsys.readouterr()
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
