@@ -8,7 +8,8 @@ Backbone names:
 - ``local-dir:PATH``: a folder with ``open_clip_config.json`` and weights.
 
 OpenAI weights were trained with QuickGELU: it is switched on for ``--pretrained openai`` however
-the weights are loaded (open_clip issue #771).
+the weights are loaded (open_clip issue #771). open_clip is imported where a model is built, so
+importing a method class (as `cpbench report` does, for its defaults) does not pay for it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import open_clip
 import torch
 from torch import nn
 
@@ -76,6 +76,8 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _build_from_cfg(cfg: dict, quick_gelu: bool) -> nn.Module:
+    import open_clip
+
     return open_clip.model.CLIP(embed_dim=cfg["embed_dim"], vision_cfg=cfg["vision_cfg"],
                                 text_cfg=cfg["text_cfg"], quick_gelu=quick_gelu)
 
@@ -149,6 +151,8 @@ def _tiny(spec: BackboneSpec) -> tuple[nn.Module, int, Preprocess]:
 
 
 def _open_clip(spec: BackboneSpec) -> tuple[nn.Module, int, Preprocess]:
+    import open_clip
+
     if spec.name not in open_clip.list_models():
         raise UserError(f"unknown backbone {spec.name!r}; use `toy`, `local-dir:PATH` or an open_clip model "
                         f"name such as ViT-B-16 (see `cpbench list`)")
@@ -182,6 +186,8 @@ class Backbone(nn.Module):
     """A frozen CLIP with prompt-aware encoders, tokenizer and preprocessing facts."""
 
     def __init__(self, clip: nn.Module, context_length: int, preprocess: Preprocess, spec: BackboneSpec):
+        import open_clip
+
         super().__init__()
         self.clip = clip
         self.spec = spec
