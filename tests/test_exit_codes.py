@@ -189,3 +189,24 @@ def test_interrupted_line_names_the_signal():
         "interrupted: 3 of 4 job(s) finished and saved; re-run the same command to resume"
     term = Interrupted(signal.SIGTERM)
     assert term.exit_code == 143 and term.line().startswith("terminated (SIGTERM): finished work is kept")
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_local_launcher_workers_too(data, tmp_path):
+    """SIGINT to the launcher alone (as `kill -INT`, not a terminal's Ctrl-C to the whole group):
+    it stops its workers, which keep their checkpoints, prints one line and exits 130."""
+    res = tmp_path / "res"
+    proc = _start(_run_args(data, res, "--seeds", "1", "--set", "epochs=200", "--launcher", "local", "--gpus", "cpu"))
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(res.glob("checkpoints/*/epoch.json")):
+        time.sleep(0.2)
+    children = [c for task in Path(f"/proc/{proc.pid}/task").iterdir() for c in (task / "children").read_text().split()]
+    assert children, "no worker process"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert proc.returncode == 130, err
+    assert lines[-1].startswith("interrupted: 0 of 1 job(s) finished and saved; the 1 running one(s) keep"), err
+    assert not any(ln.startswith("worker") and "interrupted" in ln for ln in lines), err  # one line, not one per worker
+    for pid in children:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2], pid

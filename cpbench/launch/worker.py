@@ -56,8 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     with raise_on_signals():
         try:
             return _serve(args)
-        except Interrupted as exc:  # Ctrl-C, the launcher stopping us, SLURM pre-emption
-            print(f"worker {os.getpid()}: {exc.line()}", file=sys.stderr, flush=True)
+        except Interrupted as exc:  # Ctrl-C, the launcher stopping us (it says what was saved), SLURM pre-emption
+            if args.payload:
+                print(f"worker {os.getpid()}: {exc.line()}", file=sys.stderr, flush=True)
             return exc.exit_code
 
 
