@@ -146,3 +146,27 @@ def test_log_reporter_prints_in_epoch_lines_every_n_batches(capsys):
         rep.batch(0, b, 2 * LOG_EVERY + 1, 1.5, 2e-3)
     lines = [ln for ln in capsys.readouterr().err.splitlines() if "batch" in ln]
     assert len(lines) == 2 and lines[0].startswith(f"  epoch 1/2 batch {LOG_EVERY}/") and "lr 2.000e-03" in lines[0]
+
+
+def test_live_display_shows_epoch_loss_lr_accuracy_and_eta():
+    import io
+
+    from rich.console import Console
+
+    from cpbench.engine.train import EpochStats
+    from cpbench.progress import RichReporter, make_reporter
+
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=200, color_system=None)
+    rep = make_reporter(console)
+    assert isinstance(rep, RichReporter)
+    with rep:
+        rep.phase("training kgcoop on x (12 images, 3 epochs)", 3)
+        rep.batch(0, 1, 2, 1.25, 1e-5)
+        rep.epoch(EpochStats(0, 3, 1e-5, 1.25, {"ce": 1.0, "kg": 0.25}, 58.3, 0.5))
+        rep.batch(1, 1, 2, 1.5, 2e-3)
+        rep.progress.refresh()
+    shown = buf.getvalue()
+    for needle in ("epoch 2/3", "loss 1.5000", "lr 2.00e-03", "last: loss 1.2500 (ce 1.0000, kg 0.2500)", "acc 58.3%",
+                   "eta 0:00:0"):
+        assert needle in shown, needle
