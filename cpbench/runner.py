@@ -87,7 +87,7 @@ def _check_datasets(req: RunRequest, root: Path, datasets: list[str]) -> None:
     trained = [req.source] if req.protocol in ("cross_dataset", "dg") else datasets
     for d in dict.fromkeys([*trained, *datasets]):
         ds = prep.load(d, root)  # unknown or unprepared -> one clear line
-        checks.require_classes(ds.name, ds.split)
+        checks.require_classes(ds.name, ds.split, trained=d in trained)
         if d in trained:
             checks.require_shots(ds.name, ds.split, req.shots, "base" if req.protocol == "base2new" else "all")
 

@@ -11,13 +11,16 @@ from cpbench.data import splits
 from cpbench.errors import UserError
 
 
-def require_classes(name: str, split: splits.Split) -> None:
-    """At least two classes with training images: a classifier needs two, and base-to-new then
-    has a base and a new half (ceil(n/2) base classes leave n - ceil(n/2) >= 1 new ones)."""
-    labels = {it.label for it in split.train}
-    if len(labels) < 2:
-        raise UserError(f"{name} has {len(labels)} class(es) with training images; a benchmark needs at least 2 "
-                        "(and base-to-new needs a new class): add classes to your data and prepare it again")
+def require_classes(name: str, split: splits.Split, trained: bool = False) -> None:
+    """At least two classes (evaluation-only datasets such as ImageNet-A have no training split);
+    a dataset that is trained on needs two with training images, and base-to-new then has a base
+    and a new half (ceil(n/2) base classes leave n - ceil(n/2) >= 1 new ones)."""
+    labels = {it.label for it in (*split.train, *split.val, *split.test)}
+    trainable = {it.label for it in split.train}
+    if len(labels) < 2 or (trained and len(trainable) < 2):
+        what = f"{len(trainable)} class(es) with training images" if len(labels) >= 2 else f"{len(labels)} class(es)"
+        raise UserError(f"{name} has {what}; a benchmark needs at least 2 (and base-to-new needs a new class): "
+                        "add classes to your data and prepare it again")
 
 
 def smallest_class(items: Sequence[splits.Item]) -> tuple[str, int]:

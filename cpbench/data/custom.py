@@ -176,7 +176,7 @@ def make_custom(name: str, root: Path, from_folder: Path | None = None, csv_file
         rows = sorted({(it.path, it.classname) for it in (*split.train, *split.val, *split.test)})
     else:
         split = _generated_split(rows, order, seed)
-    checks.require_classes(name, split)
+    checks.require_classes(name, split, trained=True)
     checks.require_shots(name, split, shots)
     ddir = Path(root) / name
     for rel, _ in rows:
