@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+from conftest import run_main  # noqa: E402
 from minidata import make_caltech  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,15 +87,7 @@ def test_signal_during_training_exits_with_its_code_and_says_what_was_saved(sig,
 
 
 def _main(monkeypatch, argv: list[str]) -> int:
-    from cpbench.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["cpbench", *argv])
-    monkeypatch.setenv("COLUMNS", "300")
-    try:
-        main()
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
+    return run_main(monkeypatch, *argv)
 
 
 def test_a_failed_job_exits_1_after_the_others_ran(data, tmp_path, monkeypatch, capsys):

@@ -11,19 +11,12 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+from conftest import run_main  # noqa: E402
 from test_datasets_download import build, jpeg  # noqa: E402
 
 
 def _cli(monkeypatch, capsys, *argv: str) -> tuple[int, str, str]:
-    from cpbench.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["cpbench", *argv])
-    monkeypatch.setenv("COLUMNS", "300")
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
+    code = run_main(monkeypatch, *argv)
     got = capsys.readouterr()
     return code, got.out, got.err
 
