@@ -215,7 +215,7 @@ def test_bad_input_one_line_exit_2(case, pristine, tmp_path, monkeypatch, capsys
     _, setup, needle, fault = case
     shutil.copytree(pristine, tmp_path / "data")
     (tmp_path / "empty").mkdir()
-    monkeypatch.delenv("CPBENCH_THREADS", raising=False)
+    monkeypatch.setenv("CPBENCH_THREADS", "auto")  # restored after the test even when a case overwrites it
     argv = setup(tmp_path)
     if fault:
         fault(monkeypatch)
@@ -233,4 +233,3 @@ def test_bad_input_one_line_exit_2(case, pristine, tmp_path, monkeypatch, capsys
     assert needle.lower() in err.lower(), err
     assert "Traceback" not in full
     assert _leftovers(tmp_path) == []
-    __import__("os").environ.pop("CPBENCH_THREADS", None)
