@@ -1,4 +1,8 @@
-"""Atomic file writes: write to a temp file in the same folder, fsync, rename."""
+"""Atomic file writes: write to a temp file in the same folder, fsync, rename.
+
+The temp file comes from ``mkstemp`` (mode 0600); before the rename it gets the mode an ordinary
+new file would have (0666 minus the umask), so a results folder shared with colleagues stays
+readable to them as the umask allows."""
 
 from __future__ import annotations
 
@@ -11,7 +15,25 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from cpbench import faults
-from cpbench.errors import UserError
+from cpbench.errors import StorageError
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it (``os.umask`` sets it, racing other threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # no /proc: read it the classic way
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode() -> int:
+    return 0o666 & ~_umask()
 
 
 @contextmanager
@@ -22,7 +44,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise UserError(f"cannot create a file in {path.parent} ({exc.strerror}); choose a writable folder "
+        raise StorageError(f"cannot create a file in {path.parent} ({exc.strerror}); choose a writable folder "
                         "with free space") from None
     os.close(fd)
     tmp_path = Path(tmp)
@@ -30,14 +52,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+            os.fchmod(fh.fileno(), new_file_mode())
         faults.point("write")  # test hook (inert): a crash with the temp file written, not renamed
         os.replace(tmp_path, path)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise UserError(f"no space left on the device while writing {path}; free some space "
+            raise StorageError(f"no space left on the device while writing {path}; free some space "
                             "(or point --results/--root elsewhere) and re-run: finished work is kept") from None
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise UserError(f"cannot write {path} ({os.strerror(exc.errno)}); choose a writable folder") from None
+            raise StorageError(f"cannot write {path} ({os.strerror(exc.errno)}); choose a writable folder") from None
         raise
     finally:
         if tmp_path.exists():

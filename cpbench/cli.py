@@ -16,7 +16,7 @@ except ImportError:  # pragma: no cover
 from rich.console import Console
 from rich.table import Table
 
-from cpbench.errors import UserError
+from cpbench.errors import Interrupted, JobsFailed, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Reproducible, fast CLIP prompt-learning benchmarks: prepare -> run -> report.")
@@ -44,9 +44,15 @@ def _expand_lists(argv: list[str]) -> list[str]:
     return res
 
 
-def _fail(msg: str) -> None:
+def _error_line(msg: str) -> None:
+    from rich.markup import escape
+
     msg = msg.encode("utf-8", "backslashreplace").decode("utf-8")  # non-UTF-8 file names print escaped
-    console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
+
+
+def _fail(msg: str) -> None:
+    _error_line(msg)
     raise SystemExit(2)
 
 
@@ -78,13 +84,14 @@ def prepare(
     from cpbench.progress import ByteProgress
 
     root_path = data_root(root)
+    prep.check_draws(shots, seeds)
     say = lambda m: console.print(f"[dim]{dataset}:[/] {m}", highlight=False)  # noqa: E731
     if from_folder is not None or csv_file is not None:
         from cpbench.data.custom import make_custom
 
         builtin = tuple(n for n, s in all_specs().items())
         spec = make_custom(dataset, root_path, from_folder, csv_file, classnames_file, template, split_file,
-                           split_seed, builtin=builtin)
+                           split_seed, builtin=builtin, shots=tuple(shots))
         ds, info = prep.prepare(dataset, root_path, shots=shots, seeds=seeds, force=True, say=say, spec=spec)
         _print_prepared(dataset, ds, info)
         return
@@ -162,6 +169,8 @@ def run(
     config: Optional[Path] = typer.Option(None, "--config", help="YAML with train:/method: overrides"),
     sets: List[str] = typer.Option([], "--set", help="override, e.g. --set epochs=1 lr=0.01"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N]"),
+    threads: Optional[str] = typer.Option(None, "--threads", help="CPU threads: auto (default: the CPUs this process "
+                                          "may use) or a number; also $CPBENCH_THREADS"),
     results: Optional[Path] = typer.Option(None, "--results", help="results dir (default ./results or $CPBENCH_RESULTS)"),
     root: Optional[Path] = typer.Option(None, "--root", help="data root (default ./data or $CPBENCH_DATA)"),
     force: bool = typer.Option(False, "--force", help="re-run jobs whose rows already exist"),
@@ -188,7 +197,7 @@ def run(
     common = dict(backbone=backbone, pretrained=pretrained, weights=weights,
                   config_file=str(config) if config else None, device=device,
                   results=results, root=root, force=force, feature_cache=not no_cache,
-                  launcher=launcher, gpus=gpus, dry_run=dry_run, slurm=slurm)
+                  launcher=launcher, gpus=gpus, dry_run=dry_run, slurm=slurm, threads=threads)
     if suite is None:
         if not method:
             raise UserError("missing METHOD; run `cpbench run METHOD` or `cpbench run --suite FILE`")
@@ -233,6 +242,8 @@ def report(
     compare: Optional[str] = typer.Option(None, "--compare", help="paper: add published numbers of the same setting "
                                                                   "(with provenance) and deltas"),
     plots: Optional[Path] = typer.Option(None, "--plots", help="also write PNG figures into this folder"),
+    curves: Optional[Path] = typer.Option(None, "--curves", help="also plot the training curves (loss, train "
+                                          "accuracy, lr per epoch) as PNGs into this folder"),
 ) -> None:
     """Tables per protocol in the papers' layouts (mean ± std over seeds, HM rules of the papers);
     different methods, backbones and configurations never share a cell."""
@@ -252,6 +263,12 @@ def report(
         raise UserError(f"unknown protocol {bad[0]!r} in --protocol; use {', '.join(rep.PROTOCOL_ORDER)}")
     if plots is not None and plots.exists() and not plots.is_dir():
         raise UserError(f"--plots {plots} is a file; pass a folder (it is created if missing)")
+    if curves is not None:
+        from cpbench.results.curves import write_curve_plots
+
+        warn = lambda m: console.print(f"[yellow]warning:[/] {m}", highlight=False, soft_wrap=True)  # noqa: E731
+        for p in write_curve_plots(results_root(results), curves, methods, datasets, warn=warn):
+            console.print(f"wrote {p}", highlight=False, soft_wrap=True)
     store = ResultStore(results_root(results))
     read = store.read()
     for path in read.corrupt:
@@ -309,22 +326,43 @@ def list_(root: Optional[Path] = typer.Option(None, "--root", help="data root"))
 
 
 def main() -> None:
+    """Exit codes scripts can trust, whatever typer's version: 0 everything asked for finished,
+    1 a job failed (after the others ran) or a bug, 2 a user error, 130/143 interrupted by
+    SIGINT/SIGTERM (after one line saying what was saved and how to resume)."""
+    from cpbench.interrupts import raise_on_signals
+    from cpbench.threads import prefer_passive_wait
+
+    prefer_passive_wait()  # before torch is imported (cpbench/threads.py)
     argv = _expand_lists(sys.argv[1:])
-    try:
-        app(args=argv, prog_name="cpbench", standalone_mode=False)
-    except UserError as exc:
-        _fail(str(exc))
-    except getattr(click_exc, "NoArgsIsHelpError", ()):
-        raise SystemExit(0)
-    except click_exc.UsageError as exc:
-        hint = f" (see `cpbench {exc.ctx.info_name} --help`)" if exc.ctx and exc.ctx.info_name != "cpbench" else " (see `cpbench --help`)"
-        _fail(exc.format_message() + hint)
-    except typer.Abort:
-        console.print("aborted")
-        raise SystemExit(130)
-    except KeyboardInterrupt:
-        console.print("interrupted; re-run the same command to resume")
-        raise SystemExit(130)
+    code = 0
+    with raise_on_signals():
+        try:
+            rc = app(args=argv, prog_name="cpbench", standalone_mode=False)
+            code = rc if isinstance(rc, int) and not isinstance(rc, bool) else 0
+            if code == 130:  # typer >= 0.2x returns a KeyboardInterrupt as Exit(130)
+                console.print(Interrupted().line(), highlight=False)
+        except UserError as exc:
+            _fail(str(exc))
+        except JobsFailed as exc:
+            _error_line(str(exc))
+            code = exc.exit_code
+        except Interrupted as exc:
+            console.print(exc.line(), highlight=False, soft_wrap=True)
+            code = exc.exit_code
+        except getattr(click_exc, "NoArgsIsHelpError", ()):
+            code = 0
+        except click_exc.UsageError as exc:
+            hint = f" (see `cpbench {exc.ctx.info_name} --help`)" if exc.ctx and exc.ctx.info_name != "cpbench" else " (see `cpbench --help`)"
+            _fail(exc.format_message() + hint)
+        except typer.Abort as exc:
+            # typer/click turn KeyboardInterrupt and EOFError into Abort; only the first is an interrupt
+            cause = exc.__cause__ or exc.__context__
+            if cause is not None and not isinstance(cause, KeyboardInterrupt):
+                raise cause from None  # an EOFError nobody expected: a bug, with its traceback
+            console.print(Interrupted().line(), highlight=False)
+            code = 130
+    if code:
+        raise SystemExit(code)
 
 
 if __name__ == "__main__":

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from cpbench.errors import UserError
+from cpbench.errors import Interrupted, JobsFailed, StorageError, UserError
+
+if TYPE_CHECKING:
+    from cpbench.protocols.jobs import RunSettings
+    from cpbench.threads import ThreadPlan
 
 PROTOCOLS = ("base2new", "cross_dataset", "dg", "few_shot")
 
@@ -39,6 +44,8 @@ class RunRequest:
     source: str = "imagenet"
     # learned state imported instead of trained: "official:DIR" | "export:FILE" (cpbench/imports.py)
     state_from: str | None = None
+    # CPU threads: a number or "auto" (cpbench/threads.py); None = $CPBENCH_THREADS / auto
+    threads: str | None = None
 
 
 def default_targets(req: RunRequest, prepared: list[str]) -> list[str]:
@@ -71,60 +78,113 @@ def plan_jobs(req: RunRequest, datasets: list[str]):
     raise UserError(f"unknown protocol {req.protocol!r}; use one of {', '.join(PROTOCOLS)}")
 
 
-def execute(req: RunRequest, console: Console, out: Console) -> list[dict]:
+def _check_datasets(req: RunRequest, root: Path, datasets: list[str]) -> None:
+    """Every dataset is prepared and has >= 2 classes (a new half for base2new); every training
+    dataset has ``--shots`` images in each of its training classes. Split files only: cheap."""
+    from cpbench.data import checks
+    from cpbench.data import prepare as prep
+
+    trained = [req.source] if req.protocol in ("cross_dataset", "dg") else datasets
+    for d in dict.fromkeys([*trained, *datasets]):
+        ds = prep.load(d, root)  # unknown or unprepared -> one clear line
+        checks.require_classes(ds.name, ds.split, trained=d in trained)
+        if d in trained:
+            checks.require_shots(ds.name, ds.split, req.shots, "base" if req.protocol == "base2new" else "all")
+
+
+def validate(req: RunRequest) -> tuple[RunSettings, list, ThreadPlan]:
+    """Every check that needs no model: a bad input fails here, before anything is loaded or written."""
+    from cpbench import threads
     from cpbench.data import prepare as prep
     from cpbench.engine.precision import resolve_device
     from cpbench.methods.registry import get_method_class
-    from cpbench.paths import data_root, results_root
-    from cpbench.protocols.execute import run_job
+    from cpbench.models.backbone import check_backbone
+    from cpbench.paths import check_folder, data_root, results_root
     from cpbench.protocols.jobs import RunSettings, job_config
-    from cpbench.results.store import ResultStore
 
     get_method_class(req.method)
     if req.launcher not in ("none", "local", "slurm"):
         raise UserError(f"unknown launcher {req.launcher!r}; use none, local or slurm")
     if req.protocol not in PROTOCOLS:
         raise UserError(f"unknown protocol {req.protocol!r}; use one of {', '.join(PROTOCOLS)}")
-    for k in req.shots:
-        if k <= 0:
-            raise UserError(f"--shots must be positive integers (got {k})")
+    prep.check_draws(req.shots, req.seeds)
     if not req.seeds:
         raise UserError("--seeds needs at least one seed")
+    plan = threads.plan(req.threads)
     root = data_root(req.root)
     datasets = list(dict.fromkeys(req.datasets)) or default_targets(req, prep.prepared_names(root))
     if not datasets:
         raise UserError(f"no prepared datasets under {root}; run `cpbench prepare DATASET` first (or pass --root)")
-    if req.protocol in ("cross_dataset", "dg"):
-        prep.load(req.source, root)  # the training dataset (--source)
-    for d in datasets:
-        prep.load(d, root)  # unknown or unprepared -> one clear line
+    _check_datasets(req, root, datasets)
     settings = RunSettings(data_root=root, results_root=results_root(req.results), backbone=req.backbone,
                            pretrained=req.pretrained, weights=req.weights, config_file=req.config_file,
                            sets=req.sets, device=resolve_device(req.device), force=req.force,
                            feature_cache=req.feature_cache, state_from=req.state_from)
-    if settings.results_root.exists() and not settings.results_root.is_dir():
-        raise UserError(f"--results {settings.results_root} is a file; pass a folder (it is created if missing)")
+    check_folder(settings.results_root, "--results")
     jobs = plan_jobs(req, datasets)
     for job in jobs:
         job_config(job, settings)  # bad --set / --config fail before any work
+    if not req.dry_run:
+        check_backbone(req.backbone, req.pretrained, req.weights)
+    return settings, jobs, plan
+
+
+def execute(req: RunRequest, console: Console, out: Console) -> list[dict]:
+    """Validate, load the backbone once, run every job. A job that fails does not stop the others
+    (unless the disk refuses writes); the run then ends with the first failure: a ``UserError``
+    (exit 2) when every failure was one, else ``JobsFailed`` (exit 1). Ctrl-C/SIGTERM end it with
+    an ``Interrupted`` that says what was saved."""
+    from cpbench import threads
+    from cpbench.models.backbone import describe_weights, load_backbone
+    from cpbench.progress import make_reporter
+    from cpbench.protocols.execute import run_job, saved_progress
+    from cpbench.results.store import ResultStore
+
+    settings, jobs, plan = validate(req)
     if req.dry_run or req.launcher != "none":
         from cpbench.launch import run as launch_run
 
-        return launch_run(req, settings, jobs, console, out)
-    from cpbench.models.backbone import load_backbone
-    from cpbench.progress import RichReporter
-
-    console.print(f"loading backbone {req.backbone} ({req.pretrained if not req.weights else req.weights})")
+        return launch_run(req, settings, jobs, console, out, plan)
+    threads.apply(plan)
+    console.print(f"loading backbone {req.backbone} ({describe_weights(req.backbone, req.pretrained, req.weights)}) "
+                  f"on {settings.device}, {plan.describe()}", highlight=False, soft_wrap=True)
     backbone = load_backbone(req.backbone, req.pretrained, req.weights)
     store = ResultStore(settings.results_root)
     rows: list[dict] = []
-    with RichReporter(console) as reporter:
+    failed: list[tuple[object, BaseException]] = []
+    finished = 0
+    with make_reporter(console) as reporter:
         for i, job in enumerate(jobs, 1):
             reporter.job_started(job, i, len(jobs))
-            got = run_job(job, backbone, settings, store, reporter)
+            try:
+                got = run_job(job, backbone, settings, store, reporter)
+            except Interrupted as exc:
+                exc.saved = saved_progress(finished, len(jobs), job, settings)
+                raise
+            except StorageError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one failed job must not stop the others
+                failed.append((job, exc))
+                if len(jobs) > 1 or not isinstance(exc, UserError):  # a lone user error is the final line
+                    reporter.job_failed(job, exc)
+                continue
+            finished += 1
             rows.extend(got or [])
     out.print(f"{len(rows)} new result row(s) in {store.root}", highlight=False)
+    if failed:
+        raise _failure(failed, len(jobs))
     return rows
+
+
+def _failure(failed: list, total: int) -> Exception:
+    job, first = failed[0]
+    if total == 1 and isinstance(first, UserError):
+        return first
+    msg = (f"{len(failed)} of {total} job(s) failed (first: {job.describe()}: {first}); fix that and re-run "
+           "the same command: finished jobs are kept and skipped")
+    if all(isinstance(e, UserError) for _, e in failed):
+        return UserError(msg)
+    return JobsFailed(msg)
 
 
 SUITE_KEYS = {"name", "description", "protocol", "methods", "datasets", "seeds", "shots", "source", "set"}

@@ -45,3 +45,16 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeou
 @pytest.fixture
 def cli():
     return run_cli
+
+
+def run_main(monkeypatch, *argv: str) -> int:
+    """``cpbench ARGV`` through ``cli.main`` in this process; its exit code (0 when it returns)."""
+    from cpbench.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["cpbench", *argv])
+    monkeypatch.setenv("COLUMNS", "300")
+    try:
+        main()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+import time
+from pathlib import Path
+
+import pytest
 import torch
 
 from cpbench.methods.coop import CoOp, CoOpOptions
@@ -145,3 +150,67 @@ def test_result_keys_follow_the_embedded_toy_weights(tmp_path, monkeypatch):
     with_file = keys.job_key(job, cfg, s2)
     monkeypatch.setattr(keys, "toy_fingerprint", lambda: "yet-other-weights")
     assert keys.job_key(job, cfg, s2) == with_file
+
+
+def test_loading_line_names_the_weights_that_load():
+    from cpbench.models.backbone import describe_weights
+
+    assert describe_weights("toy", "openai", None) == "embedded toy weights"
+    assert describe_weights("tiny", "openai", None) == "random weights"
+    assert describe_weights("ViT-B-16", "none", None) == "random weights"
+    assert describe_weights("ViT-B-16", "openai", None) == "openai weights"
+    assert describe_weights("toy", "openai", "/w/x.safetensors") == "weights /w/x.safetensors"
+
+
+def test_hub_plan_decides_without_open_clips_retries(monkeypatch):
+    """Cached: load (offline if the host is unreachable); not cached and unreachable or
+    HF_HUB_OFFLINE: 'unavailable' at once, naming why."""
+    from huggingface_hub import constants
+
+    from cpbench.models import hub
+
+    cfg = {"hf_hub": "timm/vit_base_patch16_clip_224.openai/", "url": "https://example.invalid/ViT-B-16.pt"}
+    cached = {"value": False}
+    monkeypatch.setattr(hub, "_hub_cached", lambda repo, name: cached["value"])
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    assert hub.plan(cfg, probe=lambda host: True) == "download"
+    assert hub.plan(cfg, probe=lambda host: False).startswith("unavailable: huggingface.co cannot be reached")
+    cached["value"] = True
+    assert hub.plan(cfg, probe=lambda host: False) == "cache"
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert hub.plan(cfg, probe=lambda host: pytest.fail("no probe when offline")) == "cache"
+    cached["value"] = False
+    assert "HF_HUB_OFFLINE" in hub.plan(cfg, probe=lambda host: True)
+    assert hub.plan({}, probe=lambda host: False) == "download"  # unknown tag: open_clip says so itself
+    with hub.hub_offline():
+        assert constants.HF_HUB_OFFLINE is True
+    assert constants.HF_HUB_OFFLINE is True  # restored to what it was
+
+
+def test_unreachable_host_is_found_in_seconds():
+    from cpbench.models import hub
+
+    t = time.time()
+    assert hub.reachable("127.0.0.1", port=9, seconds=2) is False  # nothing listens on the discard port
+    assert hub.reachable("host.invalid", seconds=2) is False
+    assert time.time() - t < 5
+
+
+def test_default_backbone_offline_fails_fast(tmp_path, cli):
+    """No HF_HUB_OFFLINE, an empty cache and an unreachable hub: one line naming the fix in
+    seconds, not after a minute of download retries (issue 17)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from minidata import make_caltech
+
+    make_caltech(tmp_path / "data")
+    t = time.time()
+    rc, out, err = cli("run", "zeroshot", "--backbone", "ViT-B-16", "--pretrained", "openai", "--shots", "2",
+                       "--seeds", "1", "--device", "cpu", "--root", str(tmp_path / "data"),
+                       "--results", str(tmp_path / "res"),
+                       env={"HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": "https://127.0.0.1:9",
+                            "HF_HUB_OFFLINE": "0", "XDG_CACHE_HOME": str(tmp_path / "cache")}, timeout=300)
+    took = time.time() - t
+    assert rc == 2, err
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("loading backbone")]
+    assert len(lines) == 1 and "cannot be reached" in lines[0] and "--weights" in lines[0], err
+    assert took < 45, took  # interpreter + torch import included; the probe itself takes <= 4 s

@@ -52,6 +52,36 @@ def _cfg(t: Path, data: bytes) -> str:
     return str(p)
 
 
+def _truncated_weights(t: Path) -> str:
+    from safetensors.torch import save_file
+
+    from cpbench.models.backbone import load_backbone
+
+    p = t / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in load_backbone("tiny", "none").clip.state_dict().items()}, str(p))
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    return str(p)
+
+
+def _foreign_weights(t: Path) -> str:
+    """A state dict of another architecture: one key renamed, one reshaped."""
+    from safetensors.torch import save_file
+
+    from cpbench.models.backbone import load_backbone
+
+    state = {k: v.contiguous() for k, v in load_backbone("tiny", "none").clip.state_dict().items()}
+    state["visual.conv1.weight"] = state["visual.conv1.weight"][:, :, :4, :4].contiguous()
+    state["text_proj.renamed"] = state.pop("ln_final.weight")
+    p = t / "foreign.safetensors"
+    save_file(state, str(p))
+    return str(p)
+
+
+def _one_class(o: dict) -> None:
+    for part in ("train", "val", "test"):
+        o[part] = [r for r in o[part] if r[1] == 0]
+
+
 def _enospc(*a, **k):
     raise OSError(errno.ENOSPC, "No space left on device")
 
@@ -86,6 +116,26 @@ CASES = [
     ("results-is-a-file", lambda t: ((t / "afile").write_text("x"), [*RUN, "--root", str(t / "data"), "--results",
                                      str(t / "afile")])[1], "--results", None),
     ("weights-missing", lambda t: run_args(t, "--weights", str(t / "nope.pt")), "nope.pt", None),
+    # ---- issue 17
+    ("weights-truncated", lambda t: run_args(t, "--weights", _truncated_weights(t)), "truncated", None),
+    ("weights-other-architecture", lambda t: run_args(t, "--weights", _foreign_weights(t)),
+     "visual.conv1.weight [64, 3, 4, 4] vs [64, 3, 8, 8]", None),
+    ("weights-missing-keys-named", lambda t: run_args(t, "--weights", _foreign_weights(t)),
+     "missing key(s) (ln_final.weight)", None),
+    ("results-under-a-file", lambda t: ((t / "afile").write_text("x"), [*RUN, "--root", str(t / "data"), "--results",
+                                        str(t / "afile" / "x")])[1], "is a file", None),
+    ("seeds-negative", lambda t: [*run_args(t), "--seeds", "-1"], "--seeds must be >= 0", None),
+    ("shots-more-than-a-class-has", lambda t: [x if x != "2" else "1000" for x in run_args(t)],
+     "use --shots 4 or fewer", None),
+    ("one-class-dataset", lambda t: (_edit_split(t, _one_class), run_args(t))[1], "at least 2", None),
+    ("gpus-that-do-not-exist", lambda t: run_args(t, "--launcher", "local", "--gpus", "0,99"), "99, but this machine has", None),
+    ("threads-not-a-number", lambda t: run_args(t, "--threads", "0"), "--threads", None),
+    ("threads-env-bad", lambda t: (__import__("os").environ.__setitem__("CPBENCH_THREADS", "lots"), run_args(t))[1],
+     "$CPBENCH_THREADS", None),
+    ("local-launcher-bad-weights-once", lambda t: run_args(t, "--launcher", "local", "--gpus", "cpu,cpu", "--weights",
+                                                          _foreign_weights(t)), "does not fit", None),
+    ("report-curves-a-file", lambda t: ((t / "afile").write_text("x"), ["report", "--results", str(t / "res"),
+                                        "--curves", str(t / "afile")])[1], "--curves", None),
     # ---- --set and YAML configs
     ("set-not-a-number", lambda t: run_args(t, "--set", "epochs=many"), "epochs", None),
     ("set-unknown-key", lambda t: run_args(t, "--set", "warp_speed=9"), "warp_speed", None),
@@ -165,6 +215,7 @@ def test_bad_input_one_line_exit_2(case, pristine, tmp_path, monkeypatch, capsys
     _, setup, needle, fault = case
     shutil.copytree(pristine, tmp_path / "data")
     (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("CPBENCH_THREADS", "auto")  # restored after the test even when a case overwrites it
     argv = setup(tmp_path)
     if fault:
         fault(monkeypatch)

@@ -29,7 +29,7 @@ import shutil
 from pathlib import Path
 
 from cpbench import atomic
-from cpbench.data import splits
+from cpbench.data import checks, splits
 from cpbench.data.readers import IMAGE_EXTS
 from cpbench.data.specs import DatasetSpec, Expected
 from cpbench.errors import UserError
@@ -132,8 +132,10 @@ def _place(src: Path, dst: Path) -> None:
 
 def make_custom(name: str, root: Path, from_folder: Path | None = None, csv_file: Path | None = None,
                 classnames_file: Path | None = None, template: str = "a photo of a {}.",
-                split_file: Path | None = None, seed: int = 1, builtin: tuple[str, ...] = ()) -> DatasetSpec:
-    """Build ``<root>/<name>/`` from the user's images; return its spec (prepare then marks it ready)."""
+                split_file: Path | None = None, seed: int = 1, builtin: tuple[str, ...] = (),
+                shots: tuple[int, ...] = ()) -> DatasetSpec:
+    """Build ``<root>/<name>/`` from the user's images; return its spec (prepare then marks it ready).
+    Everything is checked (at least 2 classes, ``shots`` images per class) before a file is written."""
     if not name.replace("_", "").replace("-", "").isalnum() or name.startswith(("-", "_", ".")):
         raise UserError(f"dataset name {name!r}: use letters, digits, '_' or '-'")
     if name in builtin:
@@ -174,6 +176,8 @@ def make_custom(name: str, root: Path, from_folder: Path | None = None, csv_file
         rows = sorted({(it.path, it.classname) for it in (*split.train, *split.val, *split.test)})
     else:
         split = _generated_split(rows, order, seed)
+    checks.require_classes(name, split, trained=True)
+    checks.require_shots(name, split, shots)
     ddir = Path(root) / name
     for rel, _ in rows:
         _place(src / rel, ddir / IMAGE_DIR / rel)

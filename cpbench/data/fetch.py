@@ -14,14 +14,18 @@ treated as a failed attempt, never saved as the file.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import lzma
 import os
 import shutil
+import socket
 import tarfile
 import time
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable
@@ -118,9 +122,18 @@ def download(url: str, dest: Path, progress: Progress | None = None, retries: in
                 break
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
             last_exc = exc
+            if isinstance(getattr(exc, "reason", None), socket.gaierror):
+                break  # the host name does not resolve (offline): retrying will not help
         if attempt < retries:
             time.sleep(backoff * (2 ** attempt))
     raise ConnectionError(f"{url}: {last_exc}")
+
+
+def available(src: Source, from_dir: Path) -> bool:
+    """``from_dir`` holds ``src`` (or, for a nested archive, the inner archive itself)."""
+    if (Path(from_dir) / src.filename).exists():
+        return True
+    return bool(src.inner) and (Path(from_dir) / PurePosixPath(src.inner).name).exists()
 
 
 def obtain(src: Source, downloads: Path, from_dir: Path | None, progress: Progress | None = None,
@@ -196,12 +209,14 @@ def extract_source(path: Path, src: Source, target: Path, progress: Progress | N
         target.mkdir(parents=True, exist_ok=True)
         tmp = target / f".{PurePosixPath(src.inner).name}.tmp"
         try:
-            with zipfile.ZipFile(path) as zf:
-                try:
-                    with zf.open(src.inner) as s, open(tmp, "wb") as d:
-                        shutil.copyfileobj(s, d, CHUNK)
-                except KeyError:
-                    raise UserError(f"{path.name} does not contain {src.inner}; delete it and prepare again") from None
+            try:
+                with zipfile.ZipFile(path) as zf, zf.open(src.inner) as s, open(tmp, "wb") as d:
+                    shutil.copyfileobj(s, d, CHUNK)
+            except KeyError:
+                raise UserError(f"{path.name} does not contain {src.inner}; delete it and prepare again") from None
+            except CORRUPT as exc:
+                raise UserError(f"{path} is truncated or corrupt ({exc or exc.__class__.__name__}); replace it with "
+                                "a complete copy (or delete it to download it again) and run prepare again") from None
             extract(tmp, target / src.dest if src.dest else target, src.strip, progress,
                     fmt=PurePosixPath(src.inner).name)
         finally:
@@ -210,10 +225,25 @@ def extract_source(path: Path, src: Source, target: Path, progress: Progress | N
     extract(path, target / src.dest if src.dest else target, src.strip, progress)
 
 
+# what a truncated or corrupt archive raises while it is read (gzip/bz2/xz streams end early with
+# EOFError, which typer would otherwise turn into its "Aborted" exit)
+CORRUPT = (EOFError, zlib.error, tarfile.TarError, zipfile.BadZipFile, gzip.BadGzipFile, lzma.LZMAError)
+
+
 def extract(archive: Path, target: Path, strip: str = "", progress: Progress | None = None,
             fmt: str | None = None) -> None:
     """Extract tar(.gz/.bz2/.xz) or zip into ``target``: no absolute paths, no ``..``, no links,
-    no devices. The whole archive is checked before anything is written."""
+    no devices. The whole archive is checked before anything is written. A truncated or corrupt
+    archive is a ``UserError`` naming it."""
+    try:
+        _extract(archive, target, strip, progress, fmt)
+    except CORRUPT as exc:
+        why = str(exc) or exc.__class__.__name__
+        raise UserError(f"{archive} is truncated or corrupt ({why}); replace it with a complete copy "
+                        "(or delete it to download it again) and run prepare again") from None
+
+
+def _extract(archive: Path, target: Path, strip: str, progress: Progress | None, fmt: str | None) -> None:
     target.mkdir(parents=True, exist_ok=True)
     root = target.resolve()
     name = (fmt or archive.name).lower()
@@ -239,11 +269,7 @@ def extract(archive: Path, target: Path, strip: str = "", progress: Progress | N
                 if progress and n % 200 == 0:
                     progress(archive.name, n, total)
         return
-    try:
-        tf = tarfile.open(archive)
-    except tarfile.TarError as exc:
-        raise UserError(f"{archive}: not a readable archive ({exc}); delete it and run prepare again") from None
-    with tf:
+    with tarfile.open(archive) as tf:
         members = tf.getmembers()
         plan = []
         for m in members:

@@ -33,7 +33,7 @@ from typing import Callable, Sequence
 from filelock import FileLock
 
 from cpbench import atomic
-from cpbench.data import fetch, splits
+from cpbench.data import checks, fetch, splits
 from cpbench.data.catalog import all_specs
 from cpbench.data.specs import DatasetSpec
 from cpbench.errors import UserError
@@ -209,10 +209,21 @@ def human_size(n: int) -> str:
     return f"{n:.1f} TiB"
 
 
+def _needed(spec: DatasetSpec) -> str:
+    names = [src.filename for src in spec.sources if not src.optional]
+    optional = [src.filename for src in spec.sources if src.optional]
+    return ", ".join(names) + (f" (optional: {', '.join(optional)})" if optional else "")
+
+
 def _fetch_sources(spec: DatasetSpec, ddir: Path, root: Path, from_dir: Path | None,
                    say: Say, progress: fetch.Progress | None) -> dict:
     report = {}
     downloads = Path(root) / ".downloads" / spec.name
+    if from_dir is not None:  # name every missing file at once, before anything is extracted
+        missing = [src.filename for src in spec.sources if not src.optional and not fetch.available(src, from_dir)]
+        if missing:
+            raise UserError(f"{spec.name}: {from_dir} lacks {', '.join(missing)}; --from needs {_needed(spec)}; "
+                            "put them there or drop --from to download them")
     for src in spec.sources:
         if src.manual and from_dir is None and not (downloads / src.filename).exists():
             raise UserError(f"{spec.name}: {src.manual}")
@@ -225,7 +236,8 @@ def _fetch_sources(spec: DatasetSpec, ddir: Path, root: Path, from_dir: Path | N
         except ConnectionError as exc:
             if src.optional:
                 continue
-            raise UserError(f"{spec.name}: could not download {src.filename} ({exc}); download it by hand and use --from DIR") from None
+            raise UserError(f"{spec.name}: could not download {src.filename} ({exc}); fetch these files by hand into "
+                            f"one folder and pass --from DIR: {_needed(spec)}") from None
         report[src.filename] = {"file": path.name, "checksum": status}
         if status == "unknown" and src.extract:
             say(f"{path.name}: no official checksum to compare; verifying its content against the split file instead")
@@ -239,19 +251,65 @@ def _fetch_sources(spec: DatasetSpec, ddir: Path, root: Path, from_dir: Path | N
     return report
 
 
+def _tidy_after_failure(created: list[Path], ddir: Path, lock: Path) -> None:
+    """A failed or interrupted prepare leaves nothing it created behind but resumable downloads:
+    its dataset folder (a partial extraction is redone anyway), empty download folders, and the
+    lock file and folders of a data root it made."""
+    if ddir in created:
+        shutil.rmtree(ddir, ignore_errors=True)
+    if lock.parent in created:
+        lock.unlink(missing_ok=True)
+    for folder in sorted(created, key=lambda p: len(p.parts), reverse=True):  # deepest first
+        try:
+            folder.rmdir()  # only if empty: a partial download (.part) stays for the next try
+        except OSError:
+            pass
+
+
+def check_draws(shots: Sequence[int], seeds: Sequence[int]) -> None:
+    for k in shots:
+        if k <= 0:
+            raise UserError(f"--shots must be positive integers (got {k})")
+    for s in seeds:
+        if s < 0:
+            raise UserError(f"--seeds must be >= 0 (got {s})")
+
+
 def prepare(name: str, root: Path, from_dir: Path | None = None, shots: Sequence[int] = (),
             seeds: Sequence[int] = (1, 2, 3), force: bool = False, say: Say = lambda m: None,
             progress: fetch.Progress | None = None, spec: DatasetSpec | None = None) -> tuple[PreparedDataset, dict]:
     spec = spec or get_spec(name, root)
-    for k in shots:
-        if k <= 0:
-            raise UserError(f"--shots must be positive integers (got {k})")
+    check_draws(shots, seeds)
     if from_dir is not None and not Path(from_dir).is_dir():
         raise UserError(f"--from {from_dir}: no such folder")
     root = Path(root)
+    from cpbench.paths import check_folder
+
+    check_folder(root, "--root")
     ddir = dataset_dir(spec, root)
-    (root / ".locks").mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / ".locks" / f"{spec.name}.lock")):
+    lock = root / ".locks" / f"{spec.name}.lock"
+    downloads = root / ".downloads"
+    created = [p for p in (root, lock.parent, ddir, downloads, downloads / spec.name) if not p.exists()]
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        ds, info = _prepare_locked(spec, root, ddir, from_dir, force, say, progress, lock)
+    except BaseException:
+        _tidy_after_failure(created, ddir, lock)
+        raise
+    # the dataset is prepared (and stays so) even when --shots asks for more than a class has
+    checks.require_shots(spec.name, ds.split, shots)
+    fewshot = {}
+    for k in shots:
+        for s in seeds:
+            fs = ds.fewshot(k, s)
+            fewshot[f"{k}-shot seed {s}"] = (len(fs.train), len(fs.val))
+    info["fewshot"] = fewshot
+    return ds, info
+
+
+def _prepare_locked(spec: DatasetSpec, root: Path, ddir: Path, from_dir: Path | None, force: bool, say: Say,
+                    progress: fetch.Progress | None, lock: Path) -> tuple[PreparedDataset, dict]:
+    with FileLock(str(lock)):
         marker = ddir / MARKER
         info: dict = json.loads(marker.read_text(encoding="utf-8")) if marker.exists() and not force else {}
         if info and spec.kind == "generated":
@@ -294,6 +352,7 @@ def prepare(name: str, root: Path, from_dir: Path | None = None, shots: Sequence
                 readers.write_classnames(ddir)
             split = _read_split(spec, ddir, use_cache=False)
             counts = check_counts(spec, split)
+            checks.require_classes(spec.name, split)
             missing = missing_files(ddir / spec.image_dir, split, limit=5)
             if missing:
                 raise UserError(f"{spec.name}: {len(missing)}+ images named by the split file are missing "
@@ -306,15 +365,8 @@ def prepare(name: str, root: Path, from_dir: Path | None = None, shots: Sequence
             info["disk"] = human_size(info["disk_bytes"])
             atomic.write_json(marker, info)
             info["skipped"] = False
-        ds = PreparedDataset(spec, ddir, split)
-        fewshot = {}
-        for k in shots:
-            for s in seeds:
-                fs = ds.fewshot(k, s)
-                fewshot[f"{k}-shot seed {s}"] = (len(fs.train), len(fs.val))
         info["counts"] = counts
-        info["fewshot"] = fewshot
-        return ds, info
+        return PreparedDataset(spec, ddir, split), info
 
 
 def read_marker(ddir: Path) -> dict:

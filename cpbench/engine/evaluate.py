@@ -20,6 +20,7 @@ from cpbench.data.splits import Item
 from cpbench.engine.cache import FeatureCache
 from cpbench.engine.precision import Precision
 from cpbench.methods.base import Method
+from cpbench.threads import loader_worker_init
 
 BatchCallback = Callable[[int, int], None]
 
@@ -36,7 +37,7 @@ class EvalResult:
 def _loader(items, image_root, method, batch_size, num_workers, device):
     ds = ImageList(items, image_root, test_transform(method.backbone.preprocess))
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      pin_memory=device.type == "cuda")
+                      pin_memory=device.type == "cuda", worker_init_fn=loader_worker_init)
 
 
 @torch.no_grad()

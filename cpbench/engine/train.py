@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -25,11 +25,32 @@ from cpbench import faults
 from cpbench.engine import checkpoint
 from cpbench.engine.precision import Precision
 from cpbench.methods.base import Method
+from cpbench.threads import loader_worker_init
 
 DECODED_BUDGET = 2 << 30  # bytes of decoded training images kept in memory across epochs
 
-EpochCallback = Callable[[int, int, float], None]  # (epoch, epochs, mean loss)
-BatchCallback = Callable[[int, int], None]  # (batch, batches)
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """One finished epoch: what the display shows and ``history.parquet`` keeps (one row each)."""
+    epoch: int                  # 0-based
+    epochs: int
+    lr: float                   # the epoch's learning rate
+    loss: float                 # mean over the epoch's batches of the summed loss
+    terms: dict[str, float]     # mean of each loss term ({"ce": …, "kl": …})
+    train_acc: float | None     # percent of training samples the training logits got right
+    seconds: float              # wall time of the epoch
+
+    def as_row(self) -> dict:
+        return {"epoch": self.epoch + 1, "epochs": self.epochs, "lr": self.lr, "loss": self.loss,
+                **{f"loss_{k}": v for k, v in self.terms.items()},
+                "train_acc": float("nan") if self.train_acc is None else self.train_acc, "seconds": self.seconds}
+
+
+EpochCallback = Callable[[EpochStats, list[dict]], None]  # (the epoch, the history so far as rows)
+# (0-based epoch, batch, batches, running mean loss of the epoch, lr)
+BatchCallback = Callable[[int, int, int, float, float], None]
 
 
 @dataclass
@@ -39,6 +60,7 @@ class TrainResult:
     resumed_from: int | None
     last_loss: float | None
     images_seen: int
+    history: list[dict] = field(default_factory=list)   # EpochStats.as_row() of every epoch, resumed ones too
 
 
 def lr_at(epoch: int, cfg: TrainConfig) -> float:
@@ -98,7 +120,8 @@ def cached_views(method: Method, dataset: ImageList, cfg: TrainConfig, device: t
     method.eval()
     for v in range(cfg.feature_views):
         torch.manual_seed(epoch_seed(seed, 100_000 + v))
-        loader = DataLoader(dataset, batch_size=cfg.test_batch_size, shuffle=False, num_workers=cfg.num_workers)
+        loader = DataLoader(dataset, batch_size=cfg.test_batch_size, shuffle=False, num_workers=cfg.num_workers,
+                            worker_init_fn=loader_worker_init)
         feats = []
         for images, _, _ in loader:
             images = images.to(device)
@@ -109,6 +132,14 @@ def cached_views(method: Method, dataset: ImageList, cfg: TrainConfig, device: t
         out.append(torch.cat(feats))
     method.train(was_training)
     return torch.stack(out).to(device)
+
+
+def _correct(logits, labels: torch.Tensor) -> int | None:
+    """Training samples the logits classify right (no extra forward pass); None if the method's
+    first output is not [batch, classes] logits."""
+    if not torch.is_tensor(logits) or logits.dim() != 2 or logits.shape[0] != labels.shape[0]:
+        return None
+    return int((logits.detach().argmax(dim=1) == labels).sum())
 
 
 def _feature_batches(views: torch.Tensor, labels: torch.Tensor, batch_size: int, drop_last: bool,
@@ -133,6 +164,7 @@ def train(method: Method, items: Sequence[Item], image_root: Path, cfg: TrainCon
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler(device.type) if precision.grad_scaler else None
     start, resumed, before = 0, None, 0.0
+    history: list[dict] = []
     if ckpt_dir is not None:
         found = checkpoint.load(ckpt_dir, "epoch")
         if found is not None:
@@ -142,6 +174,7 @@ def train(method: Method, items: Sequence[Item], image_root: Path, cfg: TrainCon
             _load_scaler_state(scaler, tensors)
             start = resumed = int(meta["epoch"]) + 1
             before = float(meta.get("train_seconds", 0.0))  # training time spent before the interruption
+            history = list(meta.get("history", []))          # the epochs before the interruption
     dataset = ImageList(items, image_root, train_transform(method.backbone.preprocess), keep_decoded=DECODED_BUDGET)
     drop_last = len(dataset) >= cfg.batch_size
     use_features = cfg.feature_views > 0 and method.feature_training and not method.image_prompted
@@ -151,6 +184,7 @@ def train(method: Method, items: Sequence[Item], image_root: Path, cfg: TrainCon
     seen = 0
     method.train()
     for epoch in range(start, cfg.epochs):
+        t_epoch = time.time()
         lr = lr_at(epoch, cfg)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -163,10 +197,13 @@ def train(method: Method, items: Sequence[Item], image_root: Path, cfg: TrainCon
         else:
             loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=RandomSampler(dataset, generator=gen),
                                 drop_last=drop_last, num_workers=cfg.num_workers,
-                                pin_memory=device.type == "cuda", persistent_workers=False, generator=gen)
+                                pin_memory=device.type == "cuda", persistent_workers=False, generator=gen,
+                                worker_init_fn=loader_worker_init)
             batches = ((x, y) for x, y, _ in loader)
             n_batches = len(loader)
-        total, count = 0.0, 0
+        total, count, samples = 0.0, 0, 0
+        terms: dict[str, float] = {}
+        correct: int | None = 0
         for b, (inputs, labels) in enumerate(batches):
             inputs = inputs.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
@@ -174,9 +211,9 @@ def train(method: Method, items: Sequence[Item], image_root: Path, cfg: TrainCon
                 inputs = inputs.half()
             with precision.autocast(device):
                 if views is not None:
-                    _, losses = method.forward_train_features(inputs, labels)
+                    logits, losses = method.forward_train_features(inputs, labels)
                 else:
-                    _, losses = method.forward_train(inputs, labels)
+                    logits, losses = method.forward_train(inputs, labels)
                 loss = sum(losses.values())
             opt.zero_grad(set_to_none=True)
             if scaler is not None:
@@ -192,21 +229,30 @@ def train(method: Method, items: Sequence[Item], image_root: Path, cfg: TrainCon
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 opt.step()
             total += float(loss.detach())
+            for k, v in losses.items():
+                terms[k] = terms.get(k, 0.0) + float(v.detach())
+            right = _correct(logits, labels)
+            correct = None if (correct is None or right is None) else correct + right
             count += 1
+            samples += labels.shape[0]
             seen += inputs.shape[0]
             if on_batch:
-                on_batch(b + 1, n_batches)
+                on_batch(epoch, b + 1, n_batches, total / count, lr)
             faults.point("batch")  # test hook (inert unless CPBENCH_FAULT_AT is set)
         method.on_epoch_end(epoch, cfg.epochs)
         last_loss = total / max(1, count)
+        stats = EpochStats(epoch, cfg.epochs, lr, last_loss, {k: v / max(1, count) for k, v in terms.items()},
+                           None if correct is None or not samples else 100.0 * correct / samples,
+                           time.time() - t_epoch)
+        history.append(stats.as_row())
         if ckpt_dir is not None and cfg.checkpoint:
             checkpoint.save(ckpt_dir, "epoch",
                             {**method.learned_state(), **_optimizer_state(opt, params), **_scaler_state(scaler)},
                             {"epoch": epoch, "epochs": cfg.epochs, "loss": last_loss, "lr": lr,
-                             "train_seconds": before + time.time() - started})
+                             "train_seconds": before + time.time() - started, "history": history})
         if on_epoch:
-            on_epoch(epoch, cfg.epochs, last_loss)
+            on_epoch(stats, history)
     method.on_train_end()
     method.eval()
     # seconds: total training time of the run, including the time spent before a resume
-    return TrainResult(cfg.epochs - start, before + time.time() - started, resumed, last_loss, seen)
+    return TrainResult(cfg.epochs - start, before + time.time() - started, resumed, last_loss, seen, history)

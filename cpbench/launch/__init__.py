@@ -17,7 +17,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from cpbench.errors import UserError
+from cpbench.errors import JobsFailed, UserError
 
 LAUNCHERS = ("none", "local", "slurm")
 PAYLOAD_VERSION = 1
@@ -74,14 +74,36 @@ def parse_gpus(text: str | None) -> list[str]:
     return gpus
 
 
-def run(req, settings, jobs, console, out) -> list[dict]:
-    """``cpbench run --dry-run`` / ``--launcher local|slurm`` after the runner has validated everything."""
+def check_gpus_exist(gpus: list[str], count: int | None = None) -> None:
+    """Every GPU index named in ``--gpus`` is a CUDA device of this machine (``count``: how many
+    there are; default: ask torch, which does not initialise CUDA for that)."""
+    wanted = sorted({int(g) for g in gpus if g != "cpu"})
+    if not wanted:
+        return
+    if count is None:
+        import torch
+
+        count = torch.cuda.device_count()
+    missing = [g for g in wanted if g >= count]
+    if missing:
+        have = "no CUDA GPU" if count == 0 else f"{count} CUDA GPU(s), numbered 0-{count - 1}"
+        raise UserError(f"--gpus names GPU {', '.join(map(str, missing))}, but this machine has {have}; "
+                        "list existing GPUs (`nvidia-smi -L`) or use --gpus cpu,cpu for CPU workers")
+
+
+def run(req, settings, jobs, console, out, threads_plan=None) -> list[dict]:
+    """``cpbench run --dry-run`` / ``--launcher local|slurm`` after the runner has validated everything.
+
+    Before any job is dispatched, the GPUs named in ``--gpus`` must exist and (local) the backbone
+    is loaded once here, so a bad one fails once, not in every job."""
     from cpbench.protocols.jobs import job_config
     from cpbench.protocols.keys import job_key
     from cpbench.results.store import ResultStore
 
     store = ResultStore(settings.results_root)
     gpus = parse_gpus(req.gpus) if req.launcher == "local" else []
+    if not req.dry_run:
+        check_gpus_exist(gpus)
     slurm_opts = None
     if req.launcher == "slurm":
         from cpbench.launch.slurm import SlurmOptions
@@ -103,16 +125,27 @@ def run(req, settings, jobs, console, out) -> list[dict]:
         return []
     payload = {**settings_payload(settings), "device": req.device}  # resolved where the worker runs
     if req.launcher == "local":
+        from cpbench import threads
         from cpbench.launch.local import run_local
+        from cpbench.models.backbone import load_backbone
 
-        console.print(f"{len(todo)} job(s) on {len(gpus)} local worker(s) (GPUs {','.join(gpus)})")
-        summary = run_local(todo, payload, gpus, say=lambda m: console.print(m, highlight=False, soft_wrap=True))
+        if todo:
+            console.print(f"checking backbone {req.backbone} once before starting workers", highlight=False)
+            load_backbone(req.backbone, req.pretrained, req.weights)  # loaded, then freed: the workers load their own
+        each = threads.share(threads_plan or threads.plan(req.threads), len(gpus))
+        console.print(f"{len(todo)} job(s) on {len(gpus)} local worker(s) (GPUs {','.join(gpus)}), "
+                      f"{each} CPU thread(s) each", highlight=False)
+        summary = run_local(todo, payload, gpus, say=lambda m: console.print(m, highlight=False, soft_wrap=True),
+                            threads=each)
         out.print(f"{summary.rows} new result row(s) in {store.root}", highlight=False)
         if summary.failed:
             first = summary.failed[0][1]
-            raise UserError(f"{len(summary.failed)} of {len(todo)} job(s) failed (first: {first}); "
-                            "fix that and re-run the same command: finished jobs are kept")
+            msg = (f"{len(summary.failed)} of {len(todo)} job(s) failed (first: {first}); "
+                   "fix that and re-run the same command: finished jobs are kept")
+            raise JobsFailed(msg) if summary.crashed else UserError(msg)
         return []
+    if req.threads not in (None, "", "auto"):
+        payload["threads"] = req.threads  # else each array task counts the CPUs SLURM gave it (worker.py)
     from cpbench.launch.slurm import submit_slurm
 
     handles = submit_slurm(todo, payload, slurm_opts, settings.results_root / "slurm",

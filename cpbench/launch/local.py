@@ -16,6 +16,7 @@ import sys
 import threading
 from dataclasses import dataclass, field
 
+from cpbench.errors import Interrupted
 from cpbench.launch import dumps, job_payload
 
 
@@ -27,46 +28,61 @@ class LocalSummary:
     rows: int = 0
     by_worker: dict[str, int] = field(default_factory=dict)
     answers: list[dict] = field(default_factory=list)   # the workers' JSON answers, in arrival order
+    crashed: int = 0                                      # failures that were not user errors (bugs, dead workers)
 
 
-def _spawn(gpu: str) -> subprocess.Popen:
+def _spawn(gpu: str, threads: int | None) -> subprocess.Popen:
     env = dict(os.environ)
     env["CUDA_VISIBLE_DEVICES"] = "" if gpu == "cpu" else gpu
+    if threads:
+        env["CPBENCH_THREADS"] = str(threads)  # the worker's share of this machine's CPUs
     return subprocess.Popen([sys.executable, "-m", "cpbench.launch.worker"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, env=env, text=True, bufsize=1)
 
 
-def run_local(jobs, settings: dict, gpus: list[str], say=print) -> LocalSummary:
+def run_local(jobs, settings: dict, gpus: list[str], say=print, threads: int | None = None) -> LocalSummary:
     """Run ``jobs`` on one worker per entry of ``gpus``; ``settings`` = launch.settings_payload(...).
     A worker sees only its GPU; ``--device auto`` then picks it (``--device cpu`` or a ``cpu``
-    entry makes CPU workers, which stand in for GPUs in the tests)."""
+    entry makes CPU workers, which stand in for GPUs in the tests). ``threads``: CPU threads of
+    each worker (its share of the CPUs).
+
+    Ctrl-C / SIGTERM (``Interrupted`` in this thread) stops the workers, which keep their last
+    epoch checkpoint, and is raised again with what was saved."""
     q: queue.Queue = queue.Queue()
     for job in jobs:
         q.put(job)
     summary = LocalSummary()
     lock = threading.Lock()
+    procs: dict[int, subprocess.Popen] = {}
+    stopping = threading.Event()
 
     def serve(slot: int, gpu: str) -> None:
         name = f"worker{slot}[gpu {gpu}]"
         device = "cpu" if gpu == "cpu" else settings["device"]  # "auto" finds the one visible GPU
         proc = None
         try:
-            while True:
+            while not stopping.is_set():
                 try:
                     job = q.get_nowait()
                 except queue.Empty:
                     return
-                if proc is None or proc.poll() is not None:
-                    proc = _spawn(gpu)
+                with lock:
+                    if stopping.is_set():
+                        return
+                    if proc is None or proc.poll() is not None:
+                        proc = procs[slot] = _spawn(gpu, threads)
                 try:
                     proc.stdin.write(dumps(job_payload(job, settings, device)) + "\n")
                     proc.stdin.flush()
                     line = proc.stdout.readline()
-                except (BrokenPipeError, OSError):
+                except (BrokenPipeError, OSError, ValueError):
                     line = ""
+                if stopping.is_set():
+                    return
                 if not line:
                     code = proc.wait()
-                    ans = {"ok": False, "error": f"worker process died (exit {code}); re-run to resume the job"}
+                    ans = {"ok": False, "error": f"worker process died (exit {code}); re-run to resume the job",
+                           "user_error": False}
                 else:
                     ans = json.loads(line)
                 with lock:
@@ -78,15 +94,32 @@ def run_local(jobs, settings: dict, gpus: list[str], say=print) -> LocalSummary:
                         say(f"{name}: {'skipped (done)' if ans.get('skipped') else 'finished'} {job.describe()}")
                     else:
                         summary.failed.append((job.describe(), ans["error"]))
+                        summary.crashed += 0 if ans.get("user_error", True) else 1
                         say(f"{name}: FAILED {job.describe()}: {ans['error']}")
         finally:
-            if proc is not None and proc.poll() is None:
+            if proc is not None and proc.poll() is None and not stopping.is_set():
                 proc.stdin.close()
                 proc.wait()
 
-    threads = [threading.Thread(target=serve, args=(i, g), daemon=True) for i, g in enumerate(gpus)]
-    for t in threads:
+    threads_ = [threading.Thread(target=serve, args=(i, g), daemon=True) for i, g in enumerate(gpus)]
+    for t in threads_:
         t.start()
-    for t in threads:
-        t.join()
+    try:
+        for t in threads_:
+            t.join()
+    except Interrupted as exc:
+        stopping.set()
+        with lock:
+            running = [p for p in procs.values() if p.poll() is None]
+        for p in running:  # on a terminal they got the Ctrl-C too; a SIGTERM or a lone SIGINT reaches only us
+            p.send_signal(exc.signum)
+        for p in running:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        finished = len(summary.done) + len(summary.skipped)
+        exc.saved = (f"{finished} of {len(jobs)} job(s) finished and saved; the {len(running)} running one(s) "
+                     "keep their last checkpointed epoch")
+        raise
     return summary

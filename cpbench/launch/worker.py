@@ -12,9 +12,11 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 
-from cpbench.errors import UserError
+from cpbench.errors import Interrupted, UserError
+from cpbench.interrupts import raise_on_signals
 from cpbench.launch import job_from_payload, settings_from_payload
 
 
@@ -37,20 +39,42 @@ class Worker:
             return {"ok": True, "rows": len(rows or []), "skipped": rows is None, "job": job.describe(),
                     "visible_gpus": os.environ.get("CUDA_VISIBLE_DEVICES"), "pid": os.getpid()}
         except UserError as exc:
-            return {"ok": False, "error": str(exc), "job": payload.get("job", {}).get("method", "?")}
+            return {"ok": False, "error": str(exc), "user_error": True, "job": payload.get("job", {}).get("method", "?")}
+        except Exception as exc:  # noqa: BLE001 - a bug fails this job, not the worker
+            traceback.print_exc(file=sys.stderr)
+            return {"ok": False, "error": f"{exc.__class__.__name__}: {exc}", "user_error": False,
+                    "job": payload.get("job", {}).get("method", "?")}
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cpbench import threads
+
+    threads.prefer_passive_wait()  # before torch is imported
     ap = argparse.ArgumentParser(prog="python -m cpbench.launch.worker")
     ap.add_argument("--payload", type=Path, help="run the one job in this JSON file")
     args = ap.parse_args(argv)
+    with raise_on_signals():
+        try:
+            return _serve(args)
+        except Interrupted as exc:  # Ctrl-C, the launcher stopping us (it says what was saved), SLURM pre-emption
+            if args.payload:
+                print(f"worker {os.getpid()}: {exc.line()}", file=sys.stderr, flush=True)
+            return exc.exit_code
+
+
+def _serve(args) -> int:
+    from cpbench import threads
+
     worker = Worker()
     if args.payload:
-        res = worker.run(json.loads(args.payload.read_text(encoding="utf-8")))
+        payload = json.loads(args.payload.read_text(encoding="utf-8"))
+        threads.apply(threads.plan(payload.get("settings", {}).get("threads")))
+        res = worker.run(payload)
         print(json.dumps(res), flush=True)
         if not res["ok"]:
             print(f"error: {res['error']}", file=sys.stderr)
-        return 0 if res["ok"] else 2
+        return 0 if res["ok"] else (2 if res.get("user_error") else 1)
+    threads.apply(threads.plan())  # $CPBENCH_THREADS: this worker's share, set by the local launcher
     # answers go to the original stdout; anything else printed (libraries, warnings) to stderr
     proto = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)

@@ -54,13 +54,26 @@ class Preprocess:
     train_crop_scale: tuple[float, float] | None = (0.08, 1.0)
 
 
+def _read_safetensors(path: Path, header_only: bool = False):
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    try:
+        if header_only:
+            with safe_open(str(path), "pt") as fh:
+                return list(fh.keys())
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        why = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        raise UserError(f"--weights {path}: not a readable safetensors file ({why}); is it truncated? "
+                        "download or export it again") from None
+
+
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
     if not path.exists():
         raise UserError(f"--weights {path}: no such file")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
+        return _read_safetensors(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
@@ -73,6 +86,31 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict):
         raise UserError(f"--weights {path}: expected a state dict")
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
+
+
+def _names(keys: list[str], limit: int = 3) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str, arch: str) -> None:
+    """``load_state_dict(strict=True)``, with a one-line error that names the keys that do not fit."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {list(state[k].shape)} vs {list(v.shape)}" for k, v in own.items()
+              if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s) ({_names(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s) ({_names(unexpected)})")
+    if shapes:
+        problems.append(f"{len(shapes)} with another shape ({_names(shapes)})")
+    if problems:
+        raise UserError(f"{source} does not fit {arch}: {'; '.join(problems)}; pass weights of that architecture "
+                        "or the --backbone they were made for")
+    model.load_state_dict(state, strict=True)
 
 
 def _build_from_cfg(cfg: dict, quick_gelu: bool) -> nn.Module:
@@ -106,7 +144,8 @@ def _toy(spec: BackboneSpec) -> tuple[nn.Module, int, Preprocess]:
 
         state = load_file(str(TOY_DIR / "toy_clip.safetensors"))
     if state is not None:
-        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+        _load_into(model, {k: v.float() for k, v in state.items()}, f"--weights {spec.weights}" if spec.weights
+                   else "the embedded toy weights", "the toy backbone")
     pp = cfg.get("preprocess", {})
     pre = Preprocess(pp.get("image_size", cfg["vision_cfg"]["image_size"]), tuple(pp.get("mean", OPENAI_MEAN)),
                      tuple(pp.get("std", OPENAI_STD)), pp.get("interpolation", "bicubic"),
@@ -123,7 +162,7 @@ def _local_dir(path: Path, spec: BackboneSpec) -> tuple[nn.Module, int, Preproce
     model = _build_from_cfg(model_cfg, model_cfg.get("quick_gelu", False) or spec.quick_gelu)
     for fname in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "model.safetensors", "pytorch_model.bin"):
         if (path / fname).exists():
-            model.load_state_dict(_load_state(path / fname), strict=True)
+            _load_into(model, _load_state(path / fname), str(path / fname), f"local-dir:{path}'s config")
             break
     else:
         raise UserError(f"local-dir:{path}: no weights file (open_clip_model.safetensors or open_clip_pytorch_model.bin)")
@@ -146,7 +185,7 @@ TINY_CFG = {
 def _tiny(spec: BackboneSpec) -> tuple[nn.Module, int, Preprocess]:
     model = _build_from_cfg(TINY_CFG, False)
     if spec.weights:
-        model.load_state_dict(_load_state(Path(spec.weights)), strict=True)
+        _load_into(model, _load_state(Path(spec.weights)), f"--weights {spec.weights}", "the tiny backbone")
     return model, TINY_CFG["text_cfg"]["context_length"], Preprocess(32, OPENAI_MEAN, OPENAI_STD)
 
 
@@ -157,23 +196,30 @@ def _open_clip(spec: BackboneSpec) -> tuple[nn.Module, int, Preprocess]:
         raise UserError(f"unknown backbone {spec.name!r}; use `toy`, `local-dir:PATH` or an open_clip model "
                         f"name such as ViT-B-16 (see `cpbench list`)")
     pretrained = None if (spec.weights or spec.pretrained in ("none", "random", "")) else spec.pretrained
+    fix = "pass --weights PATH to a local checkpoint, or use --backbone toy (the embedded offline backbone)"
+    how = "download"
+    if pretrained is not None and not Path(pretrained).is_file():
+        from cpbench.models import hub
+
+        how = hub.plan(open_clip.get_pretrained_cfg(spec.name, pretrained))
+        if how.startswith("unavailable"):
+            raise UserError(f"cannot load {spec.name} weights {spec.pretrained!r}: {how.split(': ', 1)[1]}; {fix}")
     logging.disable(logging.ERROR)  # open_clip logs download failures itself; we say it in one line
     try:
-        model = open_clip.create_model(spec.name, pretrained=pretrained, force_quick_gelu=spec.quick_gelu)
+        from contextlib import nullcontext
+
+        from cpbench.models import hub
+
+        with hub.hub_offline() if how == "cache" else nullcontext():
+            model = open_clip.create_model(spec.name, pretrained=pretrained, force_quick_gelu=spec.quick_gelu)
     except Exception as exc:  # offline, unknown tag, hub errors
         raise UserError(
-            f"cannot load {spec.name} weights {spec.pretrained!r} ({exc.__class__.__name__}): offline? pass "
-            f"--weights PATH to a local checkpoint, or use --backbone toy (the embedded offline backbone)"
+            f"cannot load {spec.name} weights {spec.pretrained!r} ({exc.__class__.__name__}): offline? {fix}"
         ) from None
     finally:
         logging.disable(logging.NOTSET)
     if spec.weights:
-        state = _load_state(Path(spec.weights))
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            first = str(exc).splitlines()[0]
-            raise UserError(f"--weights {spec.weights} does not fit {spec.name}: {first}") from None
+        _load_into(model, _load_state(Path(spec.weights)), f"--weights {spec.weights}", spec.name)
     pcfg = getattr(model.visual, "preprocess_cfg", {}) or {}
     size = model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
@@ -261,6 +307,46 @@ class Backbone(nn.Module):
             h.update(k.encode())
             h.update(t.flatten()[:: max(1, t.numel() // 4096)].numpy().tobytes())
         return h.hexdigest()[:16]
+
+
+def describe_weights(name: str, pretrained: str, weights: str | None) -> str:
+    """What ``load_backbone`` will load, in words (for the "loading backbone …" line)."""
+    if weights:
+        return f"weights {weights}"
+    if name == "tiny" or pretrained in ("none", "random", ""):
+        return "random weights"
+    if name == "toy":
+        return "embedded toy weights"
+    if name.startswith("local-dir:"):
+        return f"weights in {name[len('local-dir:'):]}"
+    return f"{pretrained} weights"
+
+
+def check_backbone(name: str, pretrained: str, weights: str | None) -> None:
+    """The cheap checks of a backbone (name, pretrained tag, a readable --weights file), for the
+    launchers to fail once before any job is dispatched; ``load_backbone`` is the full check."""
+    if weights:
+        path = Path(weights)
+        if not path.is_file():
+            raise UserError(f"--weights {path}: no such file")
+        if path.suffix == ".safetensors":
+            _read_safetensors(path, header_only=True)
+    if name in ("toy", "tiny"):
+        return
+    if name.startswith("local-dir:"):
+        folder = Path(name[len("local-dir:"):]).expanduser()
+        if not (folder / "open_clip_config.json").is_file():
+            raise UserError(f"local-dir:{folder}: no open_clip_config.json in that folder")
+        return
+    if name not in open_clip.list_models():
+        raise UserError(f"unknown backbone {name!r}; use `toy`, `local-dir:PATH` or an open_clip model "
+                        f"name such as ViT-B-16 (see `cpbench list`)")
+    if weights or pretrained in ("none", "random", "") or Path(pretrained).is_file():
+        return
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if pretrained not in tags:
+        raise UserError(f"{name} has no pretrained weights {pretrained!r}; use one of {', '.join(tags) or 'none'} "
+                        "(or --weights PATH)")
 
 
 def load_backbone(name: str = "ViT-B-16", pretrained: str = "openai", weights: str | None = None,

@@ -34,6 +34,7 @@ from cpbench.models.backbone import Backbone
 from cpbench.protocols.gather import GatherColumns, target_columns
 from cpbench.protocols.jobs import Job, Reporter, RunSettings, SilentReporter, job_config
 from cpbench.protocols.keys import job_key, training_key
+from cpbench.results import curves
 from cpbench.results.schema import environment, now
 from cpbench.results.store import ResultStore
 
@@ -54,6 +55,29 @@ def job_lock(s: RunSettings, tkey: str) -> FileLock:
     path = s.results_root / "locks" / f"{tkey}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     return FileLock(str(path))
+
+
+def checkpoint_dir(job: Job, cfg: ResolvedConfig, s: RunSettings) -> Path:
+    """Where a training keeps its checkpoints and its per-epoch history (``history.parquet``)."""
+    return s.results_root / "checkpoints" / training_key(job, cfg, s)
+
+
+def saved_progress(finished: int, total: int, job: Job | None, s: RunSettings) -> str:
+    """What an interrupted run keeps, in words: finished jobs, and how far the current job got."""
+    said = f"{finished} of {total} job(s) finished and saved"
+    if job is None:
+        return said
+    ckpt = checkpoint_dir(job, job_config(job, s), s)
+    name = f"{job.method} on {job.train_dataset} seed {job.seed}"
+    if checkpoint.read_meta(ckpt, "final") is not None:
+        return f"{said}; {name} has finished training (kept), its evaluation will run again"
+    meta = checkpoint.read_meta(ckpt, "epoch")
+    if meta is not None:
+        return f"{said}; {name} has epoch {int(meta['epoch']) + 1}/{meta.get('epochs', '?')} checkpointed"
+    cls = get_method_class(job.method)
+    if cls.trainable and not getattr(cls, "closed_form", False):
+        return f"{said}; {name} had not finished its first epoch"
+    return said
 
 
 def run_job(job: Job, backbone: Backbone, s: RunSettings, store: ResultStore,
@@ -99,7 +123,7 @@ def learn(job: Job, cfg: ResolvedConfig, backbone: Backbone, s: RunSettings, rep
     seed_everything(job.seed)
     backbone.to(device=s.device, dtype=precision.param_dtype)
     method = cls(backbone, names, cfg.options, template=ds.spec.template).to(device=s.device, dtype=precision.param_dtype)
-    ckpt_dir = s.results_root / "checkpoints" / training_key(job, cfg, s)
+    ckpt_dir = checkpoint_dir(job, cfg, s)
     if s.force and ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)
     final = checkpoint.load(ckpt_dir, "final")
@@ -126,8 +150,18 @@ def learn(job: Job, cfg: ResolvedConfig, backbone: Backbone, s: RunSettings, rep
                        cfg.train.epochs)
         if hasattr(method, "prepare_training"):  # a method that needs the training images themselves (CPL)
             method.prepare_training(train_items, ds.image_root, s.device)
+        ident = {"method": job.method, "train_dataset": job.train_dataset, "train_subset": job.train_subset,
+                 "shots": job.shots, "seed": job.seed, "backbone": s.backbone, "pretrained": s.pretrained,
+                 "config_hash": cfg.hash, "weights": s.weights or ""}
+
+        def on_epoch(stats, history):
+            curves.write_history(ckpt_dir, history, ident)
+            reporter.epoch(stats)
+
         result = train(method, train_items, ds.image_root, cfg.train, s.device, precision, job.seed, ckpt_dir,
-                       on_epoch=lambda e, E, loss: reporter.advance(e + 1, E))
+                       on_epoch=on_epoch, on_batch=reporter.batch)
+        if result.history:  # also when the run resumed after its last epoch
+            curves.write_history(ckpt_dir, result.history, ident)
         train_seconds = result.seconds  # includes the time trained before an interruption
         checkpoint.save(ckpt_dir, "final", method.learned_state(), {"epoch": cfg.train.epochs, "train_seconds": train_seconds})
     return Learned(method, ds, list(names), precision, epochs, train_seconds, cache)

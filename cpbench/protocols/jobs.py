@@ -59,18 +59,25 @@ class RunSettings:
 
 
 class Reporter(Protocol):
+    """What a running job tells the display (``cpbench/progress.py``)."""
     def job_started(self, job: Job, index: int, total: int) -> None: ...
     def job_skipped(self, job: Job) -> None: ...
+    def job_failed(self, job: Job, exc: BaseException) -> None: ...
     def phase(self, text: str, total: int | None = None) -> None: ...
     def advance(self, done: int, total: int) -> None: ...
+    def batch(self, epoch: int, done: int, total: int, loss: float, lr: float) -> None: ...
+    def epoch(self, stats) -> None: ...     # engine.train.EpochStats of a finished epoch
     def row(self, row: dict) -> None: ...
 
 
 class SilentReporter:
     def job_started(self, job, index, total): pass
     def job_skipped(self, job): pass
+    def job_failed(self, job, exc): pass
     def phase(self, text, total=None): pass
     def advance(self, done, total): pass
+    def batch(self, epoch, done, total, loss, lr): pass
+    def epoch(self, stats): pass
     def row(self, row): pass
 
 
