@@ -60,7 +60,8 @@ class Cells:
 
     def get(self, entry: Entry, protocol: str, train: str, eval_: str, subset: str, shots: int, field: str) -> Cell:
         r = self.by_key.get((entry.key, protocol, train, eval_, subset, int(shots)))
-        c = Cell(entry=entry, dataset=eval_ if protocol != "base2new" else train, field=field, shots=int(shots))
+        c = Cell(entry=entry, dataset=eval_ if protocol != "base2new" else train, field=field, shots=int(shots),
+                 key=(protocol, train, eval_, subset, int(shots)))
         if r is not None:
             c.value, c.std, c.n = float(r.mean), float(r.std), int(r.n_seeds)
             c.seeds, c.values, c.config_hash = tuple(r.seeds), tuple(r.values), r.config_hash
@@ -68,8 +69,14 @@ class Cells:
 
 
 def _derived(value: float, parts: Sequence[Cell], entry: Entry, dataset: str, field: str, shots: int) -> Cell:
+    """An average of ``parts`` (its seed count: the fewest of theirs)."""
     return Cell(value, derived=True, n=min((c.n for c in parts), default=0), entry=entry, dataset=dataset,
-                field=field, shots=shots)
+                field=field, shots=shots, combine="mean", parts=tuple(parts))
+
+
+def _hm(b: Cell, n: Cell, entry: Entry, dataset: str, shots: int) -> Cell:
+    return Cell(hm(b.value, n.value), derived=True, entry=entry, dataset=dataset, field="HM", shots=shots,
+                combine="hm", parts=(b, n))
 
 
 def _mean(cells: Sequence[Cell]) -> float:
@@ -108,11 +115,11 @@ def base2new_tables(cells: Cells, agg: pd.DataFrame, entries: list[Entry], layou
         for e in ents:
             for d in datasets:
                 b, n = (cells.get(e, "base2new", d, d, s, shots, f) for s, f in (("base", "Base"), ("new", "New")))
-                grid[(e.key, d)] = [b, n, _derived(hm(b.value, n.value), [], e, d, "HM", shots)]
+                grid[(e.key, d)] = [b, n, _hm(b, n, e, d, shots)]
             per = [grid[(e.key, d)] for d in datasets]
             ab = _derived(_mean([p[0] for p in per]), [p[0] for p in per], e, "Average", "Base", shots)
             an = _derived(_mean([p[1] for p in per]), [p[1] for p in per], e, "Average", "New", shots)
-            grid[(e.key, "Average")] = [ab, an, _derived(hm(ab.value, an.value), [], e, "Average", "HM", shots)]
+            grid[(e.key, "Average")] = [ab, an, _hm(ab, an, e, "Average", shots)]
         limit = WIDE_MAX_COLUMNS_COMPARE if compare else WIDE_MAX_COLUMNS
         chosen = layout if layout != "auto" else ("wide" if 3 * len(ents) <= limit else "long")
         if chosen == "wide":

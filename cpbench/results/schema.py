@@ -43,6 +43,8 @@ SCHEMA = pa.schema([
     ("train_seconds", pa.float64()),
     ("eval_seconds", pa.float64()),
     ("device", pa.string()),
+    ("peak_memory_mb", pa.float64()),      # the job's peak (cpbench/engine/memory.py)
+    ("peak_memory_source", pa.string()),   # cuda.max_memory_allocated | process maxrss
     ("imported", pa.string()),         # "" = trained by cpbench; else KIND:IDENTITY (cpbench/imports.py)
     ("host", pa.string()),
     ("started_at", pa.string()),
