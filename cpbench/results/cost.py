@@ -23,7 +23,7 @@ COLUMNS = ["jobs", "learnable params", "train s / job", "eval s / evaluation", "
 
 
 def _device(values) -> str:
-    kinds = sorted({str(v).split(":")[0] for v in values if str(v)})
+    kinds = sorted({v.split(":")[0] for v in values if isinstance(v, str) and v})
     return ", ".join(kinds) or "?"
 
 

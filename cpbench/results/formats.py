@@ -100,7 +100,7 @@ def csv(report: Report) -> str:
 
 def json_text(report: Report) -> str:
     doc = {"notes": report.notes,
-           "tables": [{"protocol": t.protocol, "title": t.title, "key": t.key, "layout": t.layout,
+           "tables": [{"protocol": t.protocol, "kind": t.kind, "title": t.title, "key": t.key, "layout": t.layout,
                        "row_header": t.row_header, "columns": t.columns, "groups": [list(g) for g in t.groups],
                        "average_over": list(t.average_over), "trained_on": t.trained_on, "notes": t.notes,
                        "rows": [{"labels": list(r.labels), "average": r.average,
