@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import time
-import zlib
 
 import numpy as np
 import pytest
@@ -23,32 +22,8 @@ import pytest
 from cpbench.results import bootstrap, report
 from cpbench.results import predictions as preds
 from cpbench.results.store import ResultStore
-from reporting import outcome_job, outcomes_at, run_cli
-
-DATASETS = {"toy_shapes": (48.75, 64.0), "toy_colour_shapes": (86.0, 88.3), "toy_pattern_shapes": (52.1, 47.7),
-            "toy_scenes": (37.1, 42.9)}
-GAIN = {"coop": (13.0, -5.0), "kgcoop": (10.0, -2.0)}
-
-
-def _zeroshot(d: str, subset: str):
-    acc = DATASETS[d][subset == "new"]
-    return outcomes_at(acc, seed=zlib.crc32(f"{d}/{subset}".encode()) % 1000)
-
-
-def toy_like(root, methods=("zeroshot", "coop", "kgcoop"), seeds=(1, 2, 3), datasets=tuple(DATASETS)):
-    for d in datasets:
-        for s in seeds:
-            for m in methods:
-                outs = {}
-                for i, subset in enumerate(("base", "new")):
-                    zs = _zeroshot(d, subset)
-                    if m == "zeroshot":
-                        outs[subset] = zs
-                    else:  # a learned method: half its images redrawn at zero-shot + gain, per seed
-                        acc = DATASETS[d][i] + GAIN[m][i] + 3 * np.random.default_rng(s).standard_normal()
-                        outs[subset] = outcomes_at(acc, seed=1000 * s + 7 * i + len(m), like=zs, flip=0.6)
-                outcome_job(root, m, d, s, outs, backbone="toy")
-    return root
+from reporting import DATASETS, GAIN, outcome_job, outcomes_at, run_cli, toy_like
+from reporting import toy_zeroshot as _zeroshot
 
 
 def _json(monkeypatch, capsys, root, *args):
