@@ -140,10 +140,12 @@ def test_deep_prompts_replace_tokens_at_every_prompted_layer(deep_backbone, kind
     x = images(2)
     seen_t, ht = _record_block_inputs(bb.clip.transformer.resblocks)
     seen_v, hv = _record_block_inputs(bb.clip.visual.transformer.resblocks)
+    bb.text.share_prefix = False  # the full pass calls the blocks (the shared pass equals it: test_shared_prefix)
     try:
         with torch.no_grad():
             m(x)
     finally:
+        bb.text.share_prefix = True
         for h in ht + hv:
             h.remove()
     n_tok_t = {t.shape[1] for _, t in seen_t}
