@@ -196,6 +196,7 @@ def test_encoder_groups_deep_prompts_and_fallbacks(deep_backbone):
         enc(prompts(), eot.repeat(2), deep=per_row, shared=4, groups=2)
         enc(prompts(), eot.repeat(2), deep=[None, torch.randn(4, bb.text_width)], shared=4, groups=2)
         enc(prompts(), eot.repeat(2), shared=int(eot.min()) + 1, groups=2)
+        enc(prompts(), torch.cat([eot, eot.flip(0)]), shared=4, groups=2)   # groups with other classes' lengths
     assert not calls
 
 

@@ -12,11 +12,13 @@ Two exact savings, both consequences of CLIP's causal mask:
   states are the same in every row at every layer, because they only attend to each other (deep
   prompts that replace positions ``1..n < P`` with one tensor for all rows keep this true). They
   are computed once, and each row's remaining positions attend to them as broadcast keys and
-  values (``shared_block``). ``groups=G`` splits the rows into ``G`` consecutive groups that
-  each share their own prefix (CoCoOp and Bayesian PL: one prompt set per image or sample).
-  The caller promises that the prefix of every row of a group is the *same tensor broadcast*
-  (``expand``), not merely equal values: the gradient reaches the prefix through the group's
-  first row only, which is exact for a broadcast and wrong for per-row parameters (CoOp's
+  values (``shared_block``). Those remaining positions are packed without padding (rows bucketed
+  by length, ``Packing``), so each row is cut at its own EOT and costs its own length.
+  ``groups=G`` splits the rows into ``G`` consecutive groups that each share their own prefix
+  (CoCoOp and Bayesian PL: one prompt set per image or sample; every group holds the same
+  classes). The caller promises that the prefix of every row of a group is the *same tensor
+  broadcast* (``expand``), not merely equal values: the gradient reaches the prefix through the
+  group's first row only, which is exact for a broadcast and wrong for per-row parameters (CoOp's
   class-specific context must pass ``shared=0``).
 
 Features and gradients equal the full pass up to float round-off (``tests/test_shared_prefix.py``).
@@ -68,29 +70,67 @@ def _merge(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(-3, -2).flatten(-2)
 
 
-def shared_block(block: nn.Module, prefix: torch.Tensor, rest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+class Packing:
+    """Where each row's own tokens (positions ``P..eot``) sit in a packed ``[T, D]`` tensor without
+    padding: classes are bucketed by that length ``m``, and bucket ``m`` is the contiguous block
+    ``[G, C_m, m, D]`` (groups outermost, so every group's prefix broadcasts over its classes)."""
+
+    def __init__(self, lengths: list[int], groups: int, shared: int, device: torch.device):
+        self.groups, self.shared = groups, shared
+        by_len: dict[int, list[int]] = {}
+        for c, m in enumerate(lengths):
+            by_len.setdefault(m, []).append(c)
+        self.buckets = [(m, torch.tensor(cs, device=device)) for m, cs in sorted(by_len.items())]
+        order = torch.cat([cs for _, cs in self.buckets])
+        self.inverse = torch.empty_like(order)
+        self.inverse[order] = torch.arange(len(order), device=device)
+        row = torch.arange(max(by_len), device=device).unsqueeze(1)
+        col = torch.arange(shared + max(by_len), device=device).unsqueeze(0)
+        self.allowed = col <= row + shared     # [m, P+m] sliced per bucket: all of the prefix, then causal
+
+    def pack(self, rows: torch.Tensor) -> torch.Tensor:
+        """[G, C, L, D] (positions already embedded) -> [T, D]."""
+        p = self.shared
+        return torch.cat([rows[:, cs, p: p + m].reshape(-1, rows.shape[-1]) for m, cs in self.buckets])
+
+    def split(self, packed: torch.Tensor):
+        """Yield (m, bucket view [G, C_m, m, ...]) in packed order."""
+        start = 0
+        for m, cs in self.buckets:
+            size = self.groups * len(cs) * m
+            yield m, packed[start: start + size].view(self.groups, len(cs), m, *packed.shape[1:])
+            start += size
+
+    def last_tokens(self, packed: torch.Tensor) -> torch.Tensor:
+        """Each row's last token (its EOT) -> [G * C, D] in the original row order."""
+        ends = torch.cat([b[:, :, -1] for _, b in self.split(packed)], dim=1)     # [G, C, D] bucket order
+        return ends[:, self.inverse].reshape(-1, packed.shape[-1])
+
+
+def shared_block(block: nn.Module, prefix: torch.Tensor, rest: torch.Tensor,
+                 packing: Packing) -> tuple[torch.Tensor, torch.Tensor]:
     """One ResidualAttentionBlock over ``prefix`` [G, P, D] (shared by the rows of a group) and
-    ``rest`` [G, C, R, D] (each row's own positions P..P+R-1), with the block's own weights.
-    The prefix attends causally to itself; the rest attends to the whole prefix and causally to
-    itself, exactly what each row sees in the full causal pass."""
+    ``rest`` [T, D] (every row's own positions, packed), with the block's own weights. The prefix
+    attends causally to itself; each row's tokens attend to the whole prefix of its group and
+    causally to each other, exactly what they see in the full causal pass."""
     attn = block.attn
     h = attn.num_heads
-    g, c, r, d = rest.shape
-    p = prefix.shape[1]
+    g, p, d = prefix.shape
     qp, kp, vp = F.linear(block.ln_1(prefix), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
-    qr, kr, vr = F.linear(block.ln_1(rest), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
-    qp, kp, vp = _heads(qp, h), _heads(kp, h), _heads(vp, h)            # [G, H, P, hd]
-    qr, kr, vr = _heads(qr, h), _heads(kr, h), _heads(vr, h)            # [G, C, H, R, hd]
+    qp, kp, vp = _heads(qp, h), _heads(kp, h), _heads(vp, h)              # [G, H, P, hd]
     out_p = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True)
-    keys = torch.cat([kp.unsqueeze(1).expand(g, c, h, p, kp.shape[-1]), kr], dim=-2)
-    values = torch.cat([vp.unsqueeze(1).expand(g, c, h, p, vp.shape[-1]), vr], dim=-2)
-    row = torch.arange(r, device=rest.device).unsqueeze(1)
-    col = torch.arange(p + r, device=rest.device).unsqueeze(0)
-    allowed = col <= row + p                                              # [R, P+R]: prefix, then causal
-    out_r = F.scaled_dot_product_attention(qr, keys, values, attn_mask=allowed)
+    qkv = F.linear(block.ln_1(rest), attn.in_proj_weight, attn.in_proj_bias)  # [T, 3D]
+    outs = []
+    for m, b in packing.split(qkv):                                        # b: [G, C_m, m, 3D]
+        q, k, v = (_heads(t, h) for t in b.chunk(3, dim=-1))               # [G, C_m, H, m, hd]
+        shape = (g, b.shape[1], h, p, k.shape[-1])
+        keys = torch.cat([kp.unsqueeze(1).expand(shape), k], dim=-2)
+        values = torch.cat([vp.unsqueeze(1).expand(shape), v], dim=-2)
+        o = F.scaled_dot_product_attention(q, keys, values, attn_mask=packing.allowed[:m, : p + m])
+        outs.append(_merge(o).reshape(-1, d))
     out_w, out_b = attn.out_proj.weight, attn.out_proj.bias
     prefix = prefix + block.ls_1(F.linear(_merge(out_p), out_w, out_b))
-    rest = rest + block.ls_1(F.linear(_merge(out_r), out_w, out_b))
+    rest = rest + block.ls_1(F.linear(torch.cat(outs), out_w, out_b))
     prefix = prefix + block.ls_2(block.mlp(block.ln_2(prefix)))
     rest = rest + block.ls_2(block.mlp(block.ln_2(rest)))
     return prefix, rest
@@ -118,8 +158,9 @@ class PromptTextEncoder(nn.Module):
         """prompts: [N, L, D]; eot: [N] int; deep[i]: [n, D] or [N, n, D] inserted before layer i.
         ``shared``: the first ``shared`` positions are one broadcast tensor within each of
         ``groups`` consecutive row groups (see the module docstring); 0 = nothing shared."""
-        if shared > 0 and self._can_share(prompts, eot, deep, shared, groups):
-            return self._shared_pass(prompts, eot, deep, shared, groups)
+        lengths = self._share_lengths(prompts, eot, deep, shared, groups) if shared > 0 else None
+        if lengths is not None:
+            return self._shared_pass(prompts, lengths, deep, shared, groups)
         length = prompts.shape[1]
         if self.truncate:
             length = int(eot.max().item()) + 1
@@ -133,29 +174,34 @@ class PromptTextEncoder(nn.Module):
         x = self.ln_final(x)
         return self._project(x[torch.arange(x.shape[0], device=x.device), eot])
 
-    def _can_share(self, prompts, eot, deep, shared: int, groups: int) -> bool:
+    def _share_lengths(self, prompts, eot, deep, shared: int, groups: int) -> list[int] | None:
+        """Per-class lengths of the tokens after the prefix (the same in every group), or None
+        when the shared pass does not apply (then the full pass runs)."""
         if not (self.share_prefix and self.shareable) or groups < 1 or prompts.shape[0] % groups:
-            return False
+            return None
         if deep is not None and any(p is not None and (p.dim() != 2 or p.shape[0] + 1 > shared) for p in deep[1:]):
-            return False
-        return int(eot.min().item()) >= shared  # every EOT lies after the prefix
+            return None
+        ends = eot.tolist()
+        per_group = len(ends) // groups
+        first = ends[:per_group]
+        if min(ends) < shared or ends != first * groups:   # an EOT inside the prefix; groups differ
+            return None
+        return [e - shared + 1 for e in first]
 
-    def _shared_pass(self, prompts, eot, deep, shared: int, groups: int) -> torch.Tensor:
+    def _shared_pass(self, prompts, lengths: list[int], deep, shared: int, groups: int) -> torch.Tensor:
+        """Prefix once per group; every row's own tokens packed without padding (``Packing``)."""
         n, length, d = prompts.shape
-        c = n // groups
-        if self.truncate:
-            length = int(eot.max().item()) + 1
-        rows = prompts.view(groups, c, prompts.shape[1], d)
+        rows = prompts.view(groups, n // groups, length, d)
+        packing = Packing(lengths, groups, shared, prompts.device)
         pos = self.positional_embedding.to(self.dtype)
-        prefix = rows[:, 0, :shared].to(self.dtype) + pos[:shared]               # [G, P, D]
-        rest = rows[:, :, shared:length].to(self.dtype) + pos[shared:length]     # [G, C, R, D]
+        end = shared + max(lengths)
+        prefix = rows[:, 0, :shared].to(self.dtype) + pos[:shared]                       # [G, P, D]
+        rest = packing.pack(rows[:, :, :end].to(self.dtype) + pos[:end])                 # [T, D]
         for i, block in enumerate(self.transformer.resblocks):
             if deep is not None and 0 < i < len(deep) and deep[i] is not None:
                 prefix = _replace_front(prefix, deep[i])
-            prefix, rest = shared_block(block, prefix, rest)
-        rest = rest.reshape(n, rest.shape[2], d)
-        x = rest[torch.arange(n, device=rest.device), eot - shared]
-        return self._project(self.ln_final(x))
+            prefix, rest = shared_block(block, prefix, rest, packing)
+        return self._project(self.ln_final(packing.last_tokens(rest)))
 
     def _project(self, x: torch.Tensor) -> torch.Tensor:
         proj = self.text_projection
