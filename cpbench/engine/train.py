@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 from cpbench.config import TrainConfig
-from cpbench.data.images import ImageList, train_transform
+from cpbench.data.images import ImageList, to_model_input, train_pixels
 from cpbench.data.splits import Item
 from cpbench import faults
 from cpbench.engine import checkpoint
@@ -88,6 +88,10 @@ def _load_scaler_state(scaler, tensors: dict[str, torch.Tensor]) -> None:
     scaler.load_state_dict(st)
 
 
+def _image_dtype(precision: Precision) -> torch.dtype:
+    return torch.float16 if precision.param_dtype == torch.float16 else torch.float32
+
+
 @torch.no_grad()
 def cached_views(method: Method, dataset: ImageList, cfg: TrainConfig, device: torch.device,
                  precision: Precision, seed: int) -> torch.Tensor:
@@ -100,10 +104,8 @@ def cached_views(method: Method, dataset: ImageList, cfg: TrainConfig, device: t
         torch.manual_seed(epoch_seed(seed, 100_000 + v))
         loader = DataLoader(dataset, batch_size=cfg.test_batch_size, shuffle=False, num_workers=cfg.num_workers)
         feats = []
-        for images, _, _ in loader:
-            images = images.to(device)
-            if precision.param_dtype == torch.float16:
-                images = images.half()
+        for pixels, _, _ in loader:
+            images = to_model_input(pixels, method.backbone.preprocess, device, _image_dtype(precision))
             with precision.autocast(device):
                 feats.append(method.encode_images(images).float())
         out.append(torch.cat(feats))
@@ -142,7 +144,7 @@ def train(method: Method, items: Sequence[Item], image_root: Path, cfg: TrainCon
             _load_scaler_state(scaler, tensors)
             start = resumed = int(meta["epoch"]) + 1
             before = float(meta.get("train_seconds", 0.0))  # training time spent before the interruption
-    dataset = ImageList(items, image_root, train_transform(method.backbone.preprocess), keep_decoded=DECODED_BUDGET)
+    dataset = ImageList(items, image_root, train_pixels(method.backbone.preprocess), keep_decoded=DECODED_BUDGET)
     drop_last = len(dataset) >= cfg.batch_size
     use_features = cfg.feature_views > 0 and method.feature_training and not method.image_prompted
     views = cached_views(method, dataset, cfg, device, precision, seed) if use_features else None
@@ -168,10 +170,11 @@ def train(method: Method, items: Sequence[Item], image_root: Path, cfg: TrainCon
             n_batches = len(loader)
         total, count = 0.0, 0
         for b, (inputs, labels) in enumerate(batches):
-            inputs = inputs.to(device, non_blocking=True)
+            if views is None:   # uint8 pixels -> normalised images on the device (bit-identical)
+                inputs = to_model_input(inputs, method.backbone.preprocess, device, _image_dtype(precision))
+            else:
+                inputs = inputs.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
-            if precision.param_dtype == torch.float16 and views is None:
-                inputs = inputs.half()
             with precision.autocast(device):
                 if views is not None:
                     _, losses = method.forward_train_features(inputs, labels)
