@@ -1,7 +1,8 @@
 """Scaling out ``cpbench run`` (issue 8): the same jobs, run by several worker processes.
 
-- ``local``: one worker process per GPU (``--gpus 0,1,2,3``) pulling jobs from one queue;
-  each worker sees only its GPU (``CUDA_VISIBLE_DEVICES``) and loads the backbone once.
+- ``local``: one worker process per GPU (``--gpus 0,1,2,3``), or several (``--jobs-per-gpu N``,
+  or a GPU listed N times), pulling jobs from one queue; each worker sees only its GPU
+  (``CUDA_VISIBLE_DEVICES``) and loads the backbone once.
 - ``slurm``: one SLURM array task per job through submitit.
 
 Jobs cross process (and machine) boundaries as JSON payloads, never pickles: a payload is
@@ -82,6 +83,12 @@ def run(req, settings, jobs, console, out) -> list[dict]:
 
     store = ResultStore(settings.results_root)
     gpus = parse_gpus(req.gpus) if req.launcher == "local" else []
+    if req.launcher == "local":
+        from cpbench.launch.local import worker_slots
+
+        if req.jobs_per_gpu < 1 or req.gpu_headroom < 0:
+            raise UserError("--jobs-per-gpu must be >= 1 and --gpu-headroom >= 0 (GiB)")
+        gpus = worker_slots(gpus, req.jobs_per_gpu)
     slurm_opts = None
     if req.launcher == "slurm":
         from cpbench.launch.slurm import SlurmOptions
@@ -106,7 +113,8 @@ def run(req, settings, jobs, console, out) -> list[dict]:
         from cpbench.launch.local import run_local
 
         console.print(f"{len(todo)} job(s) on {len(gpus)} local worker(s) (GPUs {','.join(gpus)})")
-        summary = run_local(todo, payload, gpus, say=lambda m: console.print(m, highlight=False, soft_wrap=True))
+        summary = run_local(todo, payload, gpus, say=lambda m: console.print(m, highlight=False, soft_wrap=True),
+                            headroom_gib=req.gpu_headroom)
         out.print(f"{summary.rows} new result row(s) in {store.root}", highlight=False)
         if summary.failed:
             first = summary.failed[0][1]
