@@ -12,8 +12,9 @@ Two exact savings, both consequences of CLIP's causal mask:
   states are the same in every row at every layer, because they only attend to each other (deep
   prompts that replace positions ``1..n < P`` with one tensor for all rows keep this true). They
   are computed once, and each row's remaining positions attend to them as broadcast keys and
-  values (``shared_block``). Those remaining positions are packed without padding (rows bucketed
-  by length, ``Packing``), so each row is cut at its own EOT and costs its own length.
+  values (``shared_block``). Those remaining positions are packed without padding (``Packing``)
+  for every linear layer, so each row is cut at its own EOT and costs its own length; attention
+  (a small share of the work) runs on them padded, in one call.
   ``groups=G`` splits the rows into ``G`` consecutive groups that each share their own prefix
   (CoCoOp and Bayesian PL: one prompt set per image or sample; every group holds the same
   classes). The caller promises that the prefix of every row of a group is the *same tensor
@@ -72,68 +73,54 @@ def _merge(x: torch.Tensor) -> torch.Tensor:
 
 class Packing:
     """Where each row's own tokens (positions ``P..eot``) sit in a packed ``[T, D]`` tensor without
-    padding: classes are bucketed by that length ``m``, and bucket ``m`` is the contiguous block
-    ``[G, C_m, m, D]`` (groups outermost, so every group's prefix broadcasts over its classes)."""
+    padding (rows in order, groups outermost), and in the padded ``[G, C, m, D]`` layout (``m`` =
+    the longest row) that attention uses. Padding only ever follows a row's EOT, so under the
+    causal mask no real token attends to it: one attention call serves rows of every length."""
 
     def __init__(self, lengths: list[int], groups: int, shared: int, device: torch.device):
-        self.groups, self.shared = groups, shared
-        by_len: dict[int, list[int]] = {}
-        for c, m in enumerate(lengths):
-            by_len.setdefault(m, []).append(c)
-        self.buckets = [(m, torch.tensor(cs, device=device)) for m, cs in sorted(by_len.items())]
-        order = torch.cat([cs for _, cs in self.buckets])
-        self.inverse = torch.empty_like(order)
-        self.inverse[order] = torch.arange(len(order), device=device)
-        row = torch.arange(max(by_len), device=device).unsqueeze(1)
-        col = torch.arange(shared + max(by_len), device=device).unsqueeze(0)
-        self.allowed = col <= row + shared     # [m, P+m] sliced per bucket: all of the prefix, then causal
+        self.groups, self.classes, self.width, self.shared = groups, len(lengths), max(lengths), shared
+        m = self.width
+        real = torch.arange(m, device=device).unsqueeze(0) < torch.tensor(lengths, device=device).unsqueeze(1)
+        self.slots = real.expand(groups, -1, -1).reshape(-1).nonzero().squeeze(1)   # [T] padded positions
+        self.last = torch.tensor(lengths * groups, device=device).cumsum(0) - 1       # each row's EOT in [T]
+        row = torch.arange(m, device=device).unsqueeze(1)
+        col = torch.arange(shared + m, device=device).unsqueeze(0)
+        self.allowed = col <= row + shared     # [m, P+m]: the whole prefix, then causal
 
-    def pack(self, rows: torch.Tensor) -> torch.Tensor:
-        """[G, C, L, D] (positions already embedded) -> [T, D]."""
-        p = self.shared
-        return torch.cat([rows[:, cs, p: p + m].reshape(-1, rows.shape[-1]) for m, cs in self.buckets])
+    def pack(self, padded: torch.Tensor) -> torch.Tensor:
+        """[G, C, m, X] -> [T, X]"""
+        return padded.reshape(-1, padded.shape[-1]).index_select(0, self.slots)
 
-    def split(self, packed: torch.Tensor):
-        """Yield (m, bucket view [G, C_m, m, ...]) in packed order."""
-        start = 0
-        for m, cs in self.buckets:
-            size = self.groups * len(cs) * m
-            yield m, packed[start: start + size].view(self.groups, len(cs), m, *packed.shape[1:])
-            start += size
+    def unpack(self, packed: torch.Tensor) -> torch.Tensor:
+        """[T, X] -> [G, C, m, X] (zeros after each row's EOT)"""
+        flat = packed.new_zeros(self.groups * self.classes * self.width, packed.shape[-1])
+        return flat.index_copy(0, self.slots, packed).view(self.groups, self.classes, self.width, -1)
 
     def last_tokens(self, packed: torch.Tensor) -> torch.Tensor:
-        """Each row's last token (its EOT) -> [G * C, D] in the original row order."""
-        ends = torch.cat([b[:, :, -1] for _, b in self.split(packed)], dim=1)     # [G, C, D] bucket order
-        return ends[:, self.inverse].reshape(-1, packed.shape[-1])
+        """Each row's EOT token -> [G * C, X] in row order."""
+        return packed.index_select(0, self.last)
 
 
-def shared_block(block: nn.Module, prefix: torch.Tensor, rest: torch.Tensor,
-                 packing: Packing) -> tuple[torch.Tensor, torch.Tensor]:
-    """One ResidualAttentionBlock over ``prefix`` [G, P, D] (shared by the rows of a group) and
-    ``rest`` [T, D] (every row's own positions, packed), with the block's own weights. The prefix
-    attends causally to itself; each row's tokens attend to the whole prefix of its group and
-    causally to each other, exactly what they see in the full causal pass."""
+def shared_block(block: nn.Module, x: torch.Tensor, packing: Packing) -> torch.Tensor:
+    """One ResidualAttentionBlock, with the block's own weights, over ``x`` = [G*P + T, D]: the
+    prefix of each group (G*P rows) then every row's own positions, packed. Every linear layer
+    runs once over all of them; the prefix attends causally to itself, and each row's tokens
+    attend to their group's whole prefix and causally to each other, exactly what they see in the
+    full causal pass."""
     attn = block.attn
     h = attn.num_heads
-    g, p, d = prefix.shape
-    qp, kp, vp = F.linear(block.ln_1(prefix), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
-    qp, kp, vp = _heads(qp, h), _heads(kp, h), _heads(vp, h)              # [G, H, P, hd]
+    g, p, d = packing.groups, packing.shared, x.shape[-1]
+    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
+    qp, kp, vp = (_heads(t, h) for t in qkv[: g * p].view(g, p, 3 * d).chunk(3, dim=-1))   # [G, H, P, hd]
     out_p = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True)
-    qkv = F.linear(block.ln_1(rest), attn.in_proj_weight, attn.in_proj_bias)  # [T, 3D]
-    outs = []
-    for m, b in packing.split(qkv):                                        # b: [G, C_m, m, 3D]
-        q, k, v = (_heads(t, h) for t in b.chunk(3, dim=-1))               # [G, C_m, H, m, hd]
-        shape = (g, b.shape[1], h, p, k.shape[-1])
-        keys = torch.cat([kp.unsqueeze(1).expand(shape), k], dim=-2)
-        values = torch.cat([vp.unsqueeze(1).expand(shape), v], dim=-2)
-        o = F.scaled_dot_product_attention(q, keys, values, attn_mask=packing.allowed[:m, : p + m])
-        outs.append(_merge(o).reshape(-1, d))
-    out_w, out_b = attn.out_proj.weight, attn.out_proj.bias
-    prefix = prefix + block.ls_1(F.linear(_merge(out_p), out_w, out_b))
-    rest = rest + block.ls_1(F.linear(torch.cat(outs), out_w, out_b))
-    prefix = prefix + block.ls_2(block.mlp(block.ln_2(prefix)))
-    rest = rest + block.ls_2(block.mlp(block.ln_2(rest)))
-    return prefix, rest
+    q, k, v = (_heads(t, h) for t in packing.unpack(qkv[g * p:]).chunk(3, dim=-1))        # [G, C, H, m, hd]
+    shape = (g, q.shape[1], h, p, kp.shape[-1])
+    keys = torch.cat([kp.unsqueeze(1).expand(shape), k], dim=-2)
+    values = torch.cat([vp.unsqueeze(1).expand(shape), v], dim=-2)
+    out_r = F.scaled_dot_product_attention(q, keys, values, attn_mask=packing.allowed)
+    out = torch.cat([_merge(out_p).reshape(g * p, d), packing.pack(_merge(out_r))])
+    x = x + block.ls_1(F.linear(out, attn.out_proj.weight, attn.out_proj.bias))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
 class PromptTextEncoder(nn.Module):
@@ -196,12 +183,14 @@ class PromptTextEncoder(nn.Module):
         pos = self.positional_embedding.to(self.dtype)
         end = shared + max(lengths)
         prefix = rows[:, 0, :shared].to(self.dtype) + pos[:shared]                       # [G, P, D]
-        rest = packing.pack(rows[:, :, :end].to(self.dtype) + pos[:end])                 # [T, D]
+        rest = packing.pack(rows[:, :, shared:end].to(self.dtype) + pos[shared:end])     # [T, D]
+        x = torch.cat([prefix.reshape(-1, d), rest])
         for i, block in enumerate(self.transformer.resblocks):
             if deep is not None and 0 < i < len(deep) and deep[i] is not None:
-                prefix = _replace_front(prefix, deep[i])
-            prefix, rest = shared_block(block, prefix, rest, packing)
-        return self._project(self.ln_final(packing.last_tokens(rest)))
+                prefix = _replace_front(x[: groups * shared].view(groups, shared, d), deep[i])
+                x = torch.cat([prefix.reshape(-1, d), x[groups * shared:]])
+            x = shared_block(block, x, packing)
+        return self._project(self.ln_final(packing.last_tokens(x[groups * shared:])))
 
     def _project(self, x: torch.Tensor) -> torch.Tensor:
         proj = self.text_projection
