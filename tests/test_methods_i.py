@@ -32,20 +32,6 @@ def perturb(t: torch.Tensor, seed: int, scale: float = 0.05) -> None:
         t.add_(scale * torch.randn(t.shape, generator=torch.Generator().manual_seed(seed)).to(t.dtype))
 
 
-@pytest.fixture(scope="module")
-def deep_backbone():
-    """A tiny random CLIP with 4 layers per tower (deep prompts at layers 1..3)."""
-    import open_clip
-
-    from cpbench.models.backbone import OPENAI_MEAN, OPENAI_STD, Backbone, BackboneSpec, Preprocess
-
-    torch.manual_seed(0)
-    clip = open_clip.model.CLIP(embed_dim=48, vision_cfg=dict(image_size=32, layers=4, width=64, patch_size=8,
-                                                              head_width=32),
-                                text_cfg=dict(context_length=32, vocab_size=49408, width=64, heads=2, layers=4))
-    return Backbone(clip, 32, Preprocess(32, OPENAI_MEAN, OPENAI_STD), BackboneSpec("deep-tiny", "none"))
-
-
 # ============================================================================ CoCoOp
 def test_cocoop_with_zeroed_meta_net_equals_coop(tiny_backbone):
     co = CoCoOp(tiny_backbone, NAMES, CoCoOpOptions(eval_chunk=2))

@@ -97,12 +97,10 @@ def median(xs: list[float]) -> float:
 def train_step(method, precision, device, images=None, features=None, labels=None, opt=None):
     """One training step: forward (from images, or from precomputed image features for methods
     with a frozen unprompted image encoder), backward, SGD."""
-    with precision.autocast(device):
-        if features is not None:
-            _, losses = method.forward_train_features(features, labels)
-        else:
-            _, losses = method.forward_train(images, labels)
-        loss = sum(losses.values())
+    from cpbench.engine.train import batch_loss
+
+    loss = batch_loss(method, images if features is None else features, labels, precision, device,
+                      features=features is not None)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()

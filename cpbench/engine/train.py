@@ -88,6 +88,17 @@ def _load_scaler_state(scaler, tensors: dict[str, torch.Tensor]) -> None:
     scaler.load_state_dict(st)
 
 
+def batch_loss(method: Method, inputs: torch.Tensor, labels: torch.Tensor, precision: Precision,
+               device: torch.device, features: bool = False) -> torch.Tensor:
+    """The summed weighted loss terms of one batch: images, or (``features``) cached image features."""
+    with precision.autocast(device):
+        if features:
+            _, losses = method.forward_train_features(inputs, labels)
+        else:
+            _, losses = method.forward_train(inputs, labels)
+        return sum(losses.values())
+
+
 def _image_dtype(precision: Precision) -> torch.dtype:
     return torch.float16 if precision.param_dtype == torch.float16 else torch.float32
 
@@ -175,12 +186,7 @@ def train(method: Method, items: Sequence[Item], image_root: Path, cfg: TrainCon
             else:
                 inputs = inputs.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
-            with precision.autocast(device):
-                if views is not None:
-                    _, losses = method.forward_train_features(inputs, labels)
-                else:
-                    _, losses = method.forward_train(inputs, labels)
-                loss = sum(losses.values())
+            loss = batch_loss(method, inputs, labels, precision, device, features=views is not None)
             opt.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
