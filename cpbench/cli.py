@@ -177,6 +177,9 @@ def run(
     no_cache: bool = typer.Option(False, "--no-cache", help="do not use cached frozen image features"),
     launcher: str = typer.Option("none", "--launcher", help="none (here) | local (one worker per GPU) | slurm (submitit)"),
     gpus: Optional[str] = typer.Option(None, "--gpus", help="--launcher local: GPUs, one worker each, e.g. 0,1,2,3"),
+    jobs_per_gpu: int = typer.Option(1, "--jobs-per-gpu", help="--launcher local: workers (jobs at once) per GPU"),
+    gpu_headroom: float = typer.Option(2.0, "--gpu-headroom",
+                                       help="--launcher local: GiB free on a shared GPU before a worker starts a job"),
     dry_run: bool = typer.Option(False, "--dry-run", help="list the jobs (done/todo) without running them"),
     partition: Optional[str] = typer.Option(None, "--partition", help="--launcher slurm: partition"),
     time_limit: str = typer.Option("4:00", "--time", help="--launcher slurm: time limit per job, minutes or h:mm"),
@@ -197,7 +200,8 @@ def run(
     common = dict(backbone=backbone, pretrained=pretrained, weights=weights,
                   config_file=str(config) if config else None, device=device,
                   results=results, root=root, force=force, feature_cache=not no_cache,
-                  launcher=launcher, gpus=gpus, dry_run=dry_run, slurm=slurm, threads=threads)
+                  launcher=launcher, gpus=gpus, jobs_per_gpu=jobs_per_gpu, gpu_headroom=gpu_headroom,
+                  dry_run=dry_run, slurm=slurm, threads=threads)
     if suite is None:
         if not method:
             raise UserError("missing METHOD; run `cpbench run METHOD` or `cpbench run --suite FILE`")

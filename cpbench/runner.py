@@ -38,6 +38,8 @@ class RunRequest:
     # scaling out (issue 8): "none" runs here, "local" one worker per GPU, "slurm" via submitit
     launcher: str = "none"
     gpus: str | None = None
+    jobs_per_gpu: int = 1          # local: workers per listed GPU
+    gpu_headroom: float = 2.0      # local: GiB a worker waits for on a GPU shared with other workers
     dry_run: bool = False
     slurm: dict = field(default_factory=dict)   # SlurmOptions fields: partition, time_min, gpus_per_job, ...
     # cross_dataset / dg: the training dataset (a miniature or toy one can stand in for ImageNet)

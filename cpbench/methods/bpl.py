@@ -153,7 +153,7 @@ class CoOpVPT(Method):
         prompts = torch.cat([p.token_prefix.unsqueeze(0).expand(s, -1, -1, -1),
                              ctx.to(dtype).unsqueeze(1).expand(-1, c, -1, -1),
                              p.token_suffix.unsqueeze(0).expand(s, -1, -1, -1)], dim=2)
-        feats = self.backbone.text(prompts.reshape(s * c, *prompts.shape[2:]), p.eot.repeat(s))
+        feats = self.backbone.text(prompts.reshape(s * c, *prompts.shape[2:]), p.eot.repeat(s), shared=p.shared, groups=s)
         return F.normalize(feats.float(), dim=-1).view(*lead, c, -1)
 
     def kl(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

@@ -75,5 +75,10 @@ class CoOp(Method):
     def eot(self) -> torch.Tensor:
         return self.prompts.eot
 
+    def shared_prefix(self) -> int:
+        """Leading prompt positions the text encoder may encode once for all classes: none for a
+        class-specific context or a class token that is not at the end."""
+        return self.prompts.shared if not self.options.csc and self.options.class_token_position == "end" else 0
+
     def text_features(self) -> torch.Tensor:
-        return self.backbone.text(self.assemble(self.context()), self.prompts.eot)
+        return self.backbone.text(self.assemble(self.context()), self.prompts.eot, shared=self.shared_prefix())

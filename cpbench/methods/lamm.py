@@ -110,6 +110,10 @@ class LabelRows:
         idx = torch.tensor([row.get(clean(c), -1) for c in self.classnames], dtype=torch.long)
         self.register_buffer("label_row", idx.to(self.token_classes.device), persistent=False)
 
+    def shared_prefix(self) -> int:
+        """The encoder's shared prefix stops before the (per-class) label rows."""
+        return min(super().shared_prefix(), 1 + self.n_ctx)
+
     def with_label_rows(self, base: torch.Tensor) -> torch.Tensor:
         """Assembled prompts [C, L, D] with tokens 1+n_ctx .. +L_lab replaced by the learned label
         rows for classes that were trained (others keep their original tokens)."""
@@ -162,7 +166,7 @@ class CoOpLAMM(LabelRows, CoOp):
         return self.with_label_rows(self.assemble(ctx))
 
     def text_features(self) -> torch.Tensor:
-        return self.backbone.text(self.learned_prompts(self.context()), self.prompts.eot)
+        return self.backbone.text(self.learned_prompts(self.context()), self.prompts.eot, shared=self.shared_prefix())
 
     def _train_losses(self, image_features: torch.Tensor, labels: torch.Tensor):
         if not self.options.hierarchical_loss:
@@ -173,7 +177,7 @@ class CoOpLAMM(LabelRows, CoOp):
         c = self.prompts.n_cls
         both = torch.cat([self.learned_prompts(ctx), self.assemble(ctx)], dim=0)
         eot = torch.cat([self.prompts.eot, self.prompts.eot])
-        feats = F.normalize(self.backbone.text(both, eot).float(), dim=-1)
+        feats = F.normalize(self.backbone.text(both, eot, shared=self.shared_prefix()).float(), dim=-1)
         return self.hierarchical_terms(image_features, feats[:c], feats[c:], labels)
 
     def forward_train(self, images, labels):
@@ -219,7 +223,7 @@ class MaPLeLAMM(LabelRows, MaPLe):
 
     def text_features(self) -> torch.Tensor:
         return self.backbone.text(self.with_label_rows(self.prompts.assemble(self.ctx)), self.prompts.eot,
-                                  deep=self.deep_text())
+                                  deep=self.deep_text(), shared=self.shared_prefix())
 
     def forward_train(self, images, labels):
         f = self.encode_images(images)
@@ -231,5 +235,6 @@ class MaPLeLAMM(LabelRows, MaPLe):
         base = self.prompts.assemble(self.ctx)
         both = torch.cat([self.with_label_rows(base), base], dim=0)
         eot = torch.cat([self.prompts.eot, self.prompts.eot])
-        feats = F.normalize(self.backbone.text(both, eot, deep=self.deep_text()).float(), dim=-1)
+        feats = F.normalize(self.backbone.text(both, eot, deep=self.deep_text(), shared=self.shared_prefix()).float(),
+                            dim=-1)
         return self.hierarchical_terms(f, feats[:c], feats[c:], labels)

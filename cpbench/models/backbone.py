@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from cpbench.errors import UserError
-from cpbench.models.text import PromptTextEncoder
+from cpbench.models.text import PromptTextEncoder, common_prefix
 from cpbench.models.vision import PromptImageEncoder
 
 TOY_DIR = Path(__file__).parent / "toy"
@@ -289,7 +289,7 @@ class Backbone(nn.Module):
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         ids = self.tokenize(texts)
-        return self.text(self.token_embedding(ids), ids.argmax(dim=-1))
+        return self.text(self.token_embedding(ids), ids.argmax(dim=-1), shared=common_prefix(ids))
 
     # -- images
     def encode_image(self, images: torch.Tensor, prompts=None, deep=None) -> torch.Tensor:
