@@ -81,6 +81,10 @@ class Method(nn.Module):
     image_prompted: ClassVar[bool] = False   # prompts enter the image encoder: no image-feature caching
     feature_training: ClassVar[bool] = False  # forward_train_features is valid (opt-in cached train views)
     trainable: ClassVar[bool] = True         # zero-shot CLIP / linear probe set this False / custom
+    # evaluating a subset of the training classes (DG: ImageNet -> A/R) must rebuild the method on
+    # the target's class names rather than keep logit columns: its score of one class depends on the
+    # other classes (Bayesian PL averages softmaxes over Monte-Carlo samples); see protocols/gather.py
+    rebuild_on_target_classes: ClassVar[bool] = False
 
     def __init__(self, backbone: Backbone, classnames: list[str], options: Options, template: str = "a photo of a {}."):
         super().__init__()

@@ -31,7 +31,7 @@ from cpbench.errors import UserError
 from cpbench.methods.base import Method
 from cpbench.methods.registry import get_method_class
 from cpbench.models.backbone import Backbone
-from cpbench.protocols.gather import GatherColumns, target_columns
+from cpbench.protocols.gather import scorer_for
 from cpbench.protocols.jobs import Job, Reporter, RunSettings, SilentReporter, job_config
 from cpbench.protocols.keys import job_key, training_key
 from cpbench.results.schema import environment, now
@@ -152,12 +152,7 @@ def _run_job_locked(job: Job, cfg: ResolvedConfig, key: str, backbone: Backbone,
         torch.manual_seed(epoch_seed(job.seed, 200_000 + ti))
         tds = ds if target.dataset == ds.name else prep.load(target.dataset, s.data_root)
         items, tnames, _ = subset_items(tds, target.subset, job.shots if tds is ds else 0, job.seed, "test")
-        scorer = method
-        if target.gather and list(tnames) != list(names):
-            scorer = GatherColumns(method, target_columns(ds, tds, list(names), list(tnames)))
-            method.set_classnames(names)
-        else:
-            method.set_classnames(tnames)
+        scorer = scorer_for(method, target.gather, ds, tds, names, tnames)
         method.to(device=s.device, dtype=precision.param_dtype)
         reporter.phase(f"evaluating on {tds.name}/{target.subset} ({len(items)} images)")
         res = evaluate(scorer, items, tds.image_root, s.device, precision, cfg.train.test_batch_size,
