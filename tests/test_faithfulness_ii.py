@@ -83,6 +83,29 @@ def test_methods_with_per_class_independent_logits_still_gather(tiny_backbone):
     assert scorer_for(m, True, _DS("src"), _DS("tgt"), NAMES, NAMES) is m
 
 
+# ============================================================================ 3. LAMM rows by index
+def test_lamm_duplicated_class_names_keep_one_learned_row_each(tiny_backbone):
+    """ImageNet repeats names ("missile" 657/744): a name-keyed row map gave both classes one row
+    and orphaned the other. Rows go by class index in the training list."""
+    from cpbench.methods.lamm import CoOpLAMM, CoOpLAMMOptions
+
+    names = ["missile", "tabby_cat", "missile", "red fox"]
+    m = CoOpLAMM(tiny_backbone, names, CoOpLAMMOptions(ctx_init="a photo of a"))
+    assert m.label_row.tolist() == [0, 1, 2, 3]
+    s, e = 1 + m.n_ctx, 1 + m.n_ctx + m.label_len
+    with torch.no_grad():
+        before = m.learned_prompts(m.context()).clone()
+        assert torch.equal(before[0], before[2])                  # same name, same initial rows
+        m.token_classes[0].add_(0.5)                              # train class 0's row only
+        m.token_classes[2].sub_(0.5)                              # and class 2's the other way
+        after = m.learned_prompts(m.context())
+    assert torch.equal(after[0, s:e], m.token_classes[0].detach())    # class 0 uses row 0
+    assert torch.equal(after[2, s:e], m.token_classes[2].detach())    # class 2 uses row 2
+    assert torch.equal(after[1], before[1]) and torch.equal(after[3], before[3])
+    m.set_classnames(["missile", "red fox"])                      # another list: no learned rows
+    assert m.label_row.tolist() == [-1, -1]
+
+
 # ============================================================================ 8. BPL eval_resample
 def test_bpl_eval_resample_draws_fresh_samples_per_image(tiny_backbone):
     """The official test batch size is 1: L fresh samples for every image. Two copies of one image
