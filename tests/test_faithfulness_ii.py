@@ -106,6 +106,162 @@ def test_lamm_duplicated_class_names_keep_one_learned_row_each(tiny_backbone):
     assert m.label_row.tolist() == [-1, -1]
 
 
+# ============================================================================ 4. CPL's mask u
+def test_cpl_mask_stays_fp32_under_fp16_and_moves(tiny_backbone):
+    """The official u is an fp32 parameter; cast to fp16 its ~1e-5-scale updates round away and it
+    stays exactly 1. It also needs the clamp subgradient 1 at the bound (the official PyTorch's):
+    u starts at 1, where 0.999·1 + 0.001·1 = 1."""
+    import copy
+
+    from cpbench.methods.cpl import CPL, CPLOptions, mupdate
+
+    bb = copy.deepcopy(tiny_backbone).half()
+    m = CPL(bb, NAMES, CPLOptions()).to(torch.float16)
+    assert m.u.dtype == torch.float32 and m.ctx.dtype == torch.float16
+    m.set_negative_features(torch.randn(len(NAMES), bb.embed_dim, generator=torch.Generator().manual_seed(1)))
+    opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.002, momentum=0.9)
+    x, y = images(2, seed=3).half(), torch.tensor([0, 3])
+    u0 = m.u.detach().clone()
+    for _ in range(3):
+        _, terms = m.forward_train(x, y)
+        opt.zero_grad()
+        sum(terms.values()).backward()
+        opt.step()
+    moved = (m.u.detach() != u0)
+    assert bool(moved.any())
+    assert float((m.u.detach() - u0).abs().max()) < 1e-4                 # tiny steps ...
+    assert torch.equal((u0.half() - (m.u.detach() - u0).abs().max().half()), u0.half())  # ... below fp16's ulp at 1
+    # the subgradient at the bound: gradient 1 on [0, 1] (old PyTorch's clamp), 0 outside
+    u = torch.ones(3, requires_grad=True)
+    mupdate(torch.tensor([1.0, -1.0, 1.0]), u, 0.999).sum().backward()
+    assert u.grad.tolist() == pytest.approx([0.001, 0.0, 0.001])
+
+
+# ============================================================================ 6. CPL's counterfactual choices
+def _official_cfgen(x, nx, u, y):
+    """The official cfgen + the loss loop's zip (row 0), for batch 1 (shapes as the code)."""
+    xp = (1 - u[:, y]) * x + u[:, y] * nx     # [E, 1] * [1, E] -> [E, E]
+    xp = xp / xp.norm(dim=-1, keepdim=True)
+    return xp[0]
+
+
+def test_cpl_official_mixing_is_the_batch1_broadcast_row_zero():
+    from cpbench.methods.cpl import counterfactual
+
+    g = torch.Generator().manual_seed(4)
+    e, c = 8, 3
+    x = F.normalize(torch.randn(1, e, generator=g), dim=-1)
+    nx = F.normalize(torch.randn(1, e, generator=g), dim=-1)
+    for first in (1.0, 0.0):
+        ub = torch.rand(e, generator=g)
+        ub[0] = first
+        u = torch.rand(e, c, generator=g)
+        y = torch.tensor([1])
+        u[:, 1] = ub
+        off = counterfactual(x, nx, ub.unsqueeze(0), "official")[0]
+        assert torch.allclose(off, _official_cfgen(x, nx, u, y), atol=1e-6)
+        paper = counterfactual(x, nx, ub.unsqueeze(0), "paper")[0]
+        assert torch.allclose(paper, F.normalize((1 - ub) * x[0] + ub * nx[0], dim=0), atol=1e-6)
+    assert torch.allclose(counterfactual(x, nx, torch.zeros(1, e), "official"), x)   # u[0] = 0: v' = v
+
+
+def test_cpl_official_edit_rule_takes_the_last_dimension_without_a_positive_logit():
+    from cpbench.methods.cpl import greedy_mask
+
+    # every candidate negative logit is <= 0 at the first step: the official get_next_edit returns
+    # -1 and the LAST dimension is swapped (and stays a candidate); argmax takes dimension 1
+    v = torch.tensor([[3.0, -1.0, 0.0, 0.0]])
+    vn = torch.tensor([[0.0, -0.5, 0.0, 2.0]])
+    tp, tn = torch.tensor([[1.0, 0.0, 0.0, 0.0]]), torch.tensor([[0.0, 1.0, 0.0, 0.0]])
+    # (hand-computed: every step's best negative logit stays < 0, so the official rule swaps dim 3
+    # at every one of the E steps; argmax takes 1, 3, 2, 0 and never flips either)
+    assert greedy_mask(v, vn, tp, tn, edit_rule="official").tolist() == [[False, False, False, True]]
+    assert greedy_mask(v, vn, tp, tn).tolist() == [[True, True, True, True]]
+    # with a positive best logit both rules agree (the fixture of test_methods_ii)
+    v2, vn2 = torch.tensor([[3.0, 0.0, 0.5, 0.0]]), torch.tensor([[0.0, 2.0, 0.0, 1.0]])
+    assert torch.equal(greedy_mask(v2, vn2, tp, tn, edit_rule="official"), greedy_mask(v2, vn2, tp, tn))
+
+
+def test_cpl_class_target_mask_is_fixed_per_class(tiny_backbone):
+    from cpbench.methods.cpl import CPL, CPLOptions
+
+    m = CPL(tiny_backbone, NAMES, CPLOptions(target_mask="class"))
+    g = torch.Generator().manual_seed(6)
+    m.set_negative_features(torch.randn(5, tiny_backbone.embed_dim, generator=g),
+                            torch.randn(5, tiny_backbone.embed_dim, generator=g))
+    y = torch.tensor([2, 2])
+    views = torch.randn(2, tiny_backbone.embed_dim, generator=g)
+    fixed = m.target_mask(views, y)
+    assert torch.equal(fixed[0], fixed[1]) and torch.equal(fixed[0], m.class_ustar[2])
+    per_view = CPL(tiny_backbone, NAMES, CPLOptions())
+    per_view.set_negative_features(m.neg_raw)
+    assert not torch.equal(per_view.target_mask(views, y)[0], per_view.target_mask(views, y)[1])
+    with pytest.raises(UserError, match="cf_mix"):
+        CPL(tiny_backbone, NAMES, CPLOptions(cf_mix="outer"))
+
+
+# ============================================================================ 7. CPL negatives
+def test_cpl_negatives_from_a_json_map_and_the_official_score_npy(tiny_backbone, tmp_path):
+    from cpbench.methods.cpl import CPL, CPLOptions
+
+    wanted = {"golden retriever": "red fox", "tabby_cat": "golden retriever", "airliner": "sports car",
+              "red fox": "tabby_cat", "sports car": "airliner"}
+    expect = [3, 0, 4, 1, 2]
+    (tmp_path / "neg.json").write_text(json.dumps(wanted))
+    np.save(tmp_path / "score.npy", wanted)                       # how the official init_score_dict saves it
+    # the same dict as numpy 1 pickled it (numpy.core.multiarray), as released files would be
+    arr = np.empty((), dtype=object)
+    arr[()] = wanted
+    body = pickle.dumps(arr, protocol=3).replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
+    with open(tmp_path / "score_np1.npy", "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": "|O", "fortran_order": False, "shape": ()})
+        fh.write(body)
+    scores = torch.eye(5) + 0.5 * torch.tensor(expect).unsqueeze(1).eq(torch.arange(5)).float()
+    np.save(tmp_path / "matrix.npy", scores.numpy())              # a C x C score matrix: 2nd best per row
+    for f in ("neg.json", "score.npy", "score_np1.npy", "matrix.npy"):
+        m = CPL(tiny_backbone, NAMES, CPLOptions(negatives=str(tmp_path / f)))
+        assert m.neg_class.tolist() == expect, f
+
+
+def test_cpl_score_npy_never_unpickles_code(tiny_backbone, tmp_path):
+    from cpbench.methods.cpl import CPL, CPLOptions
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    with open(tmp_path / "evil.npy", "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": "|O", "fortran_order": False, "shape": ()})
+        pickle.dump(Evil(), fh, protocol=2)
+    m = CPL(tiny_backbone, NAMES, CPLOptions(negatives=str(tmp_path / "evil.npy")))
+    with pytest.raises(UserError, match="refusing global .*print"):
+        m.neg_class
+
+
+def test_cpl_bertscore_negatives_are_the_official_second_best(tiny_backbone, monkeypatch):
+    """negatives: bertscore calls bert_score.score like the official init_score_dict (every name as
+    candidate against every name as reference, lang en) and keeps each row's second best."""
+    from cpbench.methods.cpl import CPL, CPLOptions
+
+    calls = []
+
+    def fake_score(cands, refs, lang=None, verbose=False):
+        calls.append((list(cands), list(refs), lang))
+        f1 = torch.tensor([1.0 if c == r else 0.1 + 0.01 * (len(c) + len(r)) for c, r in zip(cands, refs)])
+        return f1, f1, f1
+
+    monkeypatch.setitem(sys.modules, "bert_score", types.SimpleNamespace(score=fake_score))
+    m = CPL(tiny_backbone, NAMES, CPLOptions(negatives="bertscore"))
+    neg = m.neg_class.tolist()
+    (cands, refs, lang), = calls
+    assert lang == "en" and len(cands) == 25 and cands[:5] == [NAMES[0]] * 5 and refs[:5] == NAMES
+    longest_other = [max((j for j in range(5) if j != i), key=lambda j: (len(NAMES[j]), -j)) for i in range(5)]
+    assert neg == longest_other
+    monkeypatch.setitem(sys.modules, "bert_score", None)          # not installed: one clear line
+    with pytest.raises(UserError, match="cpbench\\[bertscore\\]"):
+        CPL(tiny_backbone, NAMES, CPLOptions(negatives="bertscore")).neg_class
+
+
 # ============================================================================ 8. BPL eval_resample
 def test_bpl_eval_resample_draws_fresh_samples_per_image(tiny_backbone):
     """The official test batch size is 1: L fresh samples for every image. Two copies of one image
