@@ -137,6 +137,26 @@ def test_cpl_mask_stays_fp32_under_fp16_and_moves(tiny_backbone):
     assert u.grad.tolist() == pytest.approx([0.001, 0.0, 0.001])
 
 
+# ============================================================================ 5. PRE separate
+def test_pre_separate_encoders_are_frozen_seeded_and_not_learned_state(tiny_backbone):
+    from cpbench.methods.pre import PRE, PREOptions
+
+    a = PRE(tiny_backbone, NAMES, PREOptions(separate=True))
+    torch.manual_seed(123)   # the global RNG does not matter: the encoders have their own seed
+    b = PRE(tiny_backbone, NAMES, PREOptions(separate=True))
+    c = PRE(tiny_backbone, NAMES, PREOptions(separate=True, separate_seed=1))
+    assert len(a.encoder_network) == a.ctx.shape[0]
+    assert not any(p.requires_grad for p in a.encoder_network.parameters())
+    assert a.n_learnable() == a.ctx.numel()                      # only ctx learns, as the official code
+    assert set(a.learned_state()) == {"ctx"}
+    for (n, p), q in zip(a.encoder_network.named_parameters(), b.encoder_network.parameters()):
+        assert torch.equal(p, q), n
+    assert not torch.equal(next(a.encoder_network.parameters()), next(c.encoder_network.parameters()))
+    perturb(a.ctx, 2)
+    b.load_learned_state(a.learned_state())                     # resume / evaluation: same encoders
+    assert torch.equal(a.context(), b.context())
+
+
 # ============================================================================ 6. CPL's counterfactual choices
 def _official_cfgen(x, nx, u, y):
     """The official cfgen + the loss loop's zip (row 0), for batch 1 (shapes as the code)."""
