@@ -302,3 +302,35 @@ def test_bpl_eval_resample_draws_fresh_samples_per_image(tiny_backbone):
     assert torch.allclose(both, one_by_one, atol=1e-6)
 
 
+# ============================================================================ 9. PromptSRC GPA in fp16
+def test_fp16_gpa_over_frozen_weights_does_not_sum_back():
+    """The corrected docstring claim: Σ_e w_e·θ in fp16 (the official whole-state_dict GPA) is not θ."""
+    from cpbench.methods.promptsrc import gpa_weights
+
+    theta = (0.02 * torch.randn(200_000, generator=torch.Generator().manual_seed(0))).half()
+    acc = None
+    for w in gpa_weights(20, 15.0, 1.0).tolist():
+        t = theta * w
+        acc = t if acc is None else acc + t
+    changed = float((acc != theta).float().mean())
+    assert 0.2 < changed < 0.7
+    assert torch.equal(sum(theta.double() * w for w in gpa_weights(20, 15.0, 1.0).tolist()).half(), theta)
+
+
+# ============================================================================ 10. dg config blocks
+def test_no_dead_dg_blocks_and_a_user_dg_block_is_refused(tmp_path):
+    import yaml
+
+    from cpbench.config import resolve
+    from cpbench.methods.coop import CoOpOptions
+
+    configs = Path(__file__).resolve().parents[1] / "cpbench" / "configs" / "methods"
+    for p in sorted(configs.glob("*.yaml")):
+        data = yaml.safe_load(p.read_text()) or {}
+        assert "dg" not in (data.get("protocols") or {}), f"{p.name}: protocols.dg is never read"
+        for name, blk in (data.get("datasets") or {}).items():
+            assert "dg" not in ((blk or {}).get("protocols") or {}), f"{p.name}: datasets.{name}.protocols.dg"
+    user = tmp_path / "c.yaml"
+    user.write_text("protocols:\n  dg:\n    train: {epochs: 3}\n")
+    with pytest.raises(UserError, match="protocols.cross_dataset"):
+        resolve("coop", CoOpOptions, "cross_dataset", config_file=user)
