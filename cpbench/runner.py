@@ -107,6 +107,10 @@ def execute(req: RunRequest, console: Console, out: Console) -> list[dict]:
     jobs = plan_jobs(req, datasets)
     for job in jobs:
         job_config(job, settings)  # bad --set / --config fail before any work
+    if req.state_from:  # imported state: a bad folder or file fails before the backbone loads
+        from cpbench import imports
+
+        imports.check(req.state_from, jobs)
     if req.dry_run or req.launcher != "none":
         from cpbench.launch import run as launch_run
 
