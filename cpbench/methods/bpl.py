@@ -41,7 +41,8 @@ on the target's class names, as the official code (``protocols/gather.py``).
 Issue 18 audit items, status: (2) DG subsets rebuilt on the target's classes — fixed; (8)
 ``eval_resample`` is per image, as the official batch-1 test — fixed, the default shares one draw
 per evaluation (documented above); (1) published numbers under ``coopvpt`` — see
-``results/published.csv``.
+``results/published.csv``; (10) the dead ``dg:`` blocks of ``coopvpt.yaml`` / ``cocoopvpt.yaml``
+— removed (DG trains under the ``cross_dataset`` block, whose values they repeated).
 """
 
 from __future__ import annotations
