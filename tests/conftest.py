@@ -45,3 +45,15 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeou
 @pytest.fixture
 def cli():
     return run_cli
+
+
+def cli_main(monkeypatch, *args) -> int:
+    """Run ``cpbench ARGS`` in this process (so a test can monkeypatch inside it); the exit code."""
+    from cpbench import cli
+
+    monkeypatch.setattr(sys, "argv", ["cpbench", *map(str, args)])
+    try:
+        cli.main()
+    except SystemExit as exc:
+        return exc.code
+    return 0

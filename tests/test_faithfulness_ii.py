@@ -17,16 +17,7 @@ import torch.nn.functional as F
 
 from cpbench.errors import UserError
 
-NAMES = ["golden retriever", "tabby_cat", "airliner", "red fox", "sports car"]
-
-
-def images(n=4, seed=0, size=32):
-    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
-
-
-def perturb(t: torch.Tensor, seed: int, scale: float = 0.05) -> None:
-    with torch.no_grad():
-        t.add_(scale * torch.randn(t.shape, generator=torch.Generator().manual_seed(seed)).to(t.dtype))
+from test_methods_ii import NAMES, images, perturb  # noqa: E402  (the shared tiny-backbone helpers)
 
 
 # ============================================================================ 2. BPL on class subsets

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import collections
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from golden_utils import (LOGIT_ATOL, compare_logits, eval_logits, golden_backbone, golden_inputs, golden_weights,
+from conftest import cli_main
+from golden_utils import (compare_logits, eval_logits, golden_backbone, golden_inputs, golden_weights,
                           learnable_values, load_case)
 
 from cpbench.errors import UserError
@@ -263,15 +263,7 @@ def golden_world(tmp_path_factory):
     return base
 
 
-def _cli(monkeypatch, *args):
-    from cpbench import cli
-
-    monkeypatch.setattr(sys, "argv", ["cpbench", *map(str, args)])
-    try:
-        cli.main()
-    except SystemExit as exc:
-        return exc.code
-    return 0
+_cli = cli_main
 
 
 CLI_CASES = [("coop_L2", ()), ("cocoop_L2", ()), ("maple_L2", ()), ("promptsrc_L2", ()), ("lamm_L2", ()),
