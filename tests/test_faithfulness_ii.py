@@ -325,3 +325,52 @@ def test_no_dead_dg_blocks_and_a_user_dg_block_is_refused(tmp_path):
     user.write_text("protocols:\n  dg:\n    train: {epochs: 3}\n")
     with pytest.raises(UserError, match="protocols.cross_dataset"):
         resolve("coop", CoOpOptions, "cross_dataset", config_file=user)
+
+
+# ============================================================================ 1. published numbers
+def test_every_published_row_names_a_registered_method_and_a_known_dataset():
+    """Bayesian PL's numbers were stored under ``bpl``, which no method is called, so the report
+    (which looks up ``coopvpt`` / ``cocoopvpt``) never showed them."""
+    from cpbench.data.catalog import all_specs
+    from cpbench.methods.registry import method_names
+    from cpbench.results import published
+
+    rows = published.all_rows()
+    assert rows
+    methods, datasets = set(method_names()), set(all_specs())
+    assert [r for r in rows if r["method"] not in methods] == []
+    bad = [r for r in rows if r["dataset"] not in datasets and r["dataset"] != "Average"
+           and not (r["dataset"].startswith("Average(") and r["dataset"].endswith(")"))]
+    assert bad == []
+
+
+def _hand_row(protocol, method, dataset, subset, shots, seed, acc):
+    return {"run_id": f"r{seed}", "job_key": "k", "method": method, "protocol": protocol, "train_dataset": dataset,
+            "eval_dataset": dataset, "subset": subset, "shots": shots, "seed": seed, "backbone": "ViT-B-16",
+            "pretrained": "openai", "config_hash": "h", "accuracy": acc, "n_test": 100, "n_classes": 10,
+            "finished_at": "2026-01-01T00:00:00"}
+
+
+def test_report_compare_shows_the_bayesian_pl_and_lamm_published_numbers(tmp_path, monkeypatch, capsys):
+    from conftest import cli_main
+    from cpbench.protocols.cross_dataset import SOURCE, TARGETS
+    from cpbench.results import published
+    from cpbench.results.store import ResultStore
+
+    rows = []
+    for d in (SOURCE,) + TARGETS:
+        for seed in (1, 2, 3):
+            rows += [_hand_row("base2new", "coopvpt", d, "base", 16, seed, 80.0),
+                     _hand_row("base2new", "coopvpt", d, "new", 16, seed, 75.0)]
+            for m in ("lamm", "coop_lamm", "maple_lamm"):
+                rows.append(_hand_row("few_shot", m, d, "all", 16, seed, 80.0))
+    ResultStore(tmp_path / "res").write("hand", rows)
+    capsys.readouterr()
+    assert cli_main(monkeypatch, "report", "--results", tmp_path / "res", "--compare", "paper") == 0
+    out_md = capsys.readouterr().out
+    bpl = published.lookup("base2new", "coopvpt", "Average", "hm")
+    assert bpl is not None and f"paper {bpl.value:.2f}" in out_md
+    for m in ("lamm", "coop_lamm", "maple_lamm"):
+        for d in ("dtd", "Average"):
+            p = published.lookup("few_shot", m, d, "all", 16)
+            assert p is not None and f"paper {p.value:.2f}" in out_md, (m, d)

@@ -7,9 +7,14 @@ with its provenance label as the reference gives it:
 - ``recalled``: from memory of the paper, cross-checked arithmetically,
 - ``UNVERIFIED``: memory only, no cross-check possible.
 
-Method names are cpbench's (``zeroshot`` = CLIP). Datasets are cpbench names plus ``Average``
-(the papers' average row: for base2new the HM of the averaged Base and New). ``field`` is
-base | new | hm for base2new and ``all`` otherwise."""
+Method names are cpbench's registered names (``zeroshot`` = CLIP; Bayesian PL is ``coopvpt``, the
+released config's variant); a test fails for any other. Datasets are cpbench names plus
+``Average`` (the papers' average row over the 11 datasets: for base2new the HM of the averaged
+Base and New) and ``Average(<set>)`` for an average over another dataset set (``pre8``: PRE's
+README, 8 datasets; ``cpl7``: CPL's README, 7 unlisted datasets, with the authors' own CoCoOp
+re-run), which no report row is named, so they are kept and never compared. ``field`` is
+base | new | hm for base2new and ``all`` otherwise. LAMM's numbers are read off the README's
+results figure (16-shot markers, pixel measurement, about ±0.1; the citation says so)."""
 
 from __future__ import annotations
 
