@@ -187,6 +187,9 @@ def run(
     cpus_per_job: int = typer.Option(8, "--cpus-per-job", help="--launcher slurm: CPUs per array task"),
     array_parallelism: int = typer.Option(64, "--array-parallelism", help="--launcher slurm: tasks running at once"),
     account: Optional[str] = typer.Option(None, "--account", help="--launcher slurm: account"),
+    from_official: Optional[Path] = typer.Option(None, "--from-official",
+                                                 help="evaluate the authors' released checkpoints under this folder "
+                                                      "instead of training (model.pth.tar-<epoch> per dataset/seed)"),
 ) -> None:
     """Train and evaluate METHOD under a protocol; one Parquet row per evaluation."""
     from cpbench.runner import RunRequest, execute
@@ -201,7 +204,8 @@ def run(
                   config_file=str(config) if config else None, device=device,
                   results=results, root=root, force=force, feature_cache=not no_cache,
                   launcher=launcher, gpus=gpus, jobs_per_gpu=jobs_per_gpu, gpu_headroom=gpu_headroom,
-                  dry_run=dry_run, slurm=slurm, threads=threads)
+                  dry_run=dry_run, slurm=slurm, threads=threads,
+                  state_from=f"official:{from_official.expanduser().resolve()}" if from_official else None)
     if suite is None:
         if not method:
             raise UserError("missing METHOD; run `cpbench run METHOD` or `cpbench run --suite FILE`")

@@ -6,6 +6,10 @@ Resolution, later wins:
   < ``--config FILE`` (same shape) < ``--set key=value`` (``epochs=1``, ``train.lr=0.01``,
   ``method.n_ctx=8``; a bare key is looked up in train first, then method options).
 
+``dg`` jobs resolve as ``cross_dataset`` (DG evaluates the cross-dataset training; one checkpoint
+serves both), so a ``protocols.dg`` block would never be read: none ships, and a ``--config`` file
+with one is refused.
+
 The config hash covers the method name, the resolved train settings and method options, so a
 results row says exactly which hyperparameters produced it.
 """
@@ -154,6 +158,9 @@ def resolve(method: str, options_cls: type, protocol: str = "base2new", dataset:
         unknown = sorted(set(user) - {"train", "method", "protocols", "datasets", "shots"})
         if unknown:
             raise UserError(f"config {config_file}: unknown section(s) {', '.join(unknown)}; use train: and method:")
+        if "dg" in (user.get("protocols") or {}):
+            raise UserError(f"config {config_file}: protocols.dg is never read (dg evaluates the cross_dataset "
+                            "training); put those settings under protocols.cross_dataset")
         _merge(merged, user, str(config_file))
         ublk = (user.get("protocols") or {}).get(protocol)
         if ublk:

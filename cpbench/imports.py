@@ -14,7 +14,8 @@ and its keys include that identity, so imported rows never mix with trained ones
 Each backend module offers ``identity(path) -> str`` (stable across machines: a content hash where
 cheap, not the path) and ``load_state(path, job, method, dataset) -> dict[str, Tensor]`` (exactly the
 keys of ``method.learned_state()``; a file that does not fit fails with one line naming the
-mismatched keys).
+mismatched keys), and may offer ``check(path, jobs)``: validation the runner calls before the
+backbone is loaded (a missing folder or file fails there, before any expensive work).
 """
 
 from __future__ import annotations
@@ -50,3 +51,11 @@ def identity(source: str) -> str:
 def load_state(source: str, job, method, dataset) -> dict:
     kind, path = parse(source)
     return _backend(kind).load_state(path, job, method, dataset)
+
+
+def check(source: str, jobs) -> None:
+    """Validate the source for these jobs before any expensive work (if the backend can)."""
+    kind, path = parse(source)
+    backend = _backend(kind)
+    if hasattr(backend, "check"):
+        backend.check(path, jobs)

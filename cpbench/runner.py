@@ -90,7 +90,7 @@ def _check_datasets(req: RunRequest, root: Path, datasets: list[str]) -> None:
     for d in dict.fromkeys([*trained, *datasets]):
         ds = prep.load(d, root)  # unknown or unprepared -> one clear line
         checks.require_classes(ds.name, ds.split, trained=d in trained)
-        if d in trained:
+        if d in trained and not req.state_from:  # imported state is not trained here
             checks.require_shots(ds.name, ds.split, req.shots, "base" if req.protocol == "base2new" else "all")
 
 
@@ -126,6 +126,10 @@ def validate(req: RunRequest) -> tuple[RunSettings, list, ThreadPlan]:
     jobs = plan_jobs(req, datasets)
     for job in jobs:
         job_config(job, settings)  # bad --set / --config fail before any work
+    if req.state_from:  # imported state: a bad folder or file fails before the backbone loads
+        from cpbench import imports
+
+        imports.check(req.state_from, jobs)
     if not req.dry_run:
         check_backbone(req.backbone, req.pretrained, req.weights)
     return settings, jobs, plan

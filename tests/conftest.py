@@ -66,7 +66,7 @@ def run_main(monkeypatch, *argv: str) -> int:
     """``cpbench ARGV`` through ``cli.main`` in this process; its exit code (0 when it returns)."""
     from cpbench.cli import main
 
-    monkeypatch.setattr(sys, "argv", ["cpbench", *argv])
+    monkeypatch.setattr(sys, "argv", ["cpbench", *map(str, argv)])
     monkeypatch.setenv("COLUMNS", "300")
     try:
         main()

@@ -82,6 +82,10 @@ class Method(nn.Module):
     feature_training: ClassVar[bool] = False  # forward_train_features is valid (opt-in cached train views)
     trainable: ClassVar[bool] = True         # zero-shot CLIP / linear probe set this False / custom
     seed_dependent: ClassVar[bool] = True    # False: the seed changes nothing (zero-shot CLIP); never flagged for seeds
+    # evaluating a subset of the training classes (DG: ImageNet -> A/R) must rebuild the method on
+    # the target's class names rather than keep logit columns: its score of one class depends on the
+    # other classes (Bayesian PL averages softmaxes over Monte-Carlo samples); see protocols/gather.py
+    rebuild_on_target_classes: ClassVar[bool] = False
 
     def __init__(self, backbone: Backbone, classnames: list[str], options: Options, template: str = "a photo of a {}."):
         super().__init__()

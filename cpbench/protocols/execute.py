@@ -31,7 +31,7 @@ from cpbench.errors import UserError
 from cpbench.methods.base import Method
 from cpbench.methods.registry import get_method_class
 from cpbench.models.backbone import Backbone
-from cpbench.protocols.gather import GatherColumns, target_columns
+from cpbench.protocols.gather import scorer_for
 from cpbench.protocols.jobs import Job, Reporter, RunSettings, SilentReporter, job_config
 from cpbench.protocols.keys import job_key, training_key
 from cpbench.results import curves
@@ -116,7 +116,8 @@ def learn(job: Job, cfg: ResolvedConfig, backbone: Backbone, s: RunSettings, rep
         raise UserError(f"feature_views (cached augmented train features) is not available for {job.method}: "
                         "its image path is prompted or it needs the images; remove --set feature_views")
     ds = prep.load(job.train_dataset, s.data_root)
-    train_items, names, (tr, va) = subset_items(ds, job.train_subset, job.shots, job.seed, "train")
+    # imported state trains nothing here: the class names come from the full split, no few-shot draw is needed
+    train_items, names, (tr, va) = subset_items(ds, job.train_subset, 0 if s.state_from else job.shots, job.seed, "train")
     if cls.trainable and not train_items:
         raise UserError(f"{ds.name}: no training images for the {job.train_subset} classes; check the split file "
                         f"in {ds.dir} or re-run `cpbench prepare {ds.name} --force`")
@@ -186,12 +187,7 @@ def _run_job_locked(job: Job, cfg: ResolvedConfig, key: str, backbone: Backbone,
         torch.manual_seed(epoch_seed(job.seed, 200_000 + ti))
         tds = ds if target.dataset == ds.name else prep.load(target.dataset, s.data_root)
         items, tnames, _ = subset_items(tds, target.subset, job.shots if tds is ds else 0, job.seed, "test")
-        scorer = method
-        if target.gather and list(tnames) != list(names):
-            scorer = GatherColumns(method, target_columns(ds, tds, list(names), list(tnames)))
-            method.set_classnames(names)
-        else:
-            method.set_classnames(tnames)
+        scorer = scorer_for(method, target.gather, ds, tds, names, tnames)
         method.to(device=s.device, dtype=precision.param_dtype)
         reporter.phase(f"evaluating on {tds.name}/{target.subset} ({len(items)} images)")
         res = evaluate(scorer, items, tds.image_root, s.device, precision, cfg.train.test_batch_size,
