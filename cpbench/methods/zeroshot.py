@@ -18,6 +18,7 @@ class ZeroShotCLIP(Method):
     name = "zeroshot"
     Options = ZeroShotOptions
     trainable = False
+    text_classifier = True
 
     def prompts(self) -> list[str]:
         template = self.options.template or self.template
