@@ -105,6 +105,10 @@ def execute(req: RunRequest, console: Console, out: Console) -> list[dict]:
     if settings.results_root.exists() and not settings.results_root.is_dir():
         raise UserError(f"--results {settings.results_root} is a file; pass a folder (it is created if missing)")
     jobs = plan_jobs(req, datasets)
+    if req.state_from:  # an imported state that does not fit this run fails before the backbone loads
+        from cpbench import imports
+
+        imports.check(req.state_from, req, jobs, root)
     for job in jobs:
         job_config(job, settings)  # bad --set / --config fail before any work
     if req.dry_run or req.launcher != "none":
