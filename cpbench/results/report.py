@@ -21,10 +21,24 @@ def hm(b: float, n: float) -> float:
     return 0.0 if b + n == 0 else 2 * b * n / (b + n)
 
 
+def label_imported(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows of an imported state (``imported`` = KIND:IDENTITY: ``--from-export``, official checkpoints)
+    are their own entry, ``METHOD (KIND)``: never averaged with, nor replacing, trained rows."""
+    if df.empty or "imported" not in df:
+        return df
+    kind = df["imported"].fillna("").astype(str).str.partition(":")[0]
+    if not (kind != "").any():
+        return df
+    df = df.copy()
+    df.loc[kind != "", "method"] = df["method"] + " (" + kind + ")"
+    return df
+
+
 def latest_rows(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (group, seed, config): re-runs (``--force``) replace earlier rows."""
     if df.empty:
         return df
+    df = label_imported(df)
     df = df.sort_values("finished_at")
     return df.drop_duplicates(subset=GROUP + ["seed", "config_hash"], keep="last")
 
