@@ -45,3 +45,23 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeou
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture
+def cli_here(monkeypatch, capsys):
+    """Run ``cpbench ARGS`` in this process (no interpreter start): (exit code, stdout, stderr)."""
+
+    def run(*args):
+        from cpbench import cli
+
+        monkeypatch.setattr(sys, "argv", ["cpbench", *map(str, args)])
+        capsys.readouterr()
+        try:
+            cli.main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code
+        cap = capsys.readouterr()
+        return code, cap.out, cap.err
+
+    return run

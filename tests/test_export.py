@@ -289,56 +289,40 @@ def test_report_keeps_imported_rows_apart():
 # --------------------------------------------------------------------------- cpbench predict
 
 
-def _cli(monkeypatch, capsys, *args):
-    """``cpbench ARGS`` in this process (the subprocess start costs more than the command);
-    (exit code, stdout, stderr)."""
-    from cpbench import cli
-
-    monkeypatch.setattr(sys, "argv", ["cpbench", *map(str, args)])
-    capsys.readouterr()
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_predict_cli(coop_file, tmp_path, monkeypatch, capsys, cli):
+def test_predict_cli(coop_file, tmp_path, cli_here, cli):
     out = coop_file[0]
     images = out.parent / "data" / "caltech-101" / "101_ObjectCategories" / "anchor"
     n = len(list(images.iterdir()))
-    code, stdout, err = _cli(monkeypatch, capsys, "predict", "--prompts", out, images, "--top-k", "5")
+    code, stdout, err = cli_here("predict", "--prompts", out, images, "--top-k", "5")
     assert code == 0, err
     lines = stdout.splitlines()
     assert len(lines) == n and all(ln.startswith(str(images)) and "accordion" in ln and "airplane" in ln for ln in lines)
     names = tmp_path / "names.txt"
     names.write_text("anchor\nant\naccordion\n")
-    code, stdout, err = _cli(monkeypatch, capsys, "predict", "--prompts", out, images, "--classes", names, "--format", "json")
+    code, stdout, err = cli_here("predict", "--prompts", out, images, "--classes", names, "--format", "json")
     got = json.loads(stdout)
     assert code == 0 and len(got) == n and {len(g["top"]) for g in got} == {3}
-    code, stdout, _ = _cli(monkeypatch, capsys, "predict", "--prompts", out, images, "--format", "csv", "--top-k", "1")
+    code, stdout, _ = cli_here("predict", "--prompts", out, images, "--format", "csv", "--top-k", "1")
     assert code == 0 and stdout.splitlines()[0] == "path,rank,class,probability" and len(stdout.splitlines()) == n + 1
     (tmp_path / "notes.txt").write_text("not an image")
     for args, words in (((tmp_path / "notes.txt",), "is not an image"),
                         ((images, "--backbone", "toy"), "learned on backbone tiny"),
                         ((images, "--format", "xml"), "--format must be one of")):
-        code, stdout, err = _cli(monkeypatch, capsys, "predict", "--prompts", out, *args)
+        code, stdout, err = cli_here("predict", "--prompts", out, *args)
         assert code == 2 and stdout == "" and len(err.strip().splitlines()) == 1 and words in err, err
     # and as a real process: one line on stderr, exit code 2
     code, stdout, err = cli("predict", "--prompts", str(out), str(tmp_path / "notes.txt"))
     assert code == 2 and stdout == "" and len(err.strip().splitlines()) == 1 and "is not an image" in err, err
 
 
-def test_predict_cli_refuses_new_classes_for_csc(root, tmp_path, monkeypatch, capsys):
+def test_predict_cli_refuses_new_classes_for_csc(root, tmp_path, cli_here):
     _train(root, "coop", "res-csc2", sets=SETS + ["csc=true"])
     csc = tmp_path / "csc.safetensors"
     _export(root, "coop", "res-csc2", csc)
     names = tmp_path / "names.txt"
     names.write_text("anchor\nant\n")
     images = root / "data" / "caltech-101" / "101_ObjectCategories" / "anchor"
-    code, stdout, err = _cli(monkeypatch, capsys, "predict", "--prompts", csc, images, "--classes", names)
+    code, stdout, err = cli_here("predict", "--prompts", csc, images, "--classes", names)
     assert code == 2 and stdout == "" and len(err.strip().splitlines()) == 1
     assert "cannot score classes it was not trained on" in err
 
@@ -352,14 +336,14 @@ def test_the_weights_fingerprint_survives_fp16_but_not_other_weights():
     assert export.weights_fingerprint(load_backbone("tiny", "none", seed=1)) != fp
 
 
-def test_run_from_export_cli_takes_the_files_job_by_default(root, coop_file, tmp_path, monkeypatch, capsys):
+def test_run_from_export_cli_takes_the_files_job_by_default(root, coop_file, tmp_path, cli_here):
     out, trained, _ = coop_file
-    code, _, err = _cli(monkeypatch, capsys, "run", "--from-export", out, "--root", root / "data",
+    code, _, err = cli_here("run", "--from-export", out, "--root", root / "data",
                         "--results", tmp_path / "res", "--device", "cpu")  # method, seed, shots, dataset, backbone: the file's
     assert code == 0, err
     rows = pd.read_parquet(tmp_path / "res" / "shards")
     assert list(rows["accuracy"]) == [r["accuracy"] for r in trained]
     assert set(rows["method"]) == {"coop"} and set(rows["seed"]) == {1} and set(rows["shots"]) == {2}
     assert set(rows["backbone"]) == {"tiny"} and rows["imported"].str.startswith("export:").all()
-    code, _, err = _cli(monkeypatch, capsys, "run", "--from-export", out, "--suite", "benchmarks/toy.yaml")
+    code, _, err = cli_here("run", "--from-export", out, "--suite", "benchmarks/toy.yaml")
     assert code == 2 and "drop --suite" in err

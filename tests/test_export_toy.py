@@ -98,23 +98,20 @@ def world(tmp_path_factory):
     return root, trained, spec
 
 
-def _export(root: Path, method: str, monkeypatch, capsys) -> Path:
-    """``cpbench export`` (its CLI function, in this process: only the loading needs a fresh one)."""
-    from cpbench import cli
-
+def _export(root: Path, method: str, cli_here) -> Path:
+    """``cpbench export`` (its CLI, in this process: only the loading needs a fresh one)."""
     out = root / f"{method}.safetensors"
-    monkeypatch.setattr(sys, "argv", ["cpbench", "export", method, "--dataset", "toy_shapes", "--seed", "1",
-                                      "--out", str(out), "--root", str(root / "data"), "--results", str(root / "results")])
-    cli.main()
-    assert f"wrote {out}" in capsys.readouterr().err
+    code, _, err = cli_here("export", method, "--dataset", "toy_shapes", "--seed", "1", "--out", out,
+                            "--root", root / "data", "--results", root / "results")
+    assert code == 0 and f"wrote {out}" in err, err
     return out
 
 
 @pytest.mark.parametrize("method", ["coop", "maple", "coopvpt"])
-def test_an_export_loaded_in_a_fresh_process_gives_the_evaluations_logits(world, method, monkeypatch, capsys):
+def test_an_export_loaded_in_a_fresh_process_gives_the_evaluations_logits(world, method, cli_here):
     root, trained, spec = world
     rows, got = trained[method]
-    out = _export(root, method, monkeypatch, capsys)
+    out = _export(root, method, cli_here)
     logits_file = root / f"{method}-logits.safetensors"
     proc = subprocess.run([sys.executable, "-c", LOAD, str(out), str(root / "spec.json"), str(logits_file)],
                           capture_output=True, text=True, timeout=600)
@@ -127,11 +124,11 @@ def test_an_export_loaded_in_a_fresh_process_gives_the_evaluations_logits(world,
         assert 100.0 * correct / len(spec[subset]) == rows[i]["accuracy"]
 
 
-def test_a_coop_exports_text_features_work_in_plain_open_clip(world, monkeypatch, capsys):
+def test_a_coop_exports_text_features_work_in_plain_open_clip(world, cli_here):
     root, trained, spec = world
     out = root / "coop.safetensors"
     if not out.exists():
-        _export(root, "coop", monkeypatch, capsys)
+        _export(root, "coop", cli_here)
     proc = subprocess.run([sys.executable, "-c", PLAIN_OPEN_CLIP, str(out), str(TOY_DIR), str(root / "spec.json")],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
