@@ -349,7 +349,7 @@ def identity(path: str) -> str:
     return _identity(root, stamps)
 
 
-def check(path: str, jobs) -> None:
+def check(path: str, req, jobs, data_root) -> None:  # noqa: ARG001 - imports.check's signature
     """Before any backbone is loaded: the folder exists, every job finds exactly one file, and
     each file reads (without unpickling code) and holds its method's anchor names."""
     root = _root(path)

@@ -124,12 +124,12 @@ def validate(req: RunRequest) -> tuple[RunSettings, list, ThreadPlan]:
                            feature_cache=req.feature_cache, state_from=req.state_from)
     check_folder(settings.results_root, "--results")
     jobs = plan_jobs(req, datasets)
-    for job in jobs:
-        job_config(job, settings)  # bad --set / --config fail before any work
-    if req.state_from:  # imported state: a bad folder or file fails before the backbone loads
+    if req.state_from:  # an imported state that does not fit this run fails before the backbone loads
         from cpbench import imports
 
-        imports.check(req.state_from, jobs)
+        imports.check(req.state_from, req, jobs, root)
+    for job in jobs:
+        job_config(job, settings)  # bad --set / --config fail before any work
     if not req.dry_run:
         check_backbone(req.backbone, req.pretrained, req.weights)
     return settings, jobs, plan

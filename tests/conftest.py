@@ -73,3 +73,16 @@ def run_main(monkeypatch, *argv: str) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     return 0
+
+
+@pytest.fixture
+def cli_here(monkeypatch, capsys):
+    """Run ``cpbench ARGS`` in this process (no interpreter start): (exit code, stdout, stderr)."""
+
+    def run(*args):
+        capsys.readouterr()
+        code = run_main(monkeypatch, *args)
+        cap = capsys.readouterr()
+        return code, cap.out, cap.err
+
+    return run

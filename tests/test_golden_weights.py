@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from golden_utils import GOLDEN_DIR, build_clip, golden_case_names, golden_clip, golden_weights, load_case, state_sha256, wgen
+from golden_utils import GOLDEN_DIR, golden_case_names, golden_clip, golden_weights, load_case, state_sha256, wgen
 
 
 @pytest.mark.parametrize("layers", [2, 9])

@@ -146,7 +146,7 @@ def test_official_file_imports_to_the_golden_logits(case_name, tmp_path):
     write_official(folder, official_state_dict(case, name, method), epoch=5)
     write_official(folder, {"ctx": torch.zeros(1)}, epoch=2)        # an earlier epoch: not the one taken
     job = _Job(name)
-    oc.check(str(tmp_path / "weights"), [job])
+    oc.check(str(tmp_path / "weights"), None, [job], None)
     method.load_learned_state(oc.load_state(str(tmp_path / "weights"), job, method, None))
     got = eval_logits(method, images, case)
     assert_golden(got, case)
@@ -204,7 +204,7 @@ def test_a_file_that_does_not_fit_is_refused_naming_the_keys(tmp_path):
     coop_folder = tmp_path / "c" / "caltech101" / "base" / "seed1" / "prompt_learner"
     write_official(coop_folder, {"ctx": torch.zeros(4, 512), "token_prefix": torch.zeros(5, 1, 512)}, 10)
     with pytest.raises(UserError, match="missing prompt_learner.meta_net.linear1.weight"):
-        oc.check(str(tmp_path / "c"), [_Job("cocoop")])
+        oc.check(str(tmp_path / "c"), None, [_Job("cocoop")], None)
 
 
 def test_finding_the_file_of_a_job(tmp_path):

@@ -13,7 +13,6 @@ cores, so evaluation decodes in the main process unless ``num_workers`` says oth
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path

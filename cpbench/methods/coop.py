@@ -30,6 +30,11 @@ class CoOp(Method):
     name = "coop"
     Options = CoOpOptions
     feature_training = True
+    text_classifier = True
+
+    @classmethod
+    def takes_new_classes(cls, options) -> bool:
+        return super().takes_new_classes(options) and not options.csc  # one context per trained class
 
     def __init__(self, backbone, classnames, options: CoOpOptions, template="a photo of a {}."):
         super().__init__(backbone, classnames, options, template)

@@ -48,6 +48,13 @@ def subset_items(ds: prep.PreparedDataset, subset: str, shots: int, seed: int, p
     return {"train": tr, "val": va, "test": te}[part], names, (tr, va)
 
 
+def evaluation_seed(seed: int, target_index: int) -> int:
+    """The torch seed set before evaluating a job's target ``target_index`` (0-based, in job order):
+    the same RNG state whether training ran now, resumed or was loaded from the final checkpoint, for
+    methods that sample at test time (Bayesian prompts). Exports record it per target."""
+    return epoch_seed(seed, 200_000 + target_index)
+
+
 def job_lock(s: RunSettings, tkey: str) -> FileLock:
     """One process at a time per training key (parallel workers, a second `cpbench run` on the same
     results): the second waits, then finds the shard written and skips, or the final checkpoint
@@ -182,9 +189,7 @@ def _run_job_locked(job: Job, cfg: ResolvedConfig, key: str, backbone: Backbone,
     run_id = uuid.uuid4().hex[:12]
     rows = []
     for ti, target in enumerate(job.targets):
-        # the same RNG state for each evaluation whether training ran now, resumed or was loaded
-        # from the final checkpoint (methods that sample at test time, e.g. Bayesian prompts)
-        torch.manual_seed(epoch_seed(job.seed, 200_000 + ti))
+        torch.manual_seed(evaluation_seed(job.seed, ti))
         tds = ds if target.dataset == ds.name else prep.load(target.dataset, s.data_root)
         items, tnames, _ = subset_items(tds, target.subset, job.shots if tds is ds else 0, job.seed, "test")
         scorer = scorer_for(method, target.gather, ds, tds, names, tnames)
