@@ -164,8 +164,10 @@ def run(
     shots: List[int] = typer.Option([], "--shots", help="default 16; few_shot: e.g. --shots 1 2 4 8 16"),
     source: Optional[str] = typer.Option(None, "--source", help="cross_dataset/dg: training dataset (default imagenet)"),
     suite: Optional[Path] = typer.Option(None, "--suite", help="run a suite file, e.g. benchmarks/base2new.yaml"),
-    backbone: str = typer.Option("ViT-B-16", "--backbone", help="open_clip model name, `toy`, or local-dir:PATH"),
-    pretrained: str = typer.Option("openai", "--pretrained", help="open_clip pretrained tag; `none` = random weights"),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="open_clip model name, `toy`, or local-dir:PATH "
+                                                                    "(default ViT-B-16; with --from-export the file's)"),
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="open_clip pretrained tag (default openai); "
+                                                                        "`none` = random weights"),
     weights: Optional[str] = typer.Option(None, "--weights", help="local checkpoint for the backbone"),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML with train:/method: overrides"),
     sets: List[str] = typer.Option([], "--set", help="override, e.g. --set epochs=1 lr=0.01"),
@@ -178,6 +180,9 @@ def run(
     no_cache: bool = typer.Option(False, "--no-cache", help="do not use cached frozen image features"),
     launcher: str = typer.Option("none", "--launcher", help="none (here) | local (one worker per GPU) | slurm (submitit)"),
     gpus: Optional[str] = typer.Option(None, "--gpus", help="--launcher local: GPUs, one worker each, e.g. 0,1,2,3"),
+    jobs_per_gpu: int = typer.Option(1, "--jobs-per-gpu", help="--launcher local: workers (jobs at once) per GPU"),
+    gpu_headroom: float = typer.Option(2.0, "--gpu-headroom",
+                                       help="--launcher local: GiB free on a shared GPU before a worker starts a job"),
     dry_run: bool = typer.Option(False, "--dry-run", help="list the jobs (done/todo) without running them"),
     partition: Optional[str] = typer.Option(None, "--partition", help="--launcher slurm: partition"),
     time_limit: str = typer.Option("4:00", "--time", help="--launcher slurm: time limit per job, minutes or h:mm"),
@@ -185,10 +190,33 @@ def run(
     cpus_per_job: int = typer.Option(8, "--cpus-per-job", help="--launcher slurm: CPUs per array task"),
     array_parallelism: int = typer.Option(64, "--array-parallelism", help="--launcher slurm: tasks running at once"),
     account: Optional[str] = typer.Option(None, "--account", help="--launcher slurm: account"),
+    from_official: Optional[Path] = typer.Option(None, "--from-official",
+                                                 help="evaluate the authors' released checkpoints under this folder "
+                                                      "instead of training (model.pth.tar-<epoch> per dataset/seed)"),
+    from_export: Optional[Path] = typer.Option(None, "--from-export", help="evaluate the prompts of an export file "
+                                               "instead of training (rows marked imported)"),
 ) -> None:
     """Train and evaluate METHOD under a protocol; one Parquet row per evaluation."""
     from cpbench.runner import RunRequest, execute
 
+    if from_export is not None and from_official is not None:
+        raise UserError("--from-export and --from-official each give the learned state; pass one")
+    state_from = f"official:{from_official.expanduser().resolve()}" if from_official is not None else None
+    if from_export is not None:  # the file's method, protocol, seed, shots, dataset and backbone by default
+        from cpbench.export import run_defaults
+
+        if suite is not None:
+            raise UserError("--from-export evaluates one file; drop --suite")
+        d = run_defaults(from_export)
+        method, protocol = method or d["method"], protocol or d["protocol"]
+        seeds, shots = list(seeds) or d["seeds"], list(shots) or d["shots"]
+        if protocol in ("cross_dataset", "dg"):
+            source = source or d["dataset"]
+        elif not dataset and d["dataset"]:
+            dataset = [d["dataset"]]
+        backbone, pretrained = backbone or d["backbone"], pretrained or d["pretrained"]
+        state_from = f"export:{from_export.expanduser().resolve()}"
+    backbone, pretrained = backbone or "ViT-B-16", pretrained or "openai"
     slurm = {}
     if launcher == "slurm":
         from cpbench.launch.slurm import parse_time
@@ -198,7 +226,8 @@ def run(
     common = dict(backbone=backbone, pretrained=pretrained, weights=weights,
                   config_file=str(config) if config else None, device=device,
                   results=results, root=root, force=force, feature_cache=not no_cache,
-                  launcher=launcher, gpus=gpus, dry_run=dry_run, slurm=slurm, threads=threads)
+                  launcher=launcher, gpus=gpus, jobs_per_gpu=jobs_per_gpu, gpu_headroom=gpu_headroom,
+                  dry_run=dry_run, slurm=slurm, threads=threads, state_from=state_from)
     if suite is None:
         if not method:
             raise UserError("missing METHOD; run `cpbench run METHOD` or `cpbench run --suite FILE`")
@@ -314,6 +343,54 @@ def report(
         if methods:
             page_curves = page_curves[page_curves["method"].isin(list(methods))]
     sys.stdout.write(formats.render(built, format, std, page_curves))
+
+
+# --------------------------------------------------------------------------- export / predict
+
+
+@app.command("export")
+def export_(
+    method: Optional[str] = typer.Argument(None, help="method name (optional with --checkpoint)"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="the training dataset (cross_dataset/dg: the source)"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="the job's seed"),
+    shots: Optional[int] = typer.Option(None, "--shots", help="the job's shots, where several were trained"),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="the job's backbone, where several were used"),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="the job's protocol, where several were run"),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="select the job by its checkpoint folder "
+                                              "(RESULTS/checkpoints/<job>)"),
+    out: Path = typer.Option(..., "--out", help="the file to write, e.g. prompts.safetensors"),
+    results: Optional[Path] = typer.Option(None, "--results", help="results dir (default ./results or $CPBENCH_RESULTS)"),
+    root: Optional[Path] = typer.Option(None, "--root", help="data root (default ./data or $CPBENCH_DATA)"),
+    device: str = typer.Option("cpu", "--device", help="where to compute the text features: cpu | auto | cuda[:N]"),
+) -> None:
+    """Write one trained job's learned prompts as one self-describing safetensors file."""
+    from cpbench import export_job
+    from cpbench.api import describe
+    from cpbench.paths import data_root, results_root
+
+    t = export_job.find(results_root(results), data_root(root), method, dataset, seed, shots, backbone, protocol,
+                        checkpoint)
+    meta = export_job.export(t, out, device)
+    extra = ", with text features" if meta["text_features"] else ""
+    out_ = f"wrote {out} ({out.stat().st_size / 1024:.1f} kB): {meta['method']} {describe(meta)}, "
+    console.print(out_ + f"{len(meta['classnames'])} classes{extra}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def predict(
+    images: List[Path] = typer.Argument(..., help="image files or folders (searched recursively)"),
+    prompts: Path = typer.Option(..., "--prompts", help="an export file (`cpbench export`)"),
+    top_k: int = typer.Option(5, "--top-k", help="classes per image"),
+    classes: Optional[Path] = typer.Option(None, "--classes", help="class names, one a line, instead of the trained ones"),
+    format: str = typer.Option("text", "--format", help="text | csv | json"),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="default: the file's (local-dir:PATH for a moved folder)"),
+    weights: Optional[str] = typer.Option(None, "--weights", help="the local checkpoint, for files learned on one"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N]"),
+) -> None:
+    """The top-k classes of images under learned prompts."""
+    from cpbench.predict import run as run_predict
+
+    sys.stdout.write(run_predict(prompts, list(images), top_k, classes, format, backbone, weights, device))
 
 
 # --------------------------------------------------------------------------- list

@@ -3,8 +3,13 @@
 Resolution, later wins:
   TrainConfig defaults < ``configs/methods/<method>.yaml`` (train:, method:)
   < its ``protocols.<protocol>`` block < its ``shots.<k>`` block < its ``datasets.<name>`` block
+  < the settings an imported state was learned with (``imported``: ``cpbench run --from-export``)
   < ``--config FILE`` (same shape) < ``--set key=value`` (``epochs=1``, ``train.lr=0.01``,
   ``method.n_ctx=8``; a bare key is looked up in train first, then method options).
+
+``dg`` jobs resolve as ``cross_dataset`` (DG evaluates the cross-dataset training; one checkpoint
+serves both), so a ``protocols.dg`` block would never be read: none ships, and a ``--config`` file
+with one is refused.
 
 The config hash covers the method name, the resolved train settings and method options, so a
 results row says exactly which hyperparameters produced it.
@@ -123,6 +128,11 @@ class ResolvedConfig:
     def as_dict(self) -> dict:
         return {"method": self.method, "train": asdict(self.train), "options": asdict(self.options)}
 
+    @classmethod
+    def from_dict(cls, d: dict, options_cls: type) -> "ResolvedConfig":
+        """The inverse of ``as_dict`` (a results row's ``config_json``, an export's ``config``)."""
+        return cls(d["method"], _train_from_dict(dict(d["train"])), options_cls.from_dict(dict(d["options"])))
+
     @property
     def hash(self) -> str:
         blob = json.dumps(self.as_dict(), sort_keys=True, default=str)
@@ -131,7 +141,7 @@ class ResolvedConfig:
 
 def resolve(method: str, options_cls: type, protocol: str = "base2new", dataset: str | None = None,
             shots: int | None = None, config_file: str | Path | None = None,
-            sets: list[str] | None = None) -> ResolvedConfig:
+            sets: list[str] | None = None, imported: dict | None = None) -> ResolvedConfig:
     base = method_defaults(method)
     merged: dict = {"train": {}, "method": {}}
     _merge(merged, base, f"{method}.yaml")
@@ -149,11 +159,16 @@ def resolve(method: str, options_cls: type, protocol: str = "base2new", dataset:
             pblk = (dblk.get("protocols") or {}).get(protocol)
             if pblk:
                 _merge(merged, pblk, f"{method}.yaml datasets.{dataset}.protocols.{protocol}")
+    if imported:
+        _merge(merged, imported, "the imported settings")
     if config_file:
         user = _read_yaml(Path(config_file))
         unknown = sorted(set(user) - {"train", "method", "protocols", "datasets", "shots"})
         if unknown:
             raise UserError(f"config {config_file}: unknown section(s) {', '.join(unknown)}; use train: and method:")
+        if "dg" in (user.get("protocols") or {}):
+            raise UserError(f"config {config_file}: protocols.dg is never read (dg evaluates the cross_dataset "
+                            "training); put those settings under protocols.cross_dataset")
         _merge(merged, user, str(config_file))
         ublk = (user.get("protocols") or {}).get(protocol)
         if ublk:

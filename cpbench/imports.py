@@ -14,7 +14,10 @@ and its keys include that identity, so imported rows never mix with trained ones
 Each backend module offers ``identity(path) -> str`` (stable across machines: a content hash where
 cheap, not the path) and ``load_state(path, job, method, dataset) -> dict[str, Tensor]`` (exactly the
 keys of ``method.learned_state()``; a file that does not fit fails with one line naming the
-mismatched keys).
+mismatched keys). Optional: ``config(path) -> {"train": …, "method": …} | None`` (the settings the
+state was learned with, layered over the method's YAML defaults, under ``--config``/``--set``) and
+``check(path, request, jobs, data_root)`` (validate the source against the run before the backbone
+is loaded: one line per problem).
 """
 
 from __future__ import annotations
@@ -50,3 +53,16 @@ def identity(source: str) -> str:
 def load_state(source: str, job, method, dataset) -> dict:
     kind, path = parse(source)
     return _backend(kind).load_state(path, job, method, dataset)
+
+
+def config(source: str) -> dict | None:
+    kind, path = parse(source)
+    fn = getattr(_backend(kind), "config", None)
+    return fn(path) if fn else None
+
+
+def check(source: str, request, jobs, data_root) -> None:
+    kind, path = parse(source)
+    fn = getattr(_backend(kind), "check", None)
+    if fn:
+        fn(path, request, jobs, data_root)

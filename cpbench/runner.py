@@ -38,6 +38,8 @@ class RunRequest:
     # scaling out (issue 8): "none" runs here, "local" one worker per GPU, "slurm" via submitit
     launcher: str = "none"
     gpus: str | None = None
+    jobs_per_gpu: int = 1          # local: workers per listed GPU
+    gpu_headroom: float = 2.0      # local: GiB a worker waits for on a GPU shared with other workers
     dry_run: bool = False
     slurm: dict = field(default_factory=dict)   # SlurmOptions fields: partition, time_min, gpus_per_job, ...
     # cross_dataset / dg: the training dataset (a miniature or toy one can stand in for ImageNet)
@@ -88,7 +90,7 @@ def _check_datasets(req: RunRequest, root: Path, datasets: list[str]) -> None:
     for d in dict.fromkeys([*trained, *datasets]):
         ds = prep.load(d, root)  # unknown or unprepared -> one clear line
         checks.require_classes(ds.name, ds.split, trained=d in trained)
-        if d in trained:
+        if d in trained and not req.state_from:  # imported state is not trained here
             checks.require_shots(ds.name, ds.split, req.shots, "base" if req.protocol == "base2new" else "all")
 
 
@@ -122,6 +124,10 @@ def validate(req: RunRequest) -> tuple[RunSettings, list, ThreadPlan]:
                            feature_cache=req.feature_cache, state_from=req.state_from)
     check_folder(settings.results_root, "--results")
     jobs = plan_jobs(req, datasets)
+    if req.state_from:  # an imported state that does not fit this run fails before the backbone loads
+        from cpbench import imports
+
+        imports.check(req.state_from, req, jobs, root)
     for job in jobs:
         job_config(job, settings)  # bad --set / --config fail before any work
     if not req.dry_run:

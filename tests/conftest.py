@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CPBENCH_SHARED", REPO.parent / "shared"))
@@ -20,6 +21,20 @@ def tiny_backbone():
     from cpbench.models.backbone import load_backbone
 
     return load_backbone("tiny", "none")
+
+
+@pytest.fixture(scope="module")
+def deep_backbone():
+    """A tiny random CLIP with 4 layers per tower (deep prompts at layers 1..3; one per test module)."""
+    import open_clip
+
+    from cpbench.models.backbone import OPENAI_MEAN, OPENAI_STD, Backbone, BackboneSpec, Preprocess
+
+    torch.manual_seed(0)
+    clip = open_clip.model.CLIP(embed_dim=48, vision_cfg=dict(image_size=32, layers=4, width=64, patch_size=8,
+                                                              head_width=32),
+                                text_cfg=dict(context_length=32, vocab_size=49408, width=64, heads=2, layers=4))
+    return Backbone(clip, 32, Preprocess(32, OPENAI_MEAN, OPENAI_STD), BackboneSpec("deep-tiny", "none"))
 
 
 @pytest.fixture(scope="session")
@@ -51,10 +66,23 @@ def run_main(monkeypatch, *argv: str) -> int:
     """``cpbench ARGV`` through ``cli.main`` in this process; its exit code (0 when it returns)."""
     from cpbench.cli import main
 
-    monkeypatch.setattr(sys, "argv", ["cpbench", *argv])
+    monkeypatch.setattr(sys, "argv", ["cpbench", *map(str, argv)])
     monkeypatch.setenv("COLUMNS", "300")
     try:
         main()
     except SystemExit as exc:
         return int(exc.code or 0)
     return 0
+
+
+@pytest.fixture
+def cli_here(monkeypatch, capsys):
+    """Run ``cpbench ARGS`` in this process (no interpreter start): (exit code, stdout, stderr)."""
+
+    def run(*args):
+        capsys.readouterr()
+        code = run_main(monkeypatch, *args)
+        cap = capsys.readouterr()
+        return code, cap.out, cap.err
+
+    return run

@@ -11,7 +11,7 @@ small random CLIP. Everything needed to rebuild that setting is here:
 - ``set_learnables(method, case, name_map)`` — the seeded learnable values, put into the cpbench
   method through a per-method map from OFFICIAL parameter name to cpbench parameter;
 - ``eval_logits`` / ``train_step`` — one eval forward / one training forward+backward, each
-  right after ``torch.manual_seed(1000)`` as the official run;
+  right after ``torch.manual_seed(<the case's forward seed>)`` as the official run;
 - ``compare_logits`` / ``compare_losses`` / ``compare_grads`` — max |Δ| figures (never assert by
   themselves), and ``assert_close`` to check them against the tolerances;
 - ``constructor_init_gaps`` (the method's own init vs the official constructor's, where recorded),
@@ -35,8 +35,8 @@ How to write a golden test for a method (``tests/test_golden_<method>.py``)::
         images, labels, classnames = golden_inputs(case)
         method = CoOp(golden_backbone(case), classnames, CoOpOptions(n_ctx=4, ctx_init=""))
         set_learnables(method, case, NAME_MAP)
-        assert_close(compare_logits(eval_logits(method, images), case), LOGIT_ATOL, "logits")
-        terms = train_step(method, images, labels)       # {term: weighted loss}, backward done
+        assert_close(compare_logits(eval_logits(method, images, case), case), LOGIT_ATOL, "logits")
+        terms = train_step(method, images, labels, case)  # {term: weighted loss}, backward done
         L = official_losses(case)                         # {"ce": 2.5175…} short names, unweighted
         assert_close(compare_losses(terms, {"ce": L["ce"]}, case), LOSS_RTOL, "losses")
         assert_close(compare_grads(method, case, NAME_MAP), GRAD_RTOL, "grads")
@@ -81,9 +81,9 @@ LOGIT_ATOL = 1e-4
 LOSS_RTOL = 1e-5
 GRAD_RTOL = 1e-4
 
-FORWARD_SEED = 1000
-LEARNABLE_SEED_BASE = 123
-IMAGE_SEED = 7
+# Every input of a case (image seed and size, labels, class names, learnable seed base, forward
+# seed, weight generator seed) is read from its file, so a further case produced by the recipe in
+# tests/golden/README.md (another base_seed, other labels or class names) needs no test edit.
 
 
 # ----------------------------------------------------------------------------- cases
@@ -203,16 +203,19 @@ def golden_backbone(case: Case):
 
 # ----------------------------------------------------------------------------- inputs
 def golden_inputs(case: Case) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """(images [2,3,S,S] fed as-is, labels [0,1], class names as given; methods clean ``_``)."""
+    """(images [N,3,S,S] fed as-is, one per label (N=2 in the shipped cases), labels, class names as
+    given; methods clean ``_``)."""
     inp = case["inputs"]
     size = case.weights["image_size"]
-    images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(inp["image_seed"]))
+    n = len(inp["labels"])
+    images = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(inp["image_seed"]))
     labels = torch.tensor(inp["labels"], dtype=torch.long)
     return images, labels, list(inp["classnames"])
 
 
 def learnable_values(case: Case) -> dict[str, torch.Tensor]:
-    """{official name: 0.02 * randn(shape, Generator().manual_seed(123 + i))} in official order."""
+    """{official name: 0.02 * randn(shape, Generator().manual_seed(seed_base + i))} in official order
+    (``inputs.learnable_seed_base``: 123 in the shipped cases)."""
     base = case["inputs"]["learnable_seed_base"]
     out = {}
     for i, t in enumerate(case.trainable):
@@ -223,7 +226,7 @@ def learnable_values(case: Case) -> dict[str, torch.Tensor]:
 
 def golden_eps(case: Case) -> torch.Tensor:
     """BPL only: the recorded forward noise eps [L, 1, 512] (= torch.randn((L,1,512)) right after
-    torch.manual_seed(1000)); inject it if a method draws its noise differently."""
+    the case's forward seed); inject it if a method draws its noise differently."""
     b = case["bpl"]
     return torch.tensor(b["eps_full_flat"], dtype=torch.float32).view(*b["eps_stats"]["shape"])
 
@@ -292,21 +295,26 @@ def set_learnables(method: torch.nn.Module, case: Case, name_map: Mapping[str, A
 
 
 # ----------------------------------------------------------------------------- running
-def eval_logits(method: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """``method.eval()``, ``torch.manual_seed(1000)``, ``method(images)`` under no_grad."""
+def forward_seed(case: Case) -> int:
+    """The global seed the official run set right before each forward (``inputs``)."""
+    return int(case["inputs"]["rng_seed_before_each_forward"])
+
+
+def eval_logits(method: torch.nn.Module, images: torch.Tensor, case: Case) -> torch.Tensor:
+    """``method.eval()``, ``torch.manual_seed(forward seed)``, ``method(images)`` under no_grad."""
     method.eval()
-    torch.manual_seed(FORWARD_SEED)
+    torch.manual_seed(forward_seed(case))
     with torch.no_grad():
         return method(images).detach().float()
 
 
-def train_step(method: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-    """``method.train()``, clear grads, seed 1000, ``forward_train``, backward of the sum of terms.
-    Returns the weighted terms (detached)."""
+def train_step(method: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, case: Case) -> dict[str, torch.Tensor]:
+    """``method.train()``, clear grads, the case's forward seed, ``forward_train``, backward of the
+    sum of terms. Returns the weighted terms (detached)."""
     method.train()
     for p in method.parameters():
         p.grad = None
-    torch.manual_seed(FORWARD_SEED)
+    torch.manual_seed(forward_seed(case))
     _, terms = method.forward_train(images, labels)
     total = sum(t.sum() for t in terms.values())
     total.backward()
@@ -428,8 +436,8 @@ def full_report(method: torch.nn.Module, case: Case, name_map: Mapping[str, Any]
     official short-named unweighted losses to the method's expected weighted terms."""
     images, labels, _ = golden_inputs(case)
     set_learnables(method, case, name_map)
-    rep = compare_logits(eval_logits(method, images), case, logits_key)
-    terms = train_step(method, images, labels)
+    rep = compare_logits(eval_logits(method, images, case), case, logits_key)
+    terms = train_step(method, images, labels, case)
     rep.update(compare_losses(terms, expected_losses(official_losses(case)), case))
     rep.update(compare_grads(method, case, name_map))
     return rep

@@ -6,12 +6,9 @@ in-process CLI call."""
 from __future__ import annotations
 
 import json
-import sys
 import zlib
 
 import numpy as np
-
-from cpbench import cli
 
 from cpbench.config import resolve
 from cpbench.errors import UserError
@@ -50,13 +47,10 @@ def b2n(method: str, dataset: str, base: list[float], new: list[float], **kw) ->
 
 def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
     """``cpbench ARGS`` in this process: (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["cpbench", *map(str, args)])
+    from conftest import run_main
+
     capsys.readouterr()
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
+    code = run_main(monkeypatch, *args)
     cap = capsys.readouterr()
     return code, cap.out, cap.err
 

@@ -8,7 +8,6 @@ import json
 import pandas as pd
 import pytest
 
-from conftest import CALTECH_SRC
 
 
 def test_prepare_caltech_counts_and_fewshot(caltech_root):

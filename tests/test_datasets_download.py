@@ -13,7 +13,6 @@ import tarfile
 import threading
 import zipfile
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 from PIL import Image

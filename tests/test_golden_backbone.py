@@ -65,8 +65,8 @@ def test_prompt_encoders_match_official_ivlp(name):
     model = _MiniIVLP(golden_backbone(case), classnames)
     name_map = _name_map(case.weights["text_layers"])
     set_learnables(model, case, name_map)
-    assert_close(compare_logits(eval_logits(model, images), case), LOGIT_ATOL, "eval logits")
-    terms = train_step(model, images, labels)
+    assert_close(compare_logits(eval_logits(model, images, case), case), LOGIT_ATOL, "eval logits")
+    terms = train_step(model, images, labels, case)
     assert_close(compare_losses(terms, {"ce": official_losses(case)["ce"]}, case), LOSS_RTOL, "loss terms")
     assert_close(compare_grads(model, case, name_map), GRAD_RTOL, "gradients")
 
@@ -80,4 +80,4 @@ def test_harness_detects_a_wrong_layer():
     name_map["text_encoder.transformer.resblocks.3.VPT_shallow"] = Slot("deep_text", 3)   # layer 4's slot
     name_map["text_encoder.transformer.resblocks.4.VPT_shallow"] = Slot("deep_text", 2)
     set_learnables(model, case, name_map)
-    assert compare_logits(eval_logits(model, images), case)["logits"] > 10 * LOGIT_ATOL
+    assert compare_logits(eval_logits(model, images, case), case)["logits"] > 10 * LOGIT_ATOL

@@ -1,7 +1,7 @@
 """Bayesian prompt learning (coopvpt) == official saic-fi/Bayesian-Prompt-Learning 8a73fff
 (trainers/vpt.py) on the golden random CLIP (case A): VPT.N_CTX=4, CTX_INIT="a photo of a",
-L=10. The forward noise is replayed by seeding (golden_utils seeds 1000 before each forward, the
-official run did the same) and, separately, injected from the recorded eps."""
+L=10. The forward noise is replayed by seeding (golden_utils seeds the case's forward seed, 1000,
+before each forward, as the official run did) and, separately, injected from the recorded eps."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ NAME_MAP = {"prompt_learner.ctx": "ctx", "prompt_learner.mean_posterior": "mean_
 
 
 def _method(case):
-    m = CoOpVPT(golden_backbone(case), golden_inputs(case)[2], BPLOptions(n_ctx=4, ctx_init="a photo of a", mc_samples=10))
+    cfg = case["cfg_set"]
+    m = CoOpVPT(golden_backbone(case), golden_inputs(case)[2],
+                BPLOptions(n_ctx=cfg["TRAINER.VPT.N_CTX"], ctx_init=cfg["TRAINER.VPT.CTX_INIT"], mc_samples=cfg["TRAINER.VPT.L"]))
     assert_close(constructor_init_gaps(m, case, {"prompt_learner.ctx": "ctx"}), 1e-5, "constructor init")
     set_learnables(m, case, NAME_MAP)
     return m
@@ -25,8 +27,8 @@ def _method(case):
 def _check(method, case):
     images, labels, _ = golden_inputs(case)
     assert case["eval"]["output"] == "log_mean_prob"
-    assert_close(compare_logits(eval_logits(method, images), case), LOGIT_ATOL, "eval log-mean-probabilities")
-    terms = train_step(method, images, labels)
+    assert_close(compare_logits(eval_logits(method, images, case), case), LOGIT_ATOL, "eval log-mean-probabilities")
+    terms = train_step(method, images, labels, case)
     L = official_losses(case)
     assert_close(compare_losses(terms, {"nll": L["task_loss"], "kl": 0.001 * L["kl"]}, case), LOSS_RTOL, "loss terms")
     assert_close(compare_grads(method, case, NAME_MAP), GRAD_RTOL, "gradients")

@@ -21,9 +21,9 @@ def test_coop_L2():
                   CoOpOptions(n_ctx=4, ctx_init="", csc=False, class_token_position="end"))
     set_learnables(method, case, NAME_MAP)
 
-    assert_close(compare_logits(eval_logits(method, images), case), LOGIT_ATOL, "eval logits")
+    assert_close(compare_logits(eval_logits(method, images, case), case), LOGIT_ATOL, "eval logits")
 
-    terms = train_step(method, images, labels)
+    terms = train_step(method, images, labels, case)
     L = official_losses(case)
     assert_close(compare_losses(terms, {"ce": L["ce"]}, case), LOSS_RTOL, "loss terms")
     assert_close(compare_grads(method, case, NAME_MAP), GRAD_RTOL, "gradients")

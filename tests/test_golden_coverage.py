@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from golden_utils import GOLDEN_DIR, golden_case_names, load_case
+from golden_utils import golden_case_names, load_case
 
 TESTS = Path(__file__).resolve().parent
 
@@ -27,4 +27,7 @@ def test_golden_cases_are_complete():
         assert [t["name"] for t in case.trainable] == list(case["grads"]), name
         assert abs(case["train"]["total_reported"] - case["train"]["total_reassembled"]) <= 1e-6 * max(
             1.0, abs(case["train"]["total_reported"])), name
-        assert (GOLDEN_DIR / f"weights_fingerprint_L{case.weights['vision_layers']}.json").exists()
+        w = case.weights
+        assert {"vision_layers", "text_layers", "image_size", "base_seed", "sha256"} <= set(w), name
+        assert {"image_seed", "labels", "classnames", "learnable_seed_base", "rng_seed_before_each_forward"} \
+            <= set(case["inputs"]), name

@@ -28,7 +28,7 @@ def test_no_official_fp16_prompt_cast(case_name):
     images, _, _ = golden_inputs(case)
     method, name_map = build(case_name.rsplit("_", 1)[0], case)
     set_learnables(method, case, name_map)
-    logits = eval_logits(method, images)
+    logits = eval_logits(method, images, case)
     recorded = case["eval"]["max_abs_diff_vs_logits_eval"]
     assert recorded > 3 * LOGIT_ATOL                                   # the cast is a visible difference
     assert compare_logits(logits, case)["logits"] <= LOGIT_ATOL          # cpbench: the pure-fp32 path
@@ -43,7 +43,7 @@ def test_kgcoop_teacher_in_backbone_precision_not_fp16():
     images, labels, classnames = golden_inputs(case)
     method = KgCoOp(golden_backbone(case), classnames, KgCoOpOptions(template="a photo of a {}."))
     set_learnables(method, case, {"prompt_learner.ctx": "ctx"})
-    kg = float(train_step(method, images, labels)["kg"]) / method.options.kg_weight
+    kg = float(train_step(method, images, labels, case)["kg"]) / method.options.kg_weight
     fp32_ref = official_losses(case)["kg"]
     fp16_ref = case["kg_teacher"]["official_fp16_teacher"]["kg"]
     assert abs(kg - fp32_ref) <= LOSS_RTOL * fp32_ref

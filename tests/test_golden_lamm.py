@@ -13,22 +13,30 @@ from cpbench.methods.lamm import CoOpLAMM, CoOpLAMMOptions
 NAME_MAP = {"prompt_learner.ctx": "ctx", "prompt_learner.token_classes": "token_classes"}
 
 
+def _trainable_shape(case, name):
+    return tuple(next(t["shape"] for t in case.trainable if t["name"] == name))
+
+
 def test_lamm_L2():
     case = load_case("lamm_L2")
     images, labels, classnames = golden_inputs(case)
+    cfg = case["cfg_set"]
     method = CoOpLAMM(golden_backbone(case), classnames,
-                      CoOpLAMMOptions(n_ctx=16, ctx_init="a photo of a", param_shots=1))
-    assert method.n_ctx == 4 and tuple(method.token_classes.shape) == (5, 2, 512)
+                      CoOpLAMMOptions(n_ctx=cfg["TRAINER.COOP.N_CTX"], ctx_init=cfg["TRAINER.COOP.CTX_INIT"],
+                                      param_shots=case["train_args"]["shots"]))
+    assert method.ctx.shape == _trainable_shape(case, "prompt_learner.ctx")
+    assert tuple(method.token_classes.shape) == _trainable_shape(case, "prompt_learner.token_classes")
     if case["constructor_init"]:
         assert_close(constructor_init_gaps(method, case, NAME_MAP), 1e-5, "constructor init")
     set_learnables(method, case, NAME_MAP)
     # the official fix_token is the frozen copy of the constructor value, not of the seeded one
-    assert_close(compare_logits(eval_logits(method, images), case), LOGIT_ATOL, "eval logits")
+    assert_close(compare_logits(eval_logits(method, images, case), case), LOGIT_ATOL, "eval logits")
 
-    terms = train_step(method, images, labels)
+    terms = train_step(method, images, labels, case)
     L = official_losses(case)
-    expected = {"ce": L["ce"], "param": L["param_mse_sum"],
-                "feature": ((1 - L["feature_cos[0]"]) + (1 - L["feature_cos[1]"])) / 2,
+    cos = [v for k, v in L.items() if k.startswith("feature_cos[")]   # one per qualifying sample
+    expected = {"ce": L["ce"], "param": L["param_mse_sum"] / case["train_args"]["shots"],
+                "feature": sum(1 - c for c in cos) / len(cos) if cos else 0.0,
                 "logit": 0.05 * 4 * L["distill_ce_raw"]}
     assert_close(compare_losses(terms, expected, case), LOSS_RTOL, "loss terms")
     assert_close(compare_grads(method, case, NAME_MAP), GRAD_RTOL, "gradients")

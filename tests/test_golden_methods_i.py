@@ -85,7 +85,7 @@ def test_methods_i_match_official(case_name):
     if case.data.get("constructor_init"):
         assert_close(constructor_init_gaps(method, case, name_map), 1e-6, "constructor init")
     set_learnables(method, case, name_map)
-    assert_close(compare_logits(eval_logits(method, images), case), LOGIT_ATOL, "eval logits")
-    terms = train_step(method, images, labels)
+    assert_close(compare_logits(eval_logits(method, images, case), case), LOGIT_ATOL, "eval logits")
+    terms = train_step(method, images, labels, case)
     assert_close(compare_losses(terms, _expected(name, official_losses(case), case), case), LOSS_RTOL, "loss terms")
     assert_close(compare_grads(method, case, name_map), GRAD_RTOL, "gradients")

@@ -129,3 +129,66 @@ def test_dry_run_lists_jobs_and_writes_nothing(world, capsys):
     assert text.count("done  coop-caltech101") == 3 and text.count("todo  coop-caltech101-s4") == 1
     assert "4 job(s), 1 to run" in text
     assert sorted(p.name for p in (root / "plain").rglob("*")) == before
+
+
+# ---------------------------------------------------------------- several jobs per GPU (issue 21)
+def test_worker_slots_repeat_each_gpu_interleaved():
+    from cpbench.launch.local import worker_slots
+
+    assert worker_slots(["0", "1"], 3) == ["0", "1", "0", "1", "0", "1"]
+    assert worker_slots(["0"], 1) == ["0"]
+
+
+def test_several_cpu_workers_on_one_gpu_share_it_and_write_the_same_rows(world):
+    from cpbench.launch.local import run_local, worker_slots
+
+    root, jobs, plain = world
+    s = _settings(root, "per-gpu")
+    summary = run_local(jobs, {**settings_payload(s), "device": "cpu"}, worker_slots(["0"], 2), say=lambda m: None,
+                        headroom_gib=1.0)
+    assert not summary.failed and summary.rows == 6
+    assert {a["visible_gpus"] for a in summary.answers} == {"0"}          # both workers on "GPU 0"
+    assert len({a["pid"] for a in summary.answers}) == 2                 # two processes at once
+    assert len(summary.by_worker) == 2
+    assert _rows(s.results_root).equals(plain)
+
+
+def test_wait_for_headroom_waits_for_free_memory_then_gives_up():
+    from cpbench.errors import UserError
+    from cpbench.launch.worker import wait_for_headroom
+
+    free = iter([1, 2, 5 << 30])
+    slept = []
+    wait_for_headroom(4 << 30, lambda: next(free), timeout_s=60, poll_s=5, sleep=slept.append)
+    assert slept == [5, 5]
+    with pytest.raises(UserError, match="lower --jobs-per-gpu"):
+        wait_for_headroom(4 << 30, lambda: 1 << 30, timeout_s=10, poll_s=5, sleep=lambda s: None)
+
+
+def test_out_of_gpu_memory_fails_the_job_not_the_worker(world, monkeypatch):
+    import cpbench.protocols.execute as execute_mod
+    from cpbench.launch.worker import Worker
+
+    class OutOfMemoryError(RuntimeError):   # stands in for torch.OutOfMemoryError
+        pass
+
+    def oom(*args, **kwargs):
+        raise OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(execute_mod, "run_job", oom)
+    monkeypatch.setattr("torch.cuda.empty_cache", lambda: None)
+    root, jobs, _ = world
+    ans = Worker().run(job_payload(jobs[0], {**settings_payload(_settings(root, "oom")), "device": "cpu"}))
+    assert not ans["ok"] and "lower --jobs-per-gpu" in ans["error"]
+
+
+def test_jobs_per_gpu_below_one_is_a_user_error(world):
+    from cpbench.errors import UserError
+    from cpbench.runner import RunRequest, execute
+
+    root, _, _ = world
+    req = RunRequest(method="coop", datasets=["caltech101"], seeds=[1], shots=[2], backbone="tiny", pretrained="none",
+                     sets=list(SETS), device="cpu", results=root / "plain", root=root / "data", launcher="local",
+                     gpus="0", jobs_per_gpu=0)
+    with pytest.raises(UserError, match="jobs-per-gpu"):
+        execute(req, Console(stderr=True), Console())

@@ -32,20 +32,6 @@ def perturb(t: torch.Tensor, seed: int, scale: float = 0.05) -> None:
         t.add_(scale * torch.randn(t.shape, generator=torch.Generator().manual_seed(seed)).to(t.dtype))
 
 
-@pytest.fixture(scope="module")
-def deep_backbone():
-    """A tiny random CLIP with 4 layers per tower (deep prompts at layers 1..3)."""
-    import open_clip
-
-    from cpbench.models.backbone import OPENAI_MEAN, OPENAI_STD, Backbone, BackboneSpec, Preprocess
-
-    torch.manual_seed(0)
-    clip = open_clip.model.CLIP(embed_dim=48, vision_cfg=dict(image_size=32, layers=4, width=64, patch_size=8,
-                                                              head_width=32),
-                                text_cfg=dict(context_length=32, vocab_size=49408, width=64, heads=2, layers=4))
-    return Backbone(clip, 32, Preprocess(32, OPENAI_MEAN, OPENAI_STD), BackboneSpec("deep-tiny", "none"))
-
-
 # ============================================================================ CoCoOp
 def test_cocoop_with_zeroed_meta_net_equals_coop(tiny_backbone):
     co = CoCoOp(tiny_backbone, NAMES, CoCoOpOptions(eval_chunk=2))
@@ -140,10 +126,12 @@ def test_deep_prompts_replace_tokens_at_every_prompted_layer(deep_backbone, kind
     x = images(2)
     seen_t, ht = _record_block_inputs(bb.clip.transformer.resblocks)
     seen_v, hv = _record_block_inputs(bb.clip.visual.transformer.resblocks)
+    bb.text.share_prefix = False  # the full pass calls the blocks (the shared pass equals it: test_shared_prefix)
     try:
         with torch.no_grad():
             m(x)
     finally:
+        bb.text.share_prefix = True
         for h in ht + hv:
             h.remove()
     n_tok_t = {t.shape[1] for _, t in seen_t}

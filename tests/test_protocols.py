@@ -6,16 +6,14 @@ classes) for ImageNet-A/R, whose rows are gathered from the source's class bank.
 from __future__ import annotations
 
 import dataclasses
-import sys
 
-import pandas as pd
 import pytest
 import torch
 
-from cpbench import cli
 from cpbench.data import prepare as prep
 from cpbench.data import specs as specs_mod
 from cpbench.results.store import ResultStore
+from conftest import run_main
 from minidata import make_caltech
 
 
@@ -38,13 +36,7 @@ def world(tmp_path, monkeypatch):
     return root, tmp_path / "results"
 
 
-def _cli(monkeypatch, *args):
-    monkeypatch.setattr(sys, "argv", ["cpbench", *map(str, args)])
-    try:
-        cli.main()
-    except SystemExit as exc:
-        return exc.code
-    return 0
+_cli = run_main
 
 
 def _rows(results):

@@ -4,12 +4,10 @@ suites fail with one line, exit 2, nothing written."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-from cpbench import cli
 from cpbench.data.catalog import all_specs
 from cpbench.methods.registry import method_names
 from cpbench.protocols import cross_dataset, domain_generalization
@@ -19,18 +17,6 @@ from minidata import make_caltech
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 KNOWN = set(cross_dataset.TARGETS) | set(domain_generalization.TARGETS) | {cross_dataset.SOURCE}
-
-
-def _cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["cpbench", *map(str, args)])
-    capsys.readouterr()
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
 
 
 @pytest.mark.parametrize("name", ["base2new", "cross_dataset", "dg", "few_shot", "toy"])
@@ -48,19 +34,19 @@ def test_shipped_suites_are_valid(name):
         assert all(d.startswith("toy_") for d in st["datasets"])
 
 
-def test_run_suite_end_to_end(tmp_path, monkeypatch, capsys):
+def test_run_suite_end_to_end(tmp_path, cli_here):
     make_caltech(tmp_path / "data")
     suite = tmp_path / "s.yaml"
     suite.write_text("protocol: base2new\nmethods: [zeroshot, coop]\ndatasets: [caltech101]\nseeds: [1]\n"
                      "shots: [2]\nset: [epochs=1]\n", encoding="utf-8")
     args = ("run", "--suite", suite, "--backbone", "tiny", "--pretrained", "none", "--device", "cpu",
             "--root", tmp_path / "data", "--results", tmp_path / "res")
-    code, out, err = _cli(monkeypatch, capsys, *args)
+    code, out, err = cli_here(*args)
     assert code == 0, err
     df = ResultStore(tmp_path / "res").read().frame
     assert sorted(df.groupby("method").size().items()) == [("coop", 2), ("zeroshot", 2)]
     assert set(df.shots) == {2} and set(df.epochs) == {0, 1}
-    code, out, err = _cli(monkeypatch, capsys, *args)
+    code, out, err = cli_here(*args)
     assert code == 0 and len(ResultStore(tmp_path / "res").read().frame) == 4
     assert "0 new result row(s)" in out
 
@@ -74,17 +60,17 @@ def test_run_suite_end_to_end(tmp_path, monkeypatch, capsys):
     ("methods: [coop\n", "not valid YAML"),
     ("- coop\n", "must be a mapping"),
 ])
-def test_bad_suites(tmp_path, monkeypatch, capsys, text, needle):
+def test_bad_suites(tmp_path, text, needle, cli_here):
     suite = tmp_path / "s.yaml"
     suite.write_text(text, encoding="utf-8")
-    code, out, err = _cli(monkeypatch, capsys, "run", "--suite", suite, "--backbone", "tiny",
-                          "--root", tmp_path / "data", "--results", tmp_path / "res")
+    code, out, err = cli_here("run", "--suite", suite, "--backbone", "tiny",
+                              "--root", tmp_path / "data", "--results", tmp_path / "res")
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "res").exists()
 
 
-def test_missing_suite_and_missing_method(tmp_path, monkeypatch, capsys):
-    code, _, err = _cli(monkeypatch, capsys, "run", "--suite", tmp_path / "nope.yaml")
+def test_missing_suite_and_missing_method(tmp_path, cli_here):
+    code, _, err = cli_here("run", "--suite", tmp_path / "nope.yaml")
     assert code == 2 and "not found" in err
-    code, _, err = _cli(monkeypatch, capsys, "run")
+    code, _, err = cli_here("run")
     assert code == 2 and "METHOD" in err

@@ -167,11 +167,11 @@ def _latex_ok(tex: str) -> int:
 
 
 @pytest.mark.parametrize("compare", [False, True])
-def test_every_format_renders(results, monkeypatch, capsys, compare):
+def test_every_format_renders(results, compare, cli_here):
     extra = ("--compare", "paper") if compare else ()
     outs = {}
     for fmt in formats.FORMATS:
-        code, out, err = _cli(monkeypatch, capsys, "report", "--results", results, "--format", fmt, *extra)
+        code, out, err = cli_here("report", "--results", results, "--format", fmt, *extra)
         assert code == 0, err
         outs[fmt] = out
     md = outs["markdown"]
@@ -207,9 +207,9 @@ def test_every_format_renders(results, monkeypatch, capsys, compare):
     assert _latex_ok(outs["latex"]) >= 12 + 2 + 2 + 3
 
 
-def test_filters_and_errors(results, monkeypatch, capsys):
-    code, out, _ = _cli(monkeypatch, capsys, "report", "--results", results, "--methods", "coop",
-                        "--datasets", "dtd", "--format", "csv")
+def test_filters_and_errors(results, cli_here):
+    code, out, _ = cli_here("report", "--results", results, "--methods", "coop",
+                            "--datasets", "dtd", "--format", "csv")
     assert code == 0
     csv = pd.read_csv(io.StringIO(out))
     assert set(csv.method) == {"coop"}
@@ -217,12 +217,12 @@ def test_filters_and_errors(results, monkeypatch, capsys):
     assert "imagenet" in set(csv[csv.protocol == "cross_dataset"].dataset)
     for args, needle in ((("--format", "pdf"), "--format"), (("--protocol", "xd"), "unknown protocol"),
                          (("--compare", "x"), "--compare"), (("--methods", "nosuch"), "no results match")):
-        code, out, err = _cli(monkeypatch, capsys, "report", "--results", results, *args)
+        code, out, err = cli_here("report", "--results", results, *args)
         assert code == 2 and needle in err and out == "", args
 
 
-def test_plots_are_pngs(results, monkeypatch, capsys, tmp_path):
-    code, _, err = _cli(monkeypatch, capsys, "report", "--results", results, "--plots", tmp_path / "figs")
+def test_plots_are_pngs(results, tmp_path, cli_here):
+    code, _, err = cli_here("report", "--results", results, "--plots", tmp_path / "figs")
     assert code == 0, err
     for name in ("base_vs_new.png", "few_shot.png"):
         data = (tmp_path / "figs" / name).read_bytes()

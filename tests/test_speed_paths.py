@@ -70,3 +70,25 @@ def test_feature_views_training_is_deterministic_and_moves_params(tiny_backbone,
     init = CoOp(tiny_backbone, NAMES, CoOpOptions(ctx_init="", n_ctx=4)).ctx.detach()
     assert torch.equal(a, b)
     assert not torch.equal(a, init) and not torch.equal(c, init)
+
+
+def test_uint8_pixels_normalised_on_device_equal_the_full_transforms(image_list):
+    """The loaders ship uint8 pixels and finish ToTensor + Normalize on the batch: bit-identical,
+    for the test transform and for the train transform under the same random draws."""
+    from cpbench.data.images import load_image, test_pixels, test_transform, to_model_input, train_pixels, train_transform
+    from cpbench.models.backbone import OPENAI_MEAN, OPENAI_STD, Preprocess
+
+    root, items = image_list
+    pre = Preprocess(24, OPENAI_MEAN, OPENAI_STD)
+    imgs = [load_image(root / it.path) for it in items[:6]]
+    cpu = torch.device("cpu")
+    full = torch.stack([test_transform(pre)(im) for im in imgs])
+    pixels = torch.stack([test_pixels(pre)(im) for im in imgs])
+    assert pixels.dtype == torch.uint8
+    assert torch.equal(to_model_input(pixels, pre, cpu), full)
+    torch.manual_seed(5)
+    full = torch.stack([train_transform(pre)(im) for im in imgs])
+    torch.manual_seed(5)
+    pixels = torch.stack([train_pixels(pre)(im) for im in imgs])
+    assert torch.equal(to_model_input(pixels, pre, cpu), full)
+    assert to_model_input(pixels, pre, cpu, torch.float16).dtype == torch.float16

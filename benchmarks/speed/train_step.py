@@ -2,7 +2,8 @@
 
 Prints one JSON line: method, backbone, classes, mode, seconds per step, images/s, peak RSS.
 "naive" = full-length text sequences (the official repos); "fast" = sequences cut after the
-longest EOT (exact under CLIP's causal mask). Images are random tensors so only model work is
+longest EOT (exact under CLIP's causal mask), as recorded in README.md; "shared" = cut and the
+shared prefix encoded once (issue 21; cpu_ii.py and gpu.py measure it side by side). Images are random tensors so only model work is
 timed. Used by run_all.sh; can be run alone:
 
     python benchmarks/speed/train_step.py --method coop --backbone toy --classes 100 --mode fast
@@ -27,7 +28,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--mode", choices=["naive", "fast"], default="fast")
+    ap.add_argument("--mode", choices=["naive", "fast", "shared"], default="fast")
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0)
@@ -44,7 +45,8 @@ def main() -> None:
     precision = resolve_precision(args.precision, device)
     pretrained = args.pretrained or ("none" if args.backbone != "toy" else "toy")
     backbone = load_backbone(args.backbone, pretrained).to(device=device, dtype=precision.param_dtype)
-    backbone.text.truncate = args.mode == "fast"
+    backbone.text.truncate = args.mode != "naive"
+    backbone.text.share_prefix = args.mode == "shared"
     cls = get_method_class(args.method)
     cfg = resolve(args.method, cls.Options)
     names = [f"object number {i} of kind {i % 7}" for i in range(args.classes)]

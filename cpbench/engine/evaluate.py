@@ -4,6 +4,12 @@ The class-side context (e.g. text features) is computed once per evaluation, not
 For methods whose image encoder is unprompted, frozen image features come from the exact
 feature cache when one is given.
 
+Images travel as uint8 pixels and are normalised on the device (``to_model_input``, bit-identical).
+On a GPU, ``num_workers=0`` means ``eval_workers``: decoding runs in up to 8 worker processes
+with prefetching, off the GPU's critical path (the test transform draws no random numbers, so
+results do not depend on it). On a CPU the workers would compete with the encoder for the same
+cores, so evaluation decodes in the main process unless ``num_workers`` says otherwise.
+
 Besides the accuracy, ``EvalResult`` carries the per-image outcome (true label, predicted label,
 the softmax probability of the true class), which the protocol stores beside the results rows
 (``cpbench/results/predictions.py``) for intervals, paired tests and per-class views.
@@ -20,12 +26,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from cpbench.data.images import ImageList, describe, test_transform
+from cpbench.data.images import ImageList, describe, test_pixels, test_transform, to_model_input
 from cpbench.data.splits import Item
 from cpbench.engine.cache import FeatureCache
 from cpbench.engine.precision import Precision
 from cpbench.methods.base import Method
-from cpbench.threads import loader_worker_init
+from cpbench.threads import available_cpus, loader_worker_init
 
 BatchCallback = Callable[[int, int], None]
 
@@ -49,10 +55,24 @@ def _outcome(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, 
     return logits.argmax(dim=-1).cpu(), p_true.cpu()
 
 
+def eval_workers(requested: int, device: torch.device) -> int:
+    """Decode workers for evaluation: ``requested`` if > 0; else up to 8 on a GPU, 0 on a CPU."""
+    if requested > 0 or device.type != "cuda":
+        return requested
+    return max(0, min(8, available_cpus()[0] - 1))
+
+
 def _loader(items, image_root, method, batch_size, num_workers, device):
-    ds = ImageList(items, image_root, test_transform(method.backbone.preprocess))
-    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      pin_memory=device.type == "cuda", worker_init_fn=loader_worker_init)
+    ds = ImageList(items, image_root, test_pixels(method.backbone.preprocess))
+    workers = eval_workers(num_workers, device)
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
+                      pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
+                      worker_init_fn=loader_worker_init)
+
+
+def _inputs(pixels: torch.Tensor, method: Method, device: torch.device, precision: Precision) -> torch.Tensor:
+    dtype = torch.float16 if precision.param_dtype == torch.float16 else torch.float32
+    return to_model_input(pixels, method.backbone.preprocess, device, dtype)
 
 
 @torch.no_grad()
@@ -60,10 +80,8 @@ def encode_all(method: Method, items, image_root, device, precision: Precision, 
                num_workers: int = 0, on_batch: BatchCallback | None = None) -> torch.Tensor:
     loader = _loader(items, image_root, method, batch_size, num_workers, device)
     out = []
-    for b, (images, _, _) in enumerate(loader):
-        images = images.to(device, non_blocking=True)
-        if precision.param_dtype == torch.float16:
-            images = images.half()
+    for b, (pixels, _, _) in enumerate(loader):
+        images = _inputs(pixels, method, device, precision)
         with precision.autocast(device):
             out.append(method.encode_images(images).float().cpu())
         if on_batch:
@@ -100,10 +118,8 @@ def evaluate(method: Method, items: Sequence[Item], image_root: Path, device: to
     else:
         loader = _loader(items, image_root, method, batch_size, num_workers, device)
         preds, probs, start = [], [], 0
-        for b, (images, _, _) in enumerate(loader):
-            images = images.to(device, non_blocking=True)
-            if precision.param_dtype == torch.float16:
-                images = images.half()
+        for b, (pixels, _, _) in enumerate(loader):
+            images = _inputs(pixels, method, device, precision)
             with precision.autocast(device):
                 if context_per_batch:
                     context = method.eval_context()

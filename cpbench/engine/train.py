@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 from cpbench.config import TrainConfig
-from cpbench.data.images import ImageList, train_transform
+from cpbench.data.images import ImageList, to_model_input, train_pixels
 from cpbench.data.splits import Item
 from cpbench import faults
 from cpbench.engine import checkpoint
@@ -110,6 +110,23 @@ def _load_scaler_state(scaler, tensors: dict[str, torch.Tensor]) -> None:
     scaler.load_state_dict(st)
 
 
+def batch_loss(method: Method, inputs: torch.Tensor, labels: torch.Tensor, precision: Precision,
+               device: torch.device, features: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """(summed weighted loss, logits, loss terms) of one batch: images, or (``features``) cached
+    image features."""
+    with precision.autocast(device):
+        if features:
+            logits, losses = method.forward_train_features(inputs, labels)
+        else:
+            logits, losses = method.forward_train(inputs, labels)
+        return sum(losses.values()), logits, losses
+
+
+def _image_dtype(precision: Precision) -> torch.dtype:
+    return torch.float16 if precision.param_dtype == torch.float16 else torch.float32
+
+
 @torch.no_grad()
 def cached_views(method: Method, dataset: ImageList, cfg: TrainConfig, device: torch.device,
                  precision: Precision, seed: int) -> torch.Tensor:
@@ -123,10 +140,8 @@ def cached_views(method: Method, dataset: ImageList, cfg: TrainConfig, device: t
         loader = DataLoader(dataset, batch_size=cfg.test_batch_size, shuffle=False, num_workers=cfg.num_workers,
                             worker_init_fn=loader_worker_init)
         feats = []
-        for images, _, _ in loader:
-            images = images.to(device)
-            if precision.param_dtype == torch.float16:
-                images = images.half()
+        for pixels, _, _ in loader:
+            images = to_model_input(pixels, method.backbone.preprocess, device, _image_dtype(precision))
             with precision.autocast(device):
                 feats.append(method.encode_images(images).float())
         out.append(torch.cat(feats))
@@ -175,7 +190,7 @@ def train(method: Method, items: Sequence[Item], image_root: Path, cfg: TrainCon
             start = resumed = int(meta["epoch"]) + 1
             before = float(meta.get("train_seconds", 0.0))  # training time spent before the interruption
             history = list(meta.get("history", []))          # the epochs before the interruption
-    dataset = ImageList(items, image_root, train_transform(method.backbone.preprocess), keep_decoded=DECODED_BUDGET)
+    dataset = ImageList(items, image_root, train_pixels(method.backbone.preprocess), keep_decoded=DECODED_BUDGET)
     drop_last = len(dataset) >= cfg.batch_size
     use_features = cfg.feature_views > 0 and method.feature_training and not method.image_prompted
     views = cached_views(method, dataset, cfg, device, precision, seed) if use_features else None
@@ -205,16 +220,12 @@ def train(method: Method, items: Sequence[Item], image_root: Path, cfg: TrainCon
         terms: dict[str, float] = {}
         correct: int | None = 0
         for b, (inputs, labels) in enumerate(batches):
-            inputs = inputs.to(device, non_blocking=True)
+            if views is None:   # uint8 pixels -> normalised images on the device (bit-identical)
+                inputs = to_model_input(inputs, method.backbone.preprocess, device, _image_dtype(precision))
+            else:
+                inputs = inputs.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
-            if precision.param_dtype == torch.float16 and views is None:
-                inputs = inputs.half()
-            with precision.autocast(device):
-                if views is not None:
-                    logits, losses = method.forward_train_features(inputs, labels)
-                else:
-                    logits, losses = method.forward_train(inputs, labels)
-                loss = sum(losses.values())
+            loss, logits, losses = batch_loss(method, inputs, labels, precision, device, features=views is not None)
             opt.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()

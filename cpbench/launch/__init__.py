@@ -1,7 +1,8 @@
 """Scaling out ``cpbench run`` (issue 8): the same jobs, run by several worker processes.
 
-- ``local``: one worker process per GPU (``--gpus 0,1,2,3``) pulling jobs from one queue;
-  each worker sees only its GPU (``CUDA_VISIBLE_DEVICES``) and loads the backbone once.
+- ``local``: one worker process per GPU (``--gpus 0,1,2,3``), or several (``--jobs-per-gpu N``,
+  or a GPU listed N times), pulling jobs from one queue; each worker sees only its GPU
+  (``CUDA_VISIBLE_DEVICES``) and loads the backbone once.
 - ``slurm``: one SLURM array task per job through submitit.
 
 Jobs cross process (and machine) boundaries as JSON payloads, never pickles: a payload is
@@ -102,8 +103,14 @@ def run(req, settings, jobs, console, out, threads_plan=None) -> list[dict]:
 
     store = ResultStore(settings.results_root)
     gpus = parse_gpus(req.gpus) if req.launcher == "local" else []
+    if req.launcher == "local" and (req.jobs_per_gpu < 1 or req.gpu_headroom < 0):
+        raise UserError("--jobs-per-gpu must be >= 1 and --gpu-headroom >= 0 (GiB)")
     if not req.dry_run:
         check_gpus_exist(gpus)
+    if req.launcher == "local":
+        from cpbench.launch.local import worker_slots
+
+        gpus = worker_slots(gpus, req.jobs_per_gpu)
     slurm_opts = None
     if req.launcher == "slurm":
         from cpbench.launch.slurm import SlurmOptions
@@ -136,7 +143,7 @@ def run(req, settings, jobs, console, out, threads_plan=None) -> list[dict]:
         console.print(f"{len(todo)} job(s) on {len(gpus)} local worker(s) (GPUs {','.join(gpus)}), "
                       f"{each} CPU thread(s) each", highlight=False)
         summary = run_local(todo, payload, gpus, say=lambda m: console.print(m, highlight=False, soft_wrap=True),
-                            threads=each)
+                            threads=each, headroom_gib=req.gpu_headroom)
         out.print(f"{summary.rows} new result row(s) in {store.root}", highlight=False)
         if summary.failed:
             first = summary.failed[0][1]

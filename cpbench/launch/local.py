@@ -1,9 +1,15 @@
-"""``--launcher local --gpus 0,1,2,3``: one worker process per GPU, all pulling from one queue.
+"""``--launcher local --gpus 0,1,2,3``: worker processes on local GPUs, all pulling from one queue.
 
 Each worker is ``python -m cpbench.launch.worker`` with ``CUDA_VISIBLE_DEVICES`` set to its GPU;
 a thread per worker hands it the next job as a JSON line and waits for its JSON answer. A worker
 that dies (out of memory, killed) fails only the job it held and is restarted for the rest;
 re-running the command resumes that job from its last checkpoint.
+
+Several jobs per GPU: a GPU listed k times (``--gpus 0,0,0,1,1,1``) or ``--jobs-per-gpu k`` gets k
+workers, since one prompt-learning job leaves a large GPU mostly idle. Before each job such a
+worker waits until its GPU has ``headroom`` bytes free (``torch.cuda.mem_get_info``; see
+``worker.wait_for_headroom``), and a job that still runs out of GPU memory fails alone with a
+message saying to lower ``--jobs-per-gpu``.
 """
 
 from __future__ import annotations
@@ -40,14 +46,24 @@ def _spawn(gpu: str, threads: int | None) -> subprocess.Popen:
                             stdout=subprocess.PIPE, env=env, text=True, bufsize=1)
 
 
-def run_local(jobs, settings: dict, gpus: list[str], say=print, threads: int | None = None) -> LocalSummary:
-    """Run ``jobs`` on one worker per entry of ``gpus``; ``settings`` = launch.settings_payload(...).
-    A worker sees only its GPU; ``--device auto`` then picks it (``--device cpu`` or a ``cpu``
-    entry makes CPU workers, which stand in for GPUs in the tests). ``threads``: CPU threads of
-    each worker (its share of the CPUs).
+def worker_slots(gpus: list[str], jobs_per_gpu: int = 1) -> list[str]:
+    """One entry per worker: every listed GPU ``jobs_per_gpu`` times, interleaved so that the
+    first jobs spread over the GPUs (``["0", "1"], 2`` -> ``["0", "1", "0", "1"]``)."""
+    return [g for _ in range(max(1, int(jobs_per_gpu))) for g in gpus]
+
+
+def run_local(jobs, settings: dict, gpus: list[str], say=print, threads: int | None = None,
+              headroom_gib: float = 0.0) -> LocalSummary:
+    """Run ``jobs`` on one worker per entry of ``gpus`` (``worker_slots``: a GPU may appear several
+    times); ``settings`` = launch.settings_payload(...). A worker sees only its GPU; ``--device
+    auto`` then picks it (``--device cpu`` or a ``cpu`` entry makes CPU workers, which stand in
+    for GPUs in the tests). ``threads``: CPU threads of each worker (its share of the CPUs).
+    ``headroom_gib``: free GPU memory a worker waits for before each job when its GPU hosts more
+    than one worker.
 
     Ctrl-C / SIGTERM (``Interrupted`` in this thread) stops the workers, which keep their last
     epoch checkpoint, and is raised again with what was saved."""
+    shared_gpu = {g for g in gpus if g != "cpu" and gpus.count(g) > 1}
     q: queue.Queue = queue.Queue()
     for job in jobs:
         q.put(job)
@@ -59,6 +75,7 @@ def run_local(jobs, settings: dict, gpus: list[str], say=print, threads: int | N
     def serve(slot: int, gpu: str) -> None:
         name = f"worker{slot}[gpu {gpu}]"
         device = "cpu" if gpu == "cpu" else settings["device"]  # "auto" finds the one visible GPU
+        launch = {"headroom_gib": float(headroom_gib) if gpu in shared_gpu else 0.0}
         proc = None
         try:
             while not stopping.is_set():
@@ -72,7 +89,7 @@ def run_local(jobs, settings: dict, gpus: list[str], say=print, threads: int | N
                     if proc is None or proc.poll() is not None:
                         proc = procs[slot] = _spawn(gpu, threads)
                 try:
-                    proc.stdin.write(dumps(job_payload(job, settings, device)) + "\n")
+                    proc.stdin.write(dumps({**job_payload(job, settings, device), "launch": launch}) + "\n")
                     proc.stdin.flush()
                     line = proc.stdout.readline()
                 except (BrokenPipeError, OSError, ValueError):

@@ -82,6 +82,15 @@ class Method(nn.Module):
     feature_training: ClassVar[bool] = False  # forward_train_features is valid (opt-in cached train views)
     trainable: ClassVar[bool] = True         # zero-shot CLIP / linear probe set this False / custom
     seed_dependent: ClassVar[bool] = True    # False: the seed changes nothing (zero-shot CLIP); never flagged for seeds
+    # evaluating a subset of the training classes (DG: ImageNet -> A/R) must rebuild the method on
+    # the target's class names rather than keep logit columns: its score of one class depends on the
+    # other classes (Bayesian PL averages softmaxes over Monte-Carlo samples); see protocols/gather.py
+    rebuild_on_target_classes: ClassVar[bool] = False
+    new_classes: ClassVar[bool] = True       # can score classes it was not trained on (see takes_new_classes)
+    # the classifier is a fixed matrix of class text features applied to the frozen, unprompted image
+    # features (logits = logit_scale * normalise(f) @ eval_context().T): an export can then carry the
+    # final text features, usable with plain open_clip
+    text_classifier: ClassVar[bool] = False
 
     def __init__(self, backbone: Backbone, classnames: list[str], options: Options, template: str = "a photo of a {}."):
         super().__init__()
@@ -91,6 +100,11 @@ class Method(nn.Module):
         self.classnames = list(classnames)
 
     # ------------------------------------------------------------------ classes
+    @classmethod
+    def takes_new_classes(cls, options: Options) -> bool:
+        """Whether a model with these options can score classes it was not trained on."""
+        return cls.new_classes
+
     def set_classnames(self, classnames: list[str]) -> None:
         """Rebuild everything derived from class names (learned parameters are kept)."""
         self.classnames = list(classnames)

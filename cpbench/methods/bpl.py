@@ -25,11 +25,24 @@ broadcast against the context [1, M, D]); here each image gets its own L samples
 prompts, so any batch size is correct (at batch 1 it is the official computation). ``coopvpt``
 is batch-independent anyway. The YAML default is the official batch 1.
 
-Evaluation sampling (deviation by default, for speed): ``coopvpt`` draws one set of L fresh
-samples per evaluation (``eval_context``) and uses it for every test image; the official code
-draws new samples per test batch (``eval_resample: true`` does that, at L·C text encodings per
-batch). ``forward`` (one call) always draws fresh samples. ``cocoopvpt`` draws
-fresh samples per image, as the official batch-1 evaluation.
+Evaluation sampling. The official test batch size is 1, so the official evaluation draws L fresh
+samples for every test image. ``eval_resample: true`` does exactly that (per image, at L·C text
+encodings per image). The default (``false``, a deviation for speed) draws one set of L samples per
+evaluation (``eval_context``, after the engine's fixed per-evaluation seed) and scores every test
+image with it: the same estimator per image, but the images share their noise. ``forward`` (one
+call) draws one fresh set for its batch. ``cocoopvpt`` always draws fresh samples per image, as
+the official batch-1 evaluation (its posterior depends on the image).
+
+Class subsets (DG: ImageNet -> ImageNet-A/-R). The output of a class depends on all the classes
+(a softmax per sample, then the average), so keeping 200 of the 1000 source columns is not the
+official 200-way evaluation: both variants declare ``rebuild_on_target_classes`` and are rebuilt
+on the target's class names, as the official code (``protocols/gather.py``).
+
+Issue 18 audit items, status: (2) DG subsets rebuilt on the target's classes — fixed; (8)
+``eval_resample`` is per image, as the official batch-1 test — fixed, the default shares one draw
+per evaluation (documented above); (1) published numbers under ``coopvpt`` — see
+``results/published.csv``; (10) the dead ``dg:`` blocks of ``coopvpt.yaml`` / ``cocoopvpt.yaml``
+— removed (DG trains under the ``cross_dataset`` block, whose values they repeated).
 """
 
 from __future__ import annotations
@@ -54,7 +67,7 @@ class BPLOptions(Options):
     mc_samples: int = 10      # official TRAINER.VPT.L (the scripts override it per dataset)
     kl_weight: float = 0.001
     eval_chunk: int = 4096    # cocoopvpt: max prompts per text-encoder call at evaluation (memory only)
-    eval_resample: bool = False  # coopvpt: fresh L samples per test batch (official) instead of per evaluation
+    eval_resample: bool = False  # coopvpt: fresh L samples per test image (official) instead of one draw per evaluation
 
 
 class InferenceBlock(nn.Module):
@@ -106,6 +119,7 @@ class CoOpVPT(Method):
     name = "coopvpt"
     Options = BPLOptions
     conditional = False
+    rebuild_on_target_classes = True   # a softmax average over MC samples: no column subsetting
 
     def __init__(self, backbone, classnames, options: BPLOptions, template="a photo of a {}."):
         super().__init__(backbone, classnames, options, template)
@@ -153,7 +167,7 @@ class CoOpVPT(Method):
         prompts = torch.cat([p.token_prefix.unsqueeze(0).expand(s, -1, -1, -1),
                              ctx.to(dtype).unsqueeze(1).expand(-1, c, -1, -1),
                              p.token_suffix.unsqueeze(0).expand(s, -1, -1, -1)], dim=2)
-        feats = self.backbone.text(prompts.reshape(s * c, *prompts.shape[2:]), p.eot.repeat(s))
+        feats = self.backbone.text(prompts.reshape(s * c, *prompts.shape[2:]), p.eot.repeat(s), shared=p.shared, groups=s)
         return F.normalize(feats.float(), dim=-1).view(*lead, c, -1)
 
     def kl(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -180,10 +194,15 @@ class CoOpVPT(Method):
         return self.shifted_text_features(self.sample(mu, logvar)[:, 0])   # [L, C, D]
 
     def logits_from_features(self, image_features, context):
-        if context is None:
+        scale = self.backbone.logit_scale.float()
+        if context is None:  # eval_resample: L fresh samples for every image (the official batch-1 test)
             mu, logvar = self.posterior(None)
-            context = self.shifted_text_features(self.sample(mu, logvar)[:, 0])
-        logits = self.backbone.logit_scale.float() * torch.einsum("bd,lcd->lbc", image_features.float(), context)
+            outs = []
+            for f in image_features.float():
+                text = self.shifted_text_features(self.sample(mu, logvar)[:, 0])      # [L, C, D]
+                outs.append(mc_log_mean_prob(scale * torch.einsum("d,lcd->lc", f, text).unsqueeze(1)))
+            return torch.cat(outs, dim=0)
+        logits = scale * torch.einsum("bd,lcd->lbc", image_features.float(), context)
         return mc_log_mean_prob(logits)
 
 

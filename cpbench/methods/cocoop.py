@@ -69,7 +69,7 @@ class CoCoOp(Method):
         prompts = torch.cat([p.token_prefix.unsqueeze(0).expand(b, -1, -1, -1),
                              ctx.to(dtype).unsqueeze(1).expand(-1, c, -1, -1),
                              p.token_suffix.unsqueeze(0).expand(b, -1, -1, -1)], dim=2)
-        feats = self.backbone.text(prompts.reshape(b * c, *prompts.shape[2:]), p.eot.repeat(b))
+        feats = self.backbone.text(prompts.reshape(b * c, *prompts.shape[2:]), p.eot.repeat(b), shared=p.shared, groups=b)
         return F.normalize(feats.float(), dim=-1).view(b, c, -1)
 
     def _logits(self, image_features: torch.Tensor) -> torch.Tensor:

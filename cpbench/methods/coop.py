@@ -30,6 +30,11 @@ class CoOp(Method):
     name = "coop"
     Options = CoOpOptions
     feature_training = True
+    text_classifier = True
+
+    @classmethod
+    def takes_new_classes(cls, options) -> bool:
+        return super().takes_new_classes(options) and not options.csc  # one context per trained class
 
     def __init__(self, backbone, classnames, options: CoOpOptions, template="a photo of a {}."):
         super().__init__(backbone, classnames, options, template)
@@ -75,5 +80,10 @@ class CoOp(Method):
     def eot(self) -> torch.Tensor:
         return self.prompts.eot
 
+    def shared_prefix(self) -> int:
+        """Leading prompt positions the text encoder may encode once for all classes: none for a
+        class-specific context or a class token that is not at the end."""
+        return self.prompts.shared if not self.options.csc and self.options.class_token_position == "end" else 0
+
     def text_features(self) -> torch.Tensor:
-        return self.backbone.text(self.assemble(self.context()), self.prompts.eot)
+        return self.backbone.text(self.assemble(self.context()), self.prompts.eot, shared=self.shared_prefix())

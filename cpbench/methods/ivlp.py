@@ -67,7 +67,8 @@ class IVLP(OfficialFloat32, Method):
         self.prompts.build(self.backbone, classnames)
 
     def text_features(self) -> torch.Tensor:
-        return self.backbone.text(self.prompts.assemble(self.ctx), self.prompts.eot, deep=deep_list(self.deep_text))
+        return self.backbone.text(self.prompts.assemble(self.ctx), self.prompts.eot, deep=deep_list(self.deep_text),
+                                  shared=self.prompts.shared)
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """Prompted, unnormalised image features."""

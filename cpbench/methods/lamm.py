@@ -29,12 +29,22 @@ Hierarchical loss (``--triplet-loss``, on in every official script), terms as re
 - ``logit``   0.05 · T²·CE_soft(input = z̄/T, target = softmax(z/T)), T = 2: the soft target is
   the learned-label logits and is NOT detached (official ``distillation(t=logits, s=fix)``).
 
-Other class lists (new classes, ImageNet-A/R subsets, other datasets): label rows are kept by
-the *training class names*. ``set_classnames`` uses the learned row for every name that was
-trained and the original name tokens otherwise, so new classes get the plain CoOp prompt with
-the learned ctx, as the official ``--eval-only`` new-class path; a class list that mixes both
-(a DG subset of the training classes) uses each where it applies. Only ``end`` class-token
+Which class uses which learned row: by class INDEX within the training class list, never by
+name (ImageNet's names repeat: "missile" 657/744, "sunglasses" 836/837; a name map would give each
+pair one shared row and orphan the other). ``set_classnames`` gives class i row i when the new
+list is the training list itself (training, base evaluation, few-shot; ImageNet-V2 and -Sketch,
+whose 1000 classes are ImageNet's in wnid order), and the original name tokens for every class of
+any other list: new classes get the plain CoOp/MaPLe prompt with the learned ctx, as the official
+``--eval-only`` new-class path (which has no learned labels at all), and so do other datasets'
+classes (the official code cannot load 1000 learned rows into another class count). ImageNet-A/-R
+(DG) keep the training list and select the 200 logit columns by wnid
+(``protocols/gather.py``), so their classes keep their learned rows. Only ``end`` class-token
 position is supported (the official code raises otherwise).
+
+Issue 18 audit item (3), duplicate class names sharing one row: fixed (rows by index). MaPLe+LAMM
+and checkpoints: the official MaPLe trainer's ``load_model`` deletes ``token_classes`` from a
+loaded checkpoint (so its eval-only runs use the initial label embeddings); importing an official
+checkpoint (``cpbench/official_checkpoints.py``) keeps the learned rows.
 """
 
 from __future__ import annotations
@@ -87,7 +97,7 @@ def feature_loss(text: torch.Tensor, fix: torch.Tensor, labels: torch.Tensor) ->
 
 class LabelRows:
     """Mixin: learnable label rows ``token_classes`` [C_train, L_lab, D] + frozen ``fix_token``,
-    kept by training class name, written into prompt positions 1+n_ctx .. 1+n_ctx+L_lab."""
+    one per training class (by index), written into prompt positions 1+n_ctx .. 1+n_ctx+L_lab."""
 
     def _init_label_rows(self, backbone, classnames, label_len: int, random_init: bool) -> None:
         self.label_names = [clean(c) for c in classnames]
@@ -106,9 +116,16 @@ class LabelRows:
         self._build_label_index()
 
     def _build_label_index(self) -> None:
-        row = {n: i for i, n in enumerate(self.label_names)}
-        idx = torch.tensor([row.get(clean(c), -1) for c in self.classnames], dtype=torch.long)
+        """Row of each current class: its index when the current list is the training list,
+        else -1 (original name tokens); never matched by name (names can repeat)."""
+        n = len(self.classnames)
+        same = [clean(c) for c in self.classnames] == self.label_names
+        idx = torch.arange(n) if same else torch.full((n,), -1, dtype=torch.long)
         self.register_buffer("label_row", idx.to(self.token_classes.device), persistent=False)
+
+    def shared_prefix(self) -> int:
+        """The encoder's shared prefix stops before the (per-class) label rows."""
+        return min(super().shared_prefix(), 1 + self.n_ctx)
 
     def with_label_rows(self, base: torch.Tensor) -> torch.Tensor:
         """Assembled prompts [C, L, D] with tokens 1+n_ctx .. +L_lab replaced by the learned label
@@ -162,7 +179,7 @@ class CoOpLAMM(LabelRows, CoOp):
         return self.with_label_rows(self.assemble(ctx))
 
     def text_features(self) -> torch.Tensor:
-        return self.backbone.text(self.learned_prompts(self.context()), self.prompts.eot)
+        return self.backbone.text(self.learned_prompts(self.context()), self.prompts.eot, shared=self.shared_prefix())
 
     def _train_losses(self, image_features: torch.Tensor, labels: torch.Tensor):
         if not self.options.hierarchical_loss:
@@ -173,7 +190,7 @@ class CoOpLAMM(LabelRows, CoOp):
         c = self.prompts.n_cls
         both = torch.cat([self.learned_prompts(ctx), self.assemble(ctx)], dim=0)
         eot = torch.cat([self.prompts.eot, self.prompts.eot])
-        feats = F.normalize(self.backbone.text(both, eot).float(), dim=-1)
+        feats = F.normalize(self.backbone.text(both, eot, shared=self.shared_prefix()).float(), dim=-1)
         return self.hierarchical_terms(image_features, feats[:c], feats[c:], labels)
 
     def forward_train(self, images, labels):
@@ -219,7 +236,7 @@ class MaPLeLAMM(LabelRows, MaPLe):
 
     def text_features(self) -> torch.Tensor:
         return self.backbone.text(self.with_label_rows(self.prompts.assemble(self.ctx)), self.prompts.eot,
-                                  deep=self.deep_text())
+                                  deep=self.deep_text(), shared=self.shared_prefix())
 
     def forward_train(self, images, labels):
         f = self.encode_images(images)
@@ -231,5 +248,6 @@ class MaPLeLAMM(LabelRows, MaPLe):
         base = self.prompts.assemble(self.ctx)
         both = torch.cat([self.with_label_rows(base), base], dim=0)
         eot = torch.cat([self.prompts.eot, self.prompts.eot])
-        feats = F.normalize(self.backbone.text(both, eot, deep=self.deep_text()).float(), dim=-1)
+        feats = F.normalize(self.backbone.text(both, eot, deep=self.deep_text(), shared=self.shared_prefix()).float(),
+                            dim=-1)
         return self.hierarchical_terms(f, feats[:c], feats[c:], labels)

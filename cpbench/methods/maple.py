@@ -74,8 +74,12 @@ class MaPLe(OfficialFloat32, Method):
         deep = [layer(p) for layer, p in zip(self.compound_prompt_projections, self.compound_prompts_text)]
         return shallow, ([None, *deep] if deep else None)
 
+    def shared_prefix(self) -> int:
+        return self.prompts.shared
+
     def text_features(self) -> torch.Tensor:
-        return self.backbone.text(self.prompts.assemble(self.ctx), self.prompts.eot, deep=self.deep_text())
+        return self.backbone.text(self.prompts.assemble(self.ctx), self.prompts.eot, deep=self.deep_text(),
+                                  shared=self.shared_prefix())
 
     def encode_images(self, images):
         shallow, deep = self.vision_prompts()

@@ -13,11 +13,19 @@ classes exactly as CoOp (class token at end). Options (official ``TRAINER.PRE.*`
   (undefined ``max_length``) and is not offered.
 - ``residual`` (default true): Φ(ctx) = encoder(ctx) + ctx.
 - ``separate`` (default false): one encoder per context token, each over a length-1 sequence.
+  The official code keeps these encoders in a plain dict, never registered with the module: they
+  are never optimised, never saved and random (PyTorch's default init from the global RNG). That
+  is reproduced: with ``separate: true`` only ``ctx`` learns, the per-token encoders are frozen at
+  a random init drawn from their own generator seeded by ``separate_seed`` (so training, a
+  resumed run and every evaluation rebuild the same encoders; they are not in the checkpoint).
 - ``bottleneck`` (64): the MLP width. The official PromptLearner passes ``layer_norm=False`` and
   ``dropout=0``, so the MLP has neither.
 
 Loss: CE only. Precision: ``amp`` by default (the official default path; its fp16/fp32 branch
 crashes). Inference: CoOp with ctx' = Φ(ctx), computed once per evaluation.
+
+Issue 18 audit item (5), ``separate`` trained encoders the official code never trains: fixed
+(frozen, seeded random encoders, as described above).
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ class PREOptions(CoOpOptions):
     residual: bool = True
     separate: bool = False
     bottleneck: int = 64
+    separate_seed: int = 0   # separate=true: seed of the frozen random per-token encoders
 
 
 class PromptEncoder(nn.Module):
@@ -78,12 +87,22 @@ class PRE(CoOp):
         d = backbone.text_width
         if d % 2:
             raise UserError("the LSTM encoder needs an even text width")
-        n = len(self.ctx) if options.separate else 1
-        encoders = [PromptEncoder(options.encoder, d, options.bottleneck, options.residual) for _ in range(n)]
         if options.separate:
-            self.encoder_network = nn.ModuleList(encoders).to(backbone.dtype)
+            # official: a plain dict of encoders, never registered -> never trained or saved (random);
+            # here frozen and drawn from their own seeded generator, so every rebuild is identical
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(options.separate_seed)
+                encoders = [PromptEncoder(options.encoder, d, options.bottleneck, options.residual)
+                            for _ in range(len(self.ctx))]
+            self.encoder_network = nn.ModuleList(encoders).to(backbone.dtype).requires_grad_(False)
         else:
-            self.encoder_network = encoders[0].to(backbone.dtype)
+            self.encoder_network = PromptEncoder(options.encoder, d, options.bottleneck, options.residual).to(backbone.dtype)
+
+    def learned_state(self) -> dict[str, torch.Tensor]:
+        state = super().learned_state()
+        if self.options.separate:  # frozen, rebuilt from separate_seed: not learned state
+            state = {k: v for k, v in state.items() if not k.startswith("encoder_network.")}
+        return state
 
     def context(self) -> torch.Tensor:
         if self.options.separate:

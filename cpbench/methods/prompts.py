@@ -5,6 +5,12 @@ class name, the full stop, EOT and padding) stays a frozen buffer — CoOp's ``t
 ``token_suffix``. ``prefix_text`` is the init phrase ("a photo of a") or "X X X X"; when
 ``n_ctx`` is smaller than its word count (MaPLe's 2 of "a photo of a") the remaining words stay
 in the frozen suffix, as in the official code.
+
+``shared`` is the number of leading positions that every class's prompt has in common when the
+context is one tensor broadcast to all classes: the start token, the context slots, and any
+further identical frozen tokens (the rest of the init phrase, a common first word of the names).
+Methods pass it to the text encoder (``shared=``), which then encodes that prefix once
+(``cpbench.models.text``); a class-specific context must pass 0.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from torch import nn
 
 from cpbench.methods.base import clean
 from cpbench.models.backbone import Backbone
+from cpbench.models.text import common_prefix
 
 
 def init_context(backbone: Backbone, ctx_init: str, n_ctx: int, width: int | None = None,
@@ -52,6 +59,7 @@ class ClassPrompts(nn.Module):
         self.register_buffer("token_prefix", emb[:, :1].clone(), persistent=False)
         self.register_buffer("token_suffix", emb[:, 1 + self.n_ctx:].clone(), persistent=False)
         self.register_buffer("eot", ids.argmax(dim=-1), persistent=False)
+        self.shared = common_prefix(ids)
         self.name_lens = [backbone.n_tokens(clean(c)) for c in classnames]
 
     @property

@@ -16,9 +16,19 @@ it), with an fp32 text tower as the official code (a float copy when the backbon
 Gaussian prompt aggregation (GPA): w_e ∝ N(e; μ, σ²) for epochs e = 1..E, normalised to sum 1
 (computed as a softmax of the log-pdf, equal to pdf/Σpdf and safe from underflow); after each
 epoch θ_GPA += w_e · θ_e (persistent ``gpa_*`` buffers, so a resumed run continues the sum);
-at train end θ_GPA is loaded into the prompts. Only the learned prompts are aggregated (the
-official code weights the whole state_dict, whose frozen part sums back to itself).
+at train end θ_GPA is loaded into the prompts. Only the learned prompts are aggregated. The
+official code weights and sums the WHOLE state_dict, frozen CLIP included, and loads the result:
+in fp32 that part sums back to itself up to round-off, but in the official fp16 it does not —
+each Σ_e w_e·θ is computed with an fp16 rounding per product and per sum, and a simulation of
+that arithmetic (E = 20, μ = 15, σ = 1, 10⁶ random fp16 values at three scales) changes about
+38 % of the values, by up to 3 ulps (the audit measured ~40–60 % by one ulp). So the official
+model evaluated after training (and the frozen weights inside its released checkpoints) differs
+from the pretrained CLIP by those ulps; cpbench keeps the pretrained backbone untouched, and an
+imported official checkpoint (``cpbench/official_checkpoints.py``) takes only its prompts.
 Inference: plain prompted CLIP (IVLP) with the aggregated prompts.
+
+Issue 18 audit item (9), the claim that GPA over the frozen weights sums back to itself:
+corrected (above).
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ import torch.nn.functional as F
 from cpbench.errors import UserError
 from cpbench.methods.base import clean
 from cpbench.methods.ivlp import IVLP, IVLPOptions
+from cpbench.models.text import common_prefix
 
 # PromptSRC trainers/imagenet_templates.py IMAGENET_TEMPLATES (bb95c77), in its order: CLIP's 80
 # ImageNet templates without the last 20, with "a photo of a {}." moved to the front.
@@ -116,7 +127,7 @@ class PromptSRC(IVLP):
             total = None
             for t in TEMPLATES:
                 ids = bb.tokenize([t.replace("{}", n) for n in names])
-                f = enc(bb.token_embedding(ids).float(), ids.argmax(dim=-1)).float()
+                f = enc(bb.token_embedding(ids).float(), ids.argmax(dim=-1), shared=common_prefix(ids)).float()
                 total = f if total is None else total + f
             self.fixed_embeddings = total / len(TEMPLATES)
         return self.fixed_embeddings

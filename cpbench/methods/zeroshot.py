@@ -19,6 +19,7 @@ class ZeroShotCLIP(Method):
     Options = ZeroShotOptions
     trainable = False
     seed_dependent = False  # no training data, no sampling: every seed gives the same result
+    text_classifier = True
 
     def prompts(self) -> list[str]:
         template = self.options.template or self.template

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from cpbench.errors import UserError
-from cpbench.models.text import PromptTextEncoder
+from cpbench.models.text import PromptTextEncoder, common_prefix
 from cpbench.models.vision import PromptImageEncoder
 
 TOY_DIR = Path(__file__).parent / "toy"
@@ -153,6 +153,14 @@ def _toy(spec: BackboneSpec) -> tuple[nn.Module, int, Preprocess]:
     return model, cfg["text_cfg"].get("context_length", 77), pre
 
 
+LOCAL_DIR_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "model.safetensors", "pytorch_model.bin")
+
+
+def local_dir_weights(path: Path) -> Path | None:
+    """The weights file a ``local-dir:PATH`` backbone loads (the first of LOCAL_DIR_WEIGHTS present)."""
+    return next((path / f for f in LOCAL_DIR_WEIGHTS if (path / f).exists()), None)
+
+
 def _local_dir(path: Path, spec: BackboneSpec) -> tuple[nn.Module, int, Preprocess]:
     cfg_file = path / "open_clip_config.json"
     if not cfg_file.exists():
@@ -160,12 +168,10 @@ def _local_dir(path: Path, spec: BackboneSpec) -> tuple[nn.Module, int, Preproce
     cfg = json.loads(cfg_file.read_text())
     model_cfg = cfg.get("model_cfg", cfg)
     model = _build_from_cfg(model_cfg, model_cfg.get("quick_gelu", False) or spec.quick_gelu)
-    for fname in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "model.safetensors", "pytorch_model.bin"):
-        if (path / fname).exists():
-            _load_into(model, _load_state(path / fname), str(path / fname), f"local-dir:{path}'s config")
-            break
-    else:
+    weights = local_dir_weights(path)
+    if weights is None:
         raise UserError(f"local-dir:{path}: no weights file (open_clip_model.safetensors or open_clip_pytorch_model.bin)")
+    _load_into(model, _load_state(weights), str(weights), f"local-dir:{path}'s config")
     pp = cfg.get("preprocess_cfg", {})
     size = model_cfg["vision_cfg"].get("image_size", 224)
     pre = Preprocess(pp.get("size", size) if isinstance(pp.get("size", size), int) else size,
@@ -271,6 +277,17 @@ class Backbone(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.clip.token_embedding.weight.dtype
 
+    @property
+    def quick_gelu(self) -> bool:
+        """The towers use QuickGELU (OpenAI's weights need it; same weights, other activation = another model)."""
+        import open_clip
+
+        return any(isinstance(m, open_clip.transformer.QuickGELU) for m in self.clip.modules())
+
+    @property
+    def context_length(self) -> int:
+        return int(self.tokenizer.context_length)
+
     def train(self, mode: bool = True):  # the frozen CLIP always stays in eval mode
         super().train(mode)
         self.clip.eval()
@@ -289,7 +306,7 @@ class Backbone(nn.Module):
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         ids = self.tokenize(texts)
-        return self.text(self.token_embedding(ids), ids.argmax(dim=-1))
+        return self.text(self.token_embedding(ids), ids.argmax(dim=-1), shared=common_prefix(ids))
 
     # -- images
     def encode_image(self, images: torch.Tensor, prompts=None, deep=None) -> torch.Tensor:
@@ -299,11 +316,12 @@ class Backbone(nn.Module):
     def logit_scale(self) -> torch.Tensor:
         return self.clip.logit_scale.exp()
 
-    def fingerprint(self) -> str:
-        """Hash of the weights (for feature-cache keys)."""
+    def fingerprint(self, rounding: torch.dtype | None = None) -> str:
+        """Hash of the weights (for feature-cache keys). ``rounding=torch.float16`` hashes them as fp16
+        values, so a copy of the same weights moved to fp16 (``precision=fp16``) keeps its fingerprint."""
         h = hashlib.sha256()
         for k, v in sorted(self.clip.state_dict().items()):
-            t = v.detach().float().cpu().contiguous()
+            t = (v.detach() if rounding is None else v.detach().to(rounding)).float().cpu().contiguous()
             h.update(k.encode())
             h.update(t.flatten()[:: max(1, t.numel() // 4096)].numpy().tobytes())
         return h.hexdigest()[:16]
@@ -338,6 +356,8 @@ def check_backbone(name: str, pretrained: str, weights: str | None) -> None:
         if not (folder / "open_clip_config.json").is_file():
             raise UserError(f"local-dir:{folder}: no open_clip_config.json in that folder")
         return
+    import open_clip
+
     if name not in open_clip.list_models():
         raise UserError(f"unknown backbone {name!r}; use `toy`, `local-dir:PATH` or an open_clip model "
                         f"name such as ViT-B-16 (see `cpbench list`)")

@@ -5,9 +5,15 @@ ImageNet-A and -R are 200-class problems (labels 0..199 over their sorted wnids,
 targets are marked ``gather``: the method keeps the *source* class names (its 1000-class text
 bank, including class-specific parameters such as CoOp-CSC contexts or LAMM label embeddings)
 and the evaluation selects the logit columns of the target's classes, matched by wnid
-(ImageNet -> A/R: ImageNet's names are not unique) or else by class name, in the target's label order. For shared-context methods this equals CoOp's 200-way rebuild; for
+(ImageNet -> A/R: ImageNet's names are not unique) or else by class name, in the target's label
+order. Keeping columns equals CoOp's 200-way rebuild exactly when each class's logit does not
+depend on the other classes (CoOp, CoCoOp, MaPLe, IVLP, PromptSRC, KgCoOp, PRE, CPL); for
 class-specific methods it keeps the learned per-class parameters (a 200-way rebuild would lose
-them). For V2 and Sketch (same 1000 classes) the selection is the identity."""
+them). It is NOT equal for Bayesian prompt learning, whose output averages a softmax over
+Monte-Carlo samples: the official code rebuilds the prompts on the 200 classes, so each sample's
+softmax is 200-way before averaging. Such a method declares ``rebuild_on_target_classes`` and is
+rebuilt on the target's class names instead (``gather.scorer_for``). For V2 and Sketch (same
+1000 classes) the selection is the identity."""
 
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ from cpbench.errors import UserError
 from cpbench.methods.base import Method
 from cpbench.methods.registry import get_method_class
 from cpbench.models.backbone import Backbone
-from cpbench.protocols.gather import GatherColumns, target_columns
+from cpbench.protocols.gather import scorer_for
 from cpbench.protocols.jobs import Job, Reporter, RunSettings, SilentReporter, job_config
 from cpbench.protocols.keys import job_key, training_key
 from cpbench.results import curves, predictions
@@ -48,6 +48,13 @@ def subset_items(ds: prep.PreparedDataset, subset: str, shots: int, seed: int, p
     val_items = fs.val if fs else ds.split.val
     (tr, va, te), names = subsample_classes(subset, train_items, val_items, ds.split.test)
     return {"train": tr, "val": va, "test": te}[part], names, (tr, va)
+
+
+def evaluation_seed(seed: int, target_index: int) -> int:
+    """The torch seed set before evaluating a job's target ``target_index`` (0-based, in job order):
+    the same RNG state whether training ran now, resumed or was loaded from the final checkpoint, for
+    methods that sample at test time (Bayesian prompts). Exports record it per target."""
+    return epoch_seed(seed, 200_000 + target_index)
 
 
 def job_lock(s: RunSettings, tkey: str) -> FileLock:
@@ -118,7 +125,8 @@ def learn(job: Job, cfg: ResolvedConfig, backbone: Backbone, s: RunSettings, rep
         raise UserError(f"feature_views (cached augmented train features) is not available for {job.method}: "
                         "its image path is prompted or it needs the images; remove --set feature_views")
     ds = prep.load(job.train_dataset, s.data_root)
-    train_items, names, (tr, va) = subset_items(ds, job.train_subset, job.shots, job.seed, "train")
+    # imported state trains nothing here: the class names come from the full split, no few-shot draw is needed
+    train_items, names, (tr, va) = subset_items(ds, job.train_subset, 0 if s.state_from else job.shots, job.seed, "train")
     if cls.trainable and not train_items:
         raise UserError(f"{ds.name}: no training images for the {job.train_subset} classes; check the split file "
                         f"in {ds.dir} or re-run `cpbench prepare {ds.name} --force`")
@@ -184,17 +192,10 @@ def _run_job_locked(job: Job, cfg: ResolvedConfig, key: str, backbone: Backbone,
     run_id = uuid.uuid4().hex[:12]
     rows, evals = [], []
     for ti, target in enumerate(job.targets):
-        # the same RNG state for each evaluation whether training ran now, resumed or was loaded
-        # from the final checkpoint (methods that sample at test time, e.g. Bayesian prompts)
-        torch.manual_seed(epoch_seed(job.seed, 200_000 + ti))
+        torch.manual_seed(evaluation_seed(job.seed, ti))
         tds = ds if target.dataset == ds.name else prep.load(target.dataset, s.data_root)
         items, tnames, _ = subset_items(tds, target.subset, job.shots if tds is ds else 0, job.seed, "test")
-        scorer = method
-        if target.gather and list(tnames) != list(names):
-            scorer = GatherColumns(method, target_columns(ds, tds, list(names), list(tnames)))
-            method.set_classnames(names)
-        else:
-            method.set_classnames(tnames)
+        scorer = scorer_for(method, target.gather, ds, tds, names, tnames)
         method.to(device=s.device, dtype=precision.param_dtype)
         reporter.phase(f"evaluating on {tds.name}/{target.subset} ({len(items)} images)")
         res = evaluate(scorer, items, tds.image_root, s.device, precision, cfg.train.test_batch_size,

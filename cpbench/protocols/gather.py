@@ -1,5 +1,8 @@
 """Evaluating a target whose classes are a subset of the training classes (DG: ImageNet -> A/R)
-by keeping the logit columns of the target's classes from the source class bank."""
+by keeping the logit columns of the target's classes from the source class bank, or, for a method
+whose score of one class depends on the others (``Method.rebuild_on_target_classes``: Bayesian PL
+averages a softmax over Monte-Carlo samples), by rebuilding it on the target's class names as the
+official code does (``scorer_for``)."""
 
 from __future__ import annotations
 
@@ -67,3 +70,18 @@ def target_columns(ds, tds, names: list[str], tnames: list[str]) -> list[int]:
     return gather_columns(names, tnames, tds.name)
 
 
+
+
+def scorer_for(method, gather: bool, ds, tds, names: list[str], tnames: list[str]):
+    """What evaluates a target: the method set to the target's class names (a rebuild), or, for a
+    ``gather`` target whose classes differ from the training classes, a ``GatherColumns`` view of
+    the method on the training classes. Keeping columns equals the rebuild only when each class's
+    logit is independent of the other classes; a method that declares
+    ``rebuild_on_target_classes`` (its output is a softmax average, so keeping 200 of 1000 columns
+    weights the samples differently) is always rebuilt."""
+    if gather and list(tnames) != list(names) and not getattr(method, "rebuild_on_target_classes", False):
+        columns = target_columns(ds, tds, list(names), list(tnames))
+        method.set_classnames(list(names))
+        return GatherColumns(method, columns)
+    method.set_classnames(list(tnames))
+    return method

@@ -88,5 +88,10 @@ def job_config(job: Job, s: RunSettings) -> ResolvedConfig:
     cls = get_method_class(job.method)
     # DG evaluates the cross-dataset checkpoint: both train under the YAML's cross_dataset block
     protocol = CONFIG_PROTOCOL.get(job.protocol, job.protocol)
+    imported = None
+    if s.state_from:  # imported state: the settings it was learned with, where its source records them
+        from cpbench import imports
+
+        imported = imports.config(s.state_from)
     return resolve(job.method, cls.Options, protocol, dataset=job.train_dataset, shots=job.shots,
-                   config_file=s.config_file, sets=s.sets)
+                   config_file=s.config_file, sets=s.sets, imported=imported)

@@ -40,6 +40,8 @@ KEY = COLUMNS[:9]
 PROVENANCE = {
     "authors-logs": ("authors' logs", "recomputed from the training logs shipped in the official repository"),
     "authors-readme": ("authors' README", "the README or project page of an official repository"),
+    "authors-figure": ("authors' figure", "read off a results figure of an official repository by pixel measurement "
+                                          "(about ±0.1; the citation says how)"),
     "third-party-list": ("third-party list", "a results table collected by others (the Awesome-Prompt-Adapter-"
                                              "Learning-for-VLMs README), not checked against the paper"),
     "paper-recalled": ("paper, recalled", "the paper's table, recalled and arithmetically cross-checked (every HM and "

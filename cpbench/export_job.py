@@ -1,0 +1,186 @@
+"""``cpbench export``: select one trained job from the results and write its export file.
+
+A job is found by its results rows (method, training dataset, seed; optionally shots, backbone,
+protocol) or by its checkpoint folder (``RESULTS/checkpoints/<training key>``). The rows hold the
+resolved config, so the training key, and with it the final checkpoint, follow exactly as
+``cpbench run`` computed them. Imported rows (``--from-export``, official checkpoints) are never
+exported again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from cpbench.config import ResolvedConfig
+from cpbench.errors import UserError
+from cpbench.protocols.jobs import Job, RunSettings
+
+PROTOCOL_ORDER = ("base2new", "few_shot", "cross_dataset", "dg")
+
+
+@dataclass
+class Trained:
+    job: Job
+    cfg: ResolvedConfig
+    settings: RunSettings
+    training_key: str
+    rows: list[dict]          # the rows of the chosen job, in target order
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.settings.results_root / "checkpoints" / self.training_key
+
+
+def _job(rows: list[dict]) -> Job:
+    """The job the rows of one job key came from (its plan: training subset and targets)."""
+    from cpbench.runner import RunRequest, plan_jobs
+
+    r = rows[0]
+    p = r["protocol"]
+    req = RunRequest(method=r["method"], protocol=p, seeds=[int(r["seed"])], shots=[int(r["shots"])],
+                     source=r["train_dataset"])
+    if p in ("cross_dataset", "dg"):
+        datasets = [x["eval_dataset"] for x in rows if x["eval_dataset"] != r["train_dataset"]]
+    else:
+        datasets = [r["train_dataset"]]
+    return plan_jobs(req, datasets)[0]
+
+
+def _trained(rows: list[dict], data_root: Path, results_root: Path) -> Trained:
+    from cpbench.methods.registry import get_method_class
+    from cpbench.protocols.keys import training_key
+
+    r = rows[0]
+    job = _job(rows)
+    cfg = ResolvedConfig.from_dict(json.loads(r["config_json"]), get_method_class(job.method).Options)
+    if cfg.hash != r["config_hash"]:
+        raise UserError(f"the rows of {r['job_key']} were written by a cpbench with other settings (config hash "
+                        f"{r['config_hash']}, rebuilt {cfg.hash}); re-run that job with this version to export it")
+    s = RunSettings(data_root=data_root, results_root=results_root, backbone=r["backbone"], pretrained=r["pretrained"],
+                    weights=r.get("weights") or None)
+    return Trained(job, cfg, s, training_key(job, cfg, s), rows)
+
+
+def _describe(t: Trained) -> str:
+    j, s = t.job, t.settings
+    return f"{j.protocol} k{j.shots} {s.backbone} config {t.cfg.hash}"
+
+
+def find(results_root: Path, data_root: Path, method: str | None, dataset: str | None, seed: int | None,
+         shots: int | None = None, backbone: str | None = None, protocol: str | None = None,
+         checkpoint: Path | None = None) -> Trained:
+    """The one trained job that matches, or one line saying what to narrow or run."""
+    from cpbench.results.store import ResultStore
+
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        if not checkpoint.is_dir():
+            raise UserError(f"--checkpoint {checkpoint}: no such folder; pass RESULTS/checkpoints/<job>")
+        if checkpoint.parent.name == "checkpoints":
+            results_root = checkpoint.parent.parent
+    elif not (method and dataset and seed is not None):
+        raise UserError("name the job: cpbench export METHOD --dataset D --seed S (or --checkpoint DIR)")
+    if protocol is not None and protocol not in PROTOCOL_ORDER:
+        raise UserError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOL_ORDER)}")
+    frame = ResultStore(results_root).read().frame
+    if frame.empty:
+        raise UserError(f"no results under {results_root}; train first (`cpbench run METHOD ...`) or pass --results DIR")
+    if "imported" not in frame:
+        frame["imported"] = ""
+    frame = frame[frame["imported"].fillna("") == ""]
+    for col, value in (("method", method), ("train_dataset", dataset), ("seed", seed), ("shots", shots),
+                       ("backbone", backbone), ("protocol", protocol)):
+        if value is not None:
+            frame = frame[frame[col] == value]
+    jobs: dict[str, Trained] = {}
+    for _, grp in frame.groupby("job_key", sort=True):
+        t = _trained(grp.to_dict("records"), data_root, results_root)
+        # cross_dataset and dg share one training: keep the first protocol in PROTOCOL_ORDER
+        if t.training_key not in jobs or (PROTOCOL_ORDER.index(t.job.protocol)
+                                          < PROTOCOL_ORDER.index(jobs[t.training_key].job.protocol)):
+            jobs[t.training_key] = t
+    if checkpoint is not None:
+        jobs = {k: v for k, v in jobs.items() if k == checkpoint.name}
+    what = f"{method or 'any method'} on {dataset or 'any dataset'} seed {seed if seed is not None else 'any'}"
+    if not jobs:
+        if checkpoint is not None:
+            raise UserError(f"no results rows for checkpoint {checkpoint.name} in {results_root}; export needs the job's "
+                            "rows: re-run its `cpbench run` to the end")
+        raise UserError(f"no trained job {what} in {results_root}; check `cpbench report --results {results_root}` "
+                        "(a job must have finished its evaluation)")
+    if len(jobs) > 1:
+        found = "; ".join(f"{_describe(t)} -> {t.checkpoint_dir}" for t in jobs.values())
+        raise UserError(f"{len(jobs)} trained jobs {what} match ({found}); narrow with --shots/--backbone/--protocol "
+                        "or pass --checkpoint DIR")
+    return next(iter(jobs.values()))
+
+
+def export(t: Trained, out: Path, device: str = "cpu") -> dict:
+    """Build the method on its training classes, load its final checkpoint and write ``out``.
+    Returns the metadata written."""
+    import torch
+
+    from cpbench import export as fmt
+    from cpbench.data import prepare as prep
+    from cpbench.engine import checkpoint
+    from cpbench.engine.precision import resolve_device
+    from cpbench.methods.registry import get_method_class
+    from cpbench.models.backbone import load_backbone
+    from cpbench.protocols.execute import evaluation_seed, subset_items
+    from cpbench.results.schema import environment, now
+
+    job, s = t.job, t.settings
+    out = Path(out)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; pass a file name such as prompts.safetensors")
+    ds = prep.load(job.train_dataset, s.data_root)
+    _, names, _ = subset_items(ds, job.train_subset, job.shots, job.seed, "train")
+    dev = resolve_device(device)
+    cls = get_method_class(job.method)
+    backbone = load_backbone(s.backbone, s.pretrained, s.weights)
+    backbone.to(device=dev, dtype=torch.float32)
+    with torch.random.fork_rng(devices=[]):
+        method = cls(backbone, names, t.cfg.options, template=ds.spec.template)
+    method.to(device=dev, dtype=torch.float32)
+    final = checkpoint.load(t.checkpoint_dir, "final")
+    if final is None and method.learned_state():
+        raise UserError(f"no final checkpoint in {t.checkpoint_dir} (deleted?); re-run the job with `cpbench run "
+                        f"{job.method} ... --force` to train it again")
+    state = final[0] if final is not None else {}
+    method.load_learned_state(state)
+    method.eval()
+    text = scale = None
+    if cls.text_classifier:
+        with torch.no_grad():
+            text, scale = method.eval_context().float().cpu(), backbone.logit_scale.float().cpu()
+    env = environment()
+    p = backbone.preprocess
+    meta = {
+        "method": job.method, "config": t.cfg.as_dict(), "config_hash": t.cfg.hash,
+        "backbone": fmt.backbone_record(backbone),
+        "preprocess": {"image_size": p.image_size, "mean": list(p.mean), "std": list(p.std),
+                       "interpolation": p.interpolation},
+        "classnames": list(names), "template": ds.spec.template,
+        "job": {"protocol": job.protocol, "train_dataset": job.train_dataset, "train_subset": job.train_subset,
+                "shots": job.shots, "seed": job.seed, "training_key": t.training_key,
+                "targets": [{"dataset": tg.dataset, "subset": tg.subset, "rng_seed": evaluation_seed(job.seed, i)}
+                            for i, tg in enumerate(job.targets)],
+                "rows": [{k: _plain(r.get(k)) for k in ("eval_dataset", "subset", "accuracy", "n_test", "n_classes",
+                                                         "precision", "epochs", "job_key", "run_id")} for r in t.rows]},
+        "text_features": text is not None,
+        "versions": {k: env[f"{k}_version"] for k in ("cpbench", "torch", "open_clip")},
+        "created_at": now(),
+    }
+    fmt.write(out, meta, state, text, scale)
+    return meta
+
+
+def _plain(v):
+    """numpy/pandas scalars -> JSON values."""
+    if v is None or (isinstance(v, float) and pd.isna(v)):
+        return None
+    return v.item() if hasattr(v, "item") else v
