@@ -104,16 +104,16 @@ def base_vs_new(t: Table, path: Path | None = None):
                     continue
                 got = True
                 below, above = _err(r)
-                ax.errorbar([x + dx], [v], yerr=[[below], [above]], fmt="o", color=colour, ms=5, capsize=3,
-                            label=fld if (x, d) == (0, panels[0]) else None)
+                ax.errorbar([x + dx], [v], yerr=[[below], [above]], fmt="o", color=colour, ms=5, capsize=3)
                 ax.annotate(f"{v:.1f}", (x + dx, v + above), textcoords="offset points", xytext=(0, 3),
                             ha="center", va="bottom", fontsize=7, color=colour)
                 lows.append(v - below)
                 highs.append(v + above)
             h = by.get((d, m, "HM"))
             if h and h["mean"] is not None:
-                ax.plot([x], [h["mean"]], marker="D", color=HM, ms=4, ls="none",
-                        label="HM" if (x, d) == (0, panels[0]) else None)
+                below, above = _err(h)
+                ax.errorbar([x], [h["mean"]], yerr=[[below], [above]], fmt="D", color=HM, ms=4, capsize=2, lw=0.8,
+                            alpha=0.8)
             if not got:
                 ax.text(x, 0.5, "missing", transform=ax.get_xaxis_transform(), ha="center", va="center",
                         rotation=90, fontsize=8, color="#999999")
@@ -126,8 +126,11 @@ def base_vs_new(t: Table, path: Path | None = None):
         ax.grid(axis="y", alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=8, frameon=False)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker=mk, color=c, ls="none", label=lab)
+               for mk, c, lab in (("o", BASE, "Base"), ("o", NEW, "New"), ("D", HM, "HM"))]
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=8, frameon=False)
     fig.suptitle(f"Base vs new accuracy, {t.key} (seed means; {_error_note(recs)}; ◆ = HM)", fontsize=11)
     fig.tight_layout()
     return _save(fig, path)
@@ -225,6 +228,10 @@ def differences(t: Table, path: Path | None = None):
         ax.annotate(f"{c.value:+.2f}" + ("" if sig else " n.s."), (c.paired.high if c.paired else c.value, y),
                     textcoords="offset points", xytext=(5, 0), va="center", fontsize=7)
     ax.axvline(0, color="#999999", lw=1, ls="--")
+    ends = [v for _, c in rows if c.value is not None and not isnan(c.value)
+            for v in ((c.paired.low, c.paired.high) if c.paired else (c.value,))] + [0.0]
+    span = max(ends) - min(ends) or 1.0
+    ax.set_xlim(min(ends) - 0.08 * span, max(ends) + 0.3 * span)  # room for the labels on the right
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels([n for n, _ in rows], fontsize=7)
     ax.invert_yaxis()
