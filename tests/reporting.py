@@ -71,7 +71,7 @@ def outcome_job(root, method: str, dataset: str, seed: int, outcomes: dict, *, p
     for target, (labels, preds) in outcomes.items():
         labels, preds = np.asarray(labels), np.asarray(preds)
         eval_, subset = (dataset, target) if protocol == "base2new" else (target, "all")
-        acc = 100.0 * float(np.mean(labels == preds))
+        acc = 100.0 * int(np.sum(labels == preds)) / len(labels)  # as cpbench run computes it
         r = row(protocol, method, train, eval_, subset, shots, seed, acc, **kw)
         n_classes = int(max(labels.max(), preds.max())) + 1
         r.update(run_id=run_id, job_key=key, correct=int(np.sum(labels == preds)), n_test=len(labels),

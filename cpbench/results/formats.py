@@ -27,12 +27,16 @@ def p_text(p: float) -> str:
     return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
+def _signed(x: float) -> str:
+    return f"{0.0 if abs(x) < 0.005 else x:+.2f}"  # no "-0.00"
+
+
 def _difference_text(c: Cell) -> str:
     if c.value is None or math.isnan(c.value):
         return "–"
-    t = f"{c.value:+.2f}"
+    t = _signed(c.value)
     if c.paired is not None:
-        t += f" [{c.paired.low:+.2f}, {c.paired.high:+.2f}], {p_text(c.paired.p)}" + ("" if c.paired.significant
+        t += f" [{_signed(c.paired.low)}, {_signed(c.paired.high)}], {p_text(c.paired.p)}" + ("" if c.paired.significant
                                                                                      else ", n.s.")
     if c.mcnemar:
         t += "; McNemar " + ", ".join(f"s{m.seed} {p_text(m.p)} ({m.a_only}/{m.b_only})" for m in c.mcnemar)

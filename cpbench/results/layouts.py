@@ -26,7 +26,7 @@ PROTOCOL_TITLES = {"base2new": "Base-to-new generalisation", "cross_dataset": "C
                    "dg": "Domain generalisation", "few_shot": "Few-shot classification"}
 LAYOUTS = ("auto", "wide", "long")
 WIDE_MAX_COLUMNS = 12          # 4 entries × Base/New/HM
-WIDE_MAX_COLUMNS_COMPARE = 6   # with --compare paper each cell is about three times as wide
+WIDE_MAX_COLUMNS_COMPARE = 6   # with --compare paper (or --ci) each cell is two to three times as wide
 
 
 def dataset_order() -> tuple[str, ...]:
@@ -104,7 +104,7 @@ def _flag_and_notes(rows: list[Row], extra: str) -> list[str]:
 
 
 def base2new_tables(cells: Cells, agg: pd.DataFrame, entries: list[Entry], layout: str = "auto",
-                    compare: bool = False) -> list[Table]:
+                    compare: bool = False, ci: bool = False) -> list[Table]:
     a = agg[agg["protocol"] == "base2new"]
     tables = []
     for shots, g in a.groupby("shots", sort=True):
@@ -120,7 +120,7 @@ def base2new_tables(cells: Cells, agg: pd.DataFrame, entries: list[Entry], layou
             ab = _derived(_mean([p[0] for p in per]), [p[0] for p in per], e, "Average", "Base", shots)
             an = _derived(_mean([p[1] for p in per]), [p[1] for p in per], e, "Average", "New", shots)
             grid[(e.key, "Average")] = [ab, an, _hm(ab, an, e, "Average", shots)]
-        limit = WIDE_MAX_COLUMNS_COMPARE if compare else WIDE_MAX_COLUMNS
+        limit = WIDE_MAX_COLUMNS_COMPARE if compare or ci else WIDE_MAX_COLUMNS
         chosen = layout if layout != "auto" else ("wide" if 3 * len(ents) <= limit else "long")
         if chosen == "wide":
             rows = [Row((d,), [c for e in ents for c in grid[(e.key, d)]], average=d == "Average")

@@ -50,7 +50,8 @@ class Outcome:
 
     @property
     def accuracy(self) -> float:
-        return 100.0 * float(self.correct.mean()) if len(self.label) else float("nan")
+        """Percent, computed as the results row computes it (bit-identical to the row's)."""
+        return 100.0 * int(self.correct.sum()) / len(self.label) if len(self.label) else float("nan")
 
 
 @dataclass

@@ -135,7 +135,7 @@ def build(frame: pd.DataFrame, opts: ReportOptions | None = None, outcomes: Outc
         per_class.check(opts.per_class, df)
     agg = aggregate(df)
     cells = layouts.Cells(agg, {e.key: e for e in es})
-    tables = layouts.base2new_tables(cells, agg, es, opts.layout, opts.compare)
+    tables = layouts.base2new_tables(cells, agg, es, opts.layout, opts.compare, opts.ci)
     tables += layouts.transfer_tables(cells, agg, es, "cross_dataset", cross_dataset.TARGETS)
     tables += layouts.transfer_tables(cells, agg, es, "dg", domain_generalization.TARGETS)
     tables += layouts.few_shot_tables(cells, agg, es)
