@@ -45,6 +45,7 @@ class Source:
     strip: str = ""                 # leading folder to drop from archive members
     inner: str | None = None        # a nested archive to extract instead (e.g. a tgz inside a zip)
     dest: str = ""                  # sub-folder of the dataset dir to extract into (Sketch: sketch/ -> images/)
+    members: tuple[str, ...] = ()   # extract only these members (paths after ``strip``); () = all
     optional: bool = False
     manual: str | None = None       # when nothing can be automated: what to do, said to the user
 
@@ -203,17 +204,23 @@ def extract_source(path: Path, src: Source, target: Path, progress: Progress | N
                 except KeyError:
                     raise UserError(f"{path.name} does not contain {src.inner}; delete it and prepare again") from None
             extract(tmp, target / src.dest if src.dest else target, src.strip, progress,
-                    fmt=PurePosixPath(src.inner).name)
+                    fmt=PurePosixPath(src.inner).name, members=src.members)
         finally:
             tmp.unlink(missing_ok=True)
         return
-    extract(path, target / src.dest if src.dest else target, src.strip, progress)
+    extract(path, target / src.dest if src.dest else target, src.strip, progress, members=src.members)
 
 
 def extract(archive: Path, target: Path, strip: str = "", progress: Progress | None = None,
-            fmt: str | None = None) -> None:
+            fmt: str | None = None, members: tuple[str, ...] = ()) -> None:
     """Extract tar(.gz/.bz2/.xz) or zip into ``target``: no absolute paths, no ``..``, no links,
-    no devices. The whole archive is checked before anything is written."""
+    no devices. The whole archive is checked before anything is written. ``members``: only these
+    paths (after ``strip``) are written."""
+    wanted = set(members)
+
+    def skip(rel) -> bool:
+        return rel is None or bool(wanted and rel.as_posix() not in wanted)
+
     target.mkdir(parents=True, exist_ok=True)
     root = target.resolve()
     name = (fmt or archive.name).lower()
@@ -227,7 +234,7 @@ def extract(archive: Path, target: Path, strip: str = "", progress: Progress | N
                     raise UserError(f"refusing archive member {info.filename!r}: symbolic link")
             total = len(plan)
             for n, (info, rel) in enumerate(plan, 1):
-                if rel is None:
+                if skip(rel):
                     continue
                 out = root / rel
                 if info.is_dir():
@@ -244,9 +251,9 @@ def extract(archive: Path, target: Path, strip: str = "", progress: Progress | N
     except tarfile.TarError as exc:
         raise UserError(f"{archive}: not a readable archive ({exc}); delete it and run prepare again") from None
     with tf:
-        members = tf.getmembers()
+        entries = tf.getmembers()
         plan = []
-        for m in members:
+        for m in entries:
             rel = _safe_member_path(m.name, strip)
             if m.issym() or m.islnk():
                 raise UserError(f"refusing archive member {m.name!r}: link")
@@ -255,7 +262,7 @@ def extract(archive: Path, target: Path, strip: str = "", progress: Progress | N
             plan.append((m, rel))
         total = len(plan)
         for n, (m, rel) in enumerate(plan, 1):
-            if rel is None:
+            if skip(rel):
                 continue
             out = root / rel
             if m.isdir():

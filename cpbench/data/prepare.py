@@ -101,8 +101,9 @@ def is_prepared(spec: DatasetSpec, root: Path) -> bool:
     return (dataset_dir(spec, root) / MARKER).exists()
 
 
-def prepared_names(root: Path) -> list[str]:
-    return [name for name, spec in all_specs(root).items() if is_prepared(spec, root)]
+def prepared_names(root: Path, task: str = "classification") -> list[str]:
+    """Prepared datasets of one task type (classification, or retrieval: image-caption datasets)."""
+    return [name for name, spec in all_specs(root).items() if spec.task == task and is_prepared(spec, root)]
 
 
 SPLIT_CACHE = ".cpbench_split.json"
@@ -124,6 +125,8 @@ def _read_split(spec: DatasetSpec, ddir: Path, use_cache: bool = True) -> splits
 def load(name: str, root: Path, spec: DatasetSpec | None = None) -> PreparedDataset:
     """A prepared dataset, or a UserError naming the ``cpbench prepare`` to run."""
     spec = spec or get_spec(name, root)
+    if spec.task != "classification":
+        raise UserError(f"{name} is an image-caption dataset; run it with --protocol retrieval")
     ddir = dataset_dir(spec, root)
     if not (ddir / MARKER).exists():
         existing = _existing_coop(spec, ddir)
@@ -252,6 +255,10 @@ def prepare(name: str, root: Path, from_dir: Path | None = None, shots: Sequence
     ddir = dataset_dir(spec, root)
     (root / ".locks").mkdir(parents=True, exist_ok=True)
     with FileLock(str(root / ".locks" / f"{spec.name}.lock")):
+        if spec.task == "retrieval":  # image-caption datasets: cpbench/data/captions.py
+            from cpbench.data import captions
+
+            return captions.prepare(spec, root, from_dir, shots, seeds, force, say, progress)
         marker = ddir / MARKER
         info: dict = json.loads(marker.read_text(encoding="utf-8")) if marker.exists() and not force else {}
         if info and spec.kind == "generated":
@@ -349,6 +356,10 @@ def check(name: str, root: Path, spec: DatasetSpec | None = None, decode: bool =
 
     Returns ``{"counts", "missing", "unreadable", "ok"}``; never modifies the dataset."""
     spec = spec or get_spec(name, root)
+    if spec.task == "retrieval":
+        from cpbench.data import captions
+
+        return captions.check(spec, root, decode)
     ddir = dataset_dir(spec, Path(root))
     if spec.split_file is None and spec.read_split is None:
         raise UserError(f"{name}: nothing to check")
