@@ -39,7 +39,12 @@ class RichReporter:
             self.progress.update(self.task, completed=done, total=total)
 
     def row(self, row):
-        self.console.print(f"  {row['eval_dataset']}/{row['subset']}: [bold]{row['accuracy']:.2f}%[/] "
+        if row.get("recall_at"):  # retrieval
+            self.console.print(f"  {row['eval_dataset']} {row['subset']} R@{row['recall_at']}: "
+                               f"[bold]{row['accuracy']:.2f}%[/] ({row['n_test']} queries, {row['n_classes']} candidates)")
+            return
+        after = f" after task {row['task']}" if row.get("task") else ""  # continual
+        self.console.print(f"  {row['eval_dataset']}/{row['subset']}{after}: [bold]{row['accuracy']:.2f}%[/] "
                            f"({row['n_test']} images, {row['n_classes']} classes)")
 
 

@@ -99,6 +99,7 @@ def contrastive_cf_loss(text: torch.Tensor, v: torch.Tensor, v_cf: torch.Tensor)
 class CPL(CoCoOp):
     name = "cpl"
     Options = CPLOptions
+    class_rows = {"u": 1}  # one mask column per class: new classes get fresh columns (continual)
 
     def __init__(self, backbone, classnames, options: CPLOptions, template="a photo of a {}."):
         if len(classnames) < 2:

@@ -39,6 +39,7 @@ position is supported (the official code raises otherwise).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -88,6 +89,19 @@ def feature_loss(text: torch.Tensor, fix: torch.Tensor, labels: torch.Tensor) ->
 class LabelRows:
     """Mixin: learnable label rows ``token_classes`` [C_train, L_lab, D] + frozen ``fix_token``,
     kept by training class name, written into prompt positions 1+n_ctx .. 1+n_ctx+L_lab."""
+
+    # continual learning: one label row per class, grown task by task (old rows stay as trained)
+    class_rows = {"token_classes": 0, "fix_token": 0}
+    # a learned row per training caption would never apply to a test caption
+    retrieval = False
+
+    @classmethod
+    def options_for_classes(cls, options, classnames, backbone):
+        """``label_len`` 0 (the minimum name length) resolved over ALL ``classnames``, so the rows
+        of every task have the same length."""
+        if options.label_len:
+            return options
+        return dataclasses.replace(options, label_len=min(backbone.n_tokens(clean(c)) for c in classnames))
 
     def _init_label_rows(self, backbone, classnames, label_len: int, random_init: bool) -> None:
         self.label_names = [clean(c) for c in classnames]

@@ -18,6 +18,7 @@ class ZeroShotCLIP(Method):
     name = "zeroshot"
     Options = ZeroShotOptions
     trainable = False
+    retrieval = True  # the dataset's template around each caption ("{}": the caption itself)
 
     def prompts(self) -> list[str]:
         template = self.options.template or self.template

@@ -12,7 +12,10 @@ import math
 
 import pandas as pd
 
-GROUP = ["protocol", "method", "backbone", "pretrained", "train_dataset", "eval_dataset", "subset", "shots"]
+GROUP = ["protocol", "method", "backbone", "pretrained", "train_dataset", "eval_dataset", "subset", "shots",
+         # continual (the task evaluated after, of how many, in which class order) and retrieval (K);
+         # null for the other protocols
+         "task", "n_tasks", "class_order", "recall_at"]
 
 
 def hm(b: float, n: float) -> float:
@@ -25,6 +28,7 @@ def latest_rows(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (group, seed, config): re-runs (``--force``) replace earlier rows."""
     if df.empty:
         return df
+    df = df.assign(**{c: None for c in GROUP if c not in df.columns})  # shards from before a column existed
     df = df.sort_values("finished_at")
     return df.drop_duplicates(subset=GROUP + ["seed", "config_hash"], keep="last")
 
@@ -128,9 +132,10 @@ def base2new_csv(agg: pd.DataFrame) -> str:
 
 from dataclasses import dataclass, field as dc_field  # noqa: E402
 
-PROTOCOL_ORDER = ("base2new", "cross_dataset", "dg", "few_shot")
+PROTOCOL_ORDER = ("base2new", "cross_dataset", "dg", "few_shot", "continual", "retrieval")
 PROTOCOL_TITLES = {"base2new": "Base-to-new generalisation", "cross_dataset": "Cross-dataset transfer",
-                   "dg": "Domain generalisation", "few_shot": "Few-shot classification"}
+                   "dg": "Domain generalisation", "few_shot": "Few-shot classification",
+                   "continual": "Continual (class-incremental) learning", "retrieval": "Few-shot image-text retrieval"}
 
 
 @dataclass
@@ -306,9 +311,12 @@ def few_shot_tables(agg: pd.DataFrame, compare: bool = False) -> list[Table]:
 
 def tables(agg: pd.DataFrame, compare: bool = False) -> list[Table]:
     from cpbench.protocols import cross_dataset, domain_generalization
+    from cpbench.results.continual import continual_tables
+    from cpbench.results.retrieval import retrieval_tables
 
     out = base2new_tables(agg, compare)
     out += _transfer_tables(agg, "cross_dataset", cross_dataset.TARGETS, compare)
     out += _transfer_tables(agg, "dg", domain_generalization.TARGETS, compare)
     out += few_shot_tables(agg, compare)
+    out += continual_tables(agg) + retrieval_tables(agg)
     return out
