@@ -255,3 +255,18 @@ def test_a_killed_run_resumes_to_the_same_rows_and_state(tmp_path, tiny_backbone
             a = checkpoint.load(root(s) / f"task-{t}", "final")[0]
             b = checkpoint.load(root(clean) / f"task-{t}", "final")[0]
             assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+@pytest.mark.parametrize("name", ["continual", "toy_continual", "retrieval_flickr30k", "retrieval_mscoco",
+                                  "toy_retrieval"])
+def test_shipped_suites_of_the_new_protocols(name):
+    from cpbench.runner import load_suite
+
+    st = load_suite(Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.yaml")
+    specs = prep.all_specs()
+    task = "retrieval" if st["protocol"] == "retrieval" else "classification"
+    assert st["protocol"] in ("continual", "retrieval") and st["datasets"]
+    assert all(specs[d].task == task for d in st["datasets"])
+    for m in st["methods"]:
+        cls = get_method_class(m)
+        assert cls.unsupported(st["protocol"], resolve(m, cls.Options, st["protocol"]).options) == "", m

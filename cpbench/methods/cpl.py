@@ -30,6 +30,10 @@ Loss terms (per image, averaged over the batch; at the official batch 1 this is 
 C class prompt features t_c (temperature 1, λ = 1, official ``xloss_compute``); ``mask``
 c·‖u_b‖₂ with c = 0.07. Inference = CoCoOp.
 
+Continual learning: the mask columns ``u`` are ``class_rows`` (fresh columns of ones for each
+task's classes). Retrieval (CPL's image-text retrieval experiment): every caption is a class, its
+negative the most similar other caption and that caption's image (cpbench/protocols/retrieval.py).
+
 Deviation (option ``search_text_normalized``, default true): the stopping test of the search
 compares logits with L2-normalised class-name text features, i.e. it stops when CLIP's
 prediction between the two names flips; the official code uses unnormalised text features

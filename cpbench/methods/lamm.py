@@ -35,6 +35,15 @@ trained and the original name tokens otherwise, so new classes get the plain CoO
 the learned ctx, as the official ``--eval-only`` new-class path; a class list that mixes both
 (a DG subset of the training classes) uses each where it applies. Only ``end`` class-token
 position is supported (the official code raises otherwise).
+
+Continual learning (``--protocol continual``, LAMM's claim; cpbench/protocols/continual.py): the
+label rows and their frozen copies are ``class_rows``, so every task adds fresh rows for its own
+classes and the rows of earlier tasks are never trained again. With the context frozen (``lamm``)
+the old classes' prompts, hence their logits, stay bit-identical; ``coop_lamm`` and ``maple_lamm``
+keep training their shared context on later tasks. ``label_len`` 0 is resolved over all the
+dataset's classes there (``options_for_classes``), and lamm.yaml's ``continual`` block sets
+``param_shots`` to 16 as the official set scripts do. No retrieval mode: a row learned for a
+training caption never applies to a test caption.
 """
 
 from __future__ import annotations
