@@ -15,8 +15,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from minidata import CLASSES, make_caltech  # noqa: E402
+from test_protocols import _cli  # noqa: E402
 
-from cpbench import cli  # noqa: E402
 from cpbench.config import resolve  # noqa: E402
 from cpbench.data import prepare as prep  # noqa: E402
 from cpbench.data import images as image_lists  # noqa: E402
@@ -173,11 +173,9 @@ def test_rows_and_report_through_the_cli(tmp_path, monkeypatch, capsys):
     common = ["--protocol", "continual", "--backbone", "tiny", "--pretrained", "none", "--device", "cpu", "--seeds", "1",
               "--shots", "4", "--dataset", "caltech101", "--root", str(s.data_root), "--results", str(s.results_root)]
     for method in ("lamm", "zeroshot"):
-        monkeypatch.setattr(sys, "argv", ["cpbench", "run", method, *common, *sum((["--set", x] for x in SETS), [])])
-        assert _main() == 0
+        assert _cli(monkeypatch, "run", method, *common, *sum((["--set", x] for x in SETS), [])) == 0
     # three tasks in a seeded order (zero-shot: no training)
-    monkeypatch.setattr(sys, "argv", ["cpbench", "run", "zeroshot", *common, "--tasks", "3", "--class-order", "5"])
-    assert _main() == 0
+    assert _cli(monkeypatch, "run", "zeroshot", *common, "--tasks", "3", "--class-order", "5") == 0
     df = ResultStore(s.results_root).read().frame
     three = df[df.n_tasks == 3]
     assert len(three) == 3 + 5 + 7
@@ -192,19 +190,10 @@ def test_rows_and_report_through_the_cli(tmp_path, monkeypatch, capsys):
     assert two["zeroshot"][4].value == 0.0
     seen = df[(df.method == "lamm") & (df.subset == "seen")].set_index("task")["accuracy"]
     assert two["lamm"][2].value == pytest.approx((seen[1] + seen[2]) / 2)
-    monkeypatch.setattr(sys, "argv", ["cpbench", "report", "--results", str(s.results_root), "--protocol", "continual"])
     capsys.readouterr()
-    assert _main() == 0
+    assert _cli(monkeypatch, "report", "--results", s.results_root, "--protocol", "continual") == 0
     text = capsys.readouterr().out
     assert "Continual (class-incremental) learning (caltech101, 4-shot, 2 tasks)" in text and "iCaRL" in text
-
-
-def _main() -> int:
-    try:
-        cli.main()
-    except SystemExit as exc:
-        return exc.code
-    return 0
 
 
 @pytest.mark.parametrize("args, message", [
@@ -216,10 +205,8 @@ def _main() -> int:
 ])
 def test_refusals_are_one_line_before_any_work(args, message, tmp_path, monkeypatch, capsys):
     s = _settings(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["cpbench", "run", *args, "--protocol", "continual", "--backbone", "tiny",
-                                      "--pretrained", "none", "--dataset", "caltech101", "--root", str(s.data_root),
-                                      "--results", str(s.results_root)])
-    assert _main() == 2
+    assert _cli(monkeypatch, "run", *args, "--protocol", "continual", "--backbone", "tiny", "--pretrained", "none",
+                "--dataset", "caltech101", "--root", s.data_root, "--results", s.results_root) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
     assert not s.results_root.exists()

@@ -17,8 +17,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from minidata import make_caltech  # noqa: E402
+from test_protocols import _cli as _main  # noqa: E402
 
-from cpbench import cli  # noqa: E402
 from cpbench.data import captions  # noqa: E402
 from cpbench.data import prepare as prep  # noqa: E402
 from cpbench.data.toy import captions as toy_captions  # noqa: E402
@@ -117,15 +117,6 @@ def toy_world(tmp_path, monkeypatch):
     ds, info = prep.prepare("toy_captions", root, shots=[4], seeds=[1])
     assert (info["counts"]["train"], info["counts"]["test"], info["counts"]["captions"]) == (12, 20, 100)
     return root, tmp_path / "results"
-
-
-def _main(monkeypatch, *args) -> int:
-    monkeypatch.setattr(sys, "argv", ["cpbench", *map(str, args)])
-    try:
-        cli.main()
-    except SystemExit as exc:
-        return exc.code
-    return 0
 
 
 @pytest.mark.slow

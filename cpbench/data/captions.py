@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +55,12 @@ class CaptionSplit:
 
     def to_json(self) -> dict:
         return {k: [[p.path, list(p.captions)] for p in getattr(self, k)] for k in ("train", "test")}
+
+    def images(self):
+        """Every image as a classification ``Split`` (label 0, no name), for the image checks."""
+        from cpbench.data.splits import Item, Split
+
+        return Split(tuple(Item(p.path, 0, "") for p in self.train), (), tuple(Item(p.path, 0, "") for p in self.test))
 
     @classmethod
     def from_json(cls, obj: dict, where: str) -> "CaptionSplit":
@@ -173,16 +178,6 @@ def counts(spec, split: CaptionSplit) -> dict:
     return got
 
 
-def missing_images(image_root: Path, split: CaptionSplit, limit: int | None = None) -> list[str]:
-    out = []
-    for p in (*split.train, *split.test):
-        if not (image_root / p.path).is_file():
-            out.append(p.path)
-            if limit and len(out) >= limit:
-                break
-    return out
-
-
 def load(name: str, root: Path, spec=None) -> CaptionedDataset:
     from cpbench.data import prepare as prep
 
@@ -202,26 +197,18 @@ def prepare(spec, root: Path, from_dir: Path | None, shots: Sequence[int], seeds
     holds the dataset's lock): generate or fetch, read and verify, write the marker last."""
     from cpbench.data import prepare as prep
 
-    ddir = prep.dataset_dir(spec, root)
-    marker = ddir / prep.MARKER
-    info: dict = prep.read_marker(ddir) if marker.exists() and not force else {}
-    if info and spec.kind == "generated":
-        from cpbench.data.toy.captions import definition_digest
+    from cpbench.data.toy.captions import build_toy_captions, definition_digest
 
-        if info.get("sources", {}).get("generated", {}).get("definition") != definition_digest():
-            say(f"{spec.name}: this cpbench generates it differently; regenerating")
-            shutil.rmtree(ddir)
-            info = {}
+    ddir = prep.dataset_dir(spec, root)
+    info = prep.current_record(spec, ddir, force, definition_digest, say)
     if info:
         split = _read(spec, ddir)
         got = counts(spec, split)
         info["skipped"] = True
     else:
-        marker.unlink(missing_ok=True)
+        (ddir / prep.MARKER).unlink(missing_ok=True)
         started = time.time()
         if spec.kind == "generated":
-            from cpbench.data.toy.captions import build_toy_captions, definition_digest
-
             say(f"generating {spec.name}")
             build_toy_captions(ddir, seed=0, progress=(lambda d, t: progress(spec.name, d, t)) if progress else None)
             sources = {"generated": {"seed": 0, "definition": definition_digest()}}
@@ -230,41 +217,15 @@ def prepare(spec, root: Path, from_dir: Path | None, shots: Sequence[int], seeds
         split = _read(spec, ddir, use_cache=False)
         got = counts(spec, split)
         image_root = ddir / spec.image_dir if spec.image_dir else ddir
-        missing = missing_images(image_root, split, limit=5)
+        missing = prep.missing_files(image_root, split.images(), limit=5)
         if missing:
             raise UserError(f"{spec.name}: {len(missing)}+ images named by the caption file are missing "
                             f"(first: {missing[0]}); the image archive does not match the caption file")
         atomic.write_json(ddir / SPLIT_CACHE, split.to_json())
-        info = {"dataset": spec.name, "task": "retrieval", "split_sha256": split_hash(split), "counts": got,
-                "sources": sources, "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "seconds": round(time.time() - started, 2), "disk_bytes": prep.disk_usage(ddir)}
-        info["disk"] = prep.human_size(info["disk_bytes"])
-        atomic.write_json(marker, info)
-        info["skipped"] = False
+        info = prep.write_record(ddir, {"dataset": spec.name, "task": "retrieval", "split_sha256": split_hash(split),
+                                        "counts": got, "sources": sources}, started)
     ds = CaptionedDataset(spec, ddir, split)
     info["counts"] = got
     info["fewshot"] = {f"{k} pairs seed {s}": (len(ds.pairs(k, s)), 0) for k in shots for s in seeds}
     return ds, info
 
-
-def check(spec, root: Path, decode: bool = True) -> dict:
-    """``cpbench prepare NAME --check`` for an image-caption dataset."""
-    from cpbench.data import prepare as prep
-    from cpbench.data.splits import Item, Split
-
-    ddir = prep.dataset_dir(spec, Path(root))
-    if not (ddir / prep.MARKER).exists():
-        raise UserError(f"dataset {spec.name!r} is not under {root}; run `cpbench prepare {spec.name} --root {root}`")
-    split = _read(spec, ddir)
-    problems = []
-    try:
-        got = counts(spec, split)
-    except UserError as exc:
-        problems.append(str(exc))
-        got = {}
-    image_root = ddir / spec.image_dir if spec.image_dir else ddir
-    missing = missing_images(image_root, split)
-    as_items = Split(tuple(Item(p.path, 0, "") for p in (*split.train, *split.test)), (), ())
-    unreadable = prep.unreadable_files(image_root, as_items) if decode else []
-    return {"counts": got, "missing": missing, "unreadable": unreadable, "problems": problems,
-            "ok": not (missing or unreadable or problems)}

@@ -51,10 +51,9 @@ from cpbench.data import prepare as prep
 from cpbench.data.splits import Item
 from cpbench.engine.cache import FeatureCache
 from cpbench.engine.evaluate import evaluate
-from cpbench.engine.precision import resolve_precision, seed_everything
+from cpbench.engine.precision import seed_everything
 from cpbench.engine.train import epoch_seed
 from cpbench.errors import UserError
-from cpbench.methods.registry import get_method_class
 from cpbench.protocols.jobs import Job, Target
 from cpbench.protocols.keys import training_key
 from cpbench.results.schema import environment, now
@@ -130,16 +129,9 @@ def grow(old: dict[str, torch.Tensor] | None, new: dict[str, torch.Tensor], clas
 
 
 def run_locked(job: Job, cfg, key: str, backbone, s, store, reporter) -> list[dict]:
-    from cpbench.protocols.execute import build_method, run_fields, train_or_load
+    from cpbench.protocols.execute import build_method, own_start, run_fields, train_or_load
 
-    if s.state_from:
-        raise UserError("--protocol continual trains a sequence of tasks; it cannot start from imported state")
-    started_at = now()
-    cls = get_method_class(job.method)
-    why = cls.unsupported("continual", cfg.options)
-    if why:
-        raise UserError(why)
-    precision = resolve_precision(cfg.train.precision, s.device)
+    cls, precision, started_at = own_start(job, cfg, s)
     ds = prep.load(job.train_dataset, s.data_root)
     names = ds.split.classnames
     order = class_order(len(names), job.class_order)

@@ -70,6 +70,18 @@ def run_job(job: Job, backbone: Backbone, s: RunSettings, store: ResultStore,
         return _runner(job.protocol)(job, cfg, key, backbone, s, store, reporter)
 
 
+def own_start(job: Job, cfg: ResolvedConfig, s: RunSettings) -> tuple[type, Precision, str]:
+    """The start of a protocol with its own executor (continual, retrieval): no imported state
+    (they train their own), a method that can run it; (method class, precision, started_at)."""
+    if s.state_from:
+        raise UserError(f"--protocol {job.protocol} trains its own state; it cannot start from imported state")
+    cls = get_method_class(job.method)
+    why = cls.unsupported(job.protocol, cfg.options)
+    if why:
+        raise UserError(why)
+    return cls, resolve_precision(cfg.train.precision, s.device), now()
+
+
 def _runner(protocol: str):
     """The executor of a protocol: continual learning and retrieval have their own modules."""
     if protocol == "continual":

@@ -27,11 +27,9 @@ from cpbench.data import captions
 from cpbench.data.splits import Item
 from cpbench.engine.cache import FeatureCache
 from cpbench.engine.evaluate import encode_all, image_features
-from cpbench.engine.precision import resolve_precision, seed_everything
+from cpbench.engine.precision import seed_everything
 from cpbench.engine.retrieval import KS, recall_at_k, similarity
 from cpbench.engine.train import epoch_seed
-from cpbench.errors import UserError
-from cpbench.methods.registry import get_method_class
 from cpbench.protocols.jobs import Job, Target
 from cpbench.protocols.keys import training_key
 from cpbench.results.schema import environment, now
@@ -43,16 +41,9 @@ def plan(method: str, datasets: list[str], seeds: list[int], shots: list[int]) -
 
 
 def run_locked(job: Job, cfg, key: str, backbone, s, store, reporter) -> list[dict]:
-    from cpbench.protocols.execute import build_method, run_fields, train_or_load
+    from cpbench.protocols.execute import build_method, own_start, run_fields, train_or_load
 
-    if s.state_from:
-        raise UserError("--protocol retrieval trains on image-caption pairs; it cannot start from imported state")
-    started_at = now()
-    cls = get_method_class(job.method)
-    why = cls.unsupported("retrieval", cfg.options)
-    if why:
-        raise UserError(why)
-    precision = resolve_precision(cfg.train.precision, s.device)
+    cls, precision, started_at = own_start(job, cfg, s)
     ds = captions.load(job.train_dataset, s.data_root)
     pairs = ds.pairs(job.shots, job.seed)
     items = [Item(path, i, text) for i, (path, text) in enumerate(pairs)]
