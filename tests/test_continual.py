@@ -257,3 +257,14 @@ def test_shipped_suites_of_the_new_protocols(name):
     for m in st["methods"]:
         cls = get_method_class(m)
         assert cls.unsupported(st["protocol"], resolve(m, cls.Options, st["protocol"]).options) == "", m
+
+
+def test_continual_jobs_cross_process_boundaries_as_json():
+    """Launchers (local workers, SLURM) carry jobs as JSON: the task count and order survive."""
+    import json as _json
+
+    from cpbench.launch import job_from_payload, job_payload
+
+    job = continual.plan("lamm", ["caltech101"], [2], shots=4, tasks=3, class_order="seed:1993")[0]
+    assert job_from_payload(_json.loads(_json.dumps(job_payload(job, {})))) == job
+    assert "3 tasks (seed:1993)" in job.describe()
