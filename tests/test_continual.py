@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from minidata import CLASSES, make_caltech  # noqa: E402
 from test_protocols import _cli  # noqa: E402
 
+from cpbench import faults  # noqa: E402
 from cpbench.config import resolve  # noqa: E402
 from cpbench.data import prepare as prep  # noqa: E402
 from cpbench.data import images as image_lists  # noqa: E402
@@ -227,13 +230,23 @@ def test_a_killed_run_resumes_to_the_same_rows_and_state(tmp_path, tiny_backbone
     for at in (9, 28, 44, 50, 54):
         s = _settings(tmp_path / f"kill{at}")
         pid = os.fork()
-        if pid == 0:  # child: crash at the at-th fault point
+        if pid == 0:  # child: crash at the at-th fault point (one thread: a forked OpenMP pool can hang)
             try:
+                torch.set_num_threads(1)
                 os.environ["CPBENCH_FAULT_AT"] = str(at)
+                faults._passed[0] = 0
                 run_job(job, tiny_backbone, s, ResultStore(s.results_root))
             finally:
                 os._exit(0)
-        _, status = os.waitpid(pid, 0)
+        deadline = time.time() + 300
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.time() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                pytest.fail(f"the child killed at fault point {at} did not finish in 300 s")
+            time.sleep(0.02)
         assert os.waitstatus_to_exitcode(status) == 173
         assert not ResultStore(s.results_root).read().frame.shape[0]
         got = run_job(job, tiny_backbone, s, ResultStore(s.results_root))
