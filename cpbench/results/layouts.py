@@ -21,9 +21,10 @@ import pandas as pd
 
 from cpbench.results.table import Cell, Entry, Row, Table, isnan
 
-PROTOCOL_ORDER = ("base2new", "cross_dataset", "dg", "few_shot")
+PROTOCOL_ORDER = ("base2new", "cross_dataset", "dg", "few_shot", "continual", "retrieval")
 PROTOCOL_TITLES = {"base2new": "Base-to-new generalisation", "cross_dataset": "Cross-dataset transfer",
-                   "dg": "Domain generalisation", "few_shot": "Few-shot classification"}
+                   "dg": "Domain generalisation", "few_shot": "Few-shot classification",
+                   "continual": "Continual (class-incremental) learning", "retrieval": "Few-shot image-text retrieval"}
 LAYOUTS = ("auto", "wide", "long")
 WIDE_MAX_COLUMNS = 12          # 4 entries × Base/New/HM
 WIDE_MAX_COLUMNS_COMPARE = 6   # with --compare paper each cell is about three times as wide
@@ -53,13 +54,16 @@ class Cells:
         self.entries = entries
         self.by_key: dict[tuple, object] = {}
         for r in agg.itertuples(index=False):
-            key = (r.entry, r.protocol, r.train_dataset, r.eval_dataset, r.subset, int(r.shots))
+            key = (r.entry, r.protocol, r.train_dataset, r.eval_dataset, r.subset, int(r.shots), int(r.task),
+                   int(r.n_tasks), r.class_order, int(r.recall_at))
             if key in self.by_key:  # entries are built so that this cannot happen (entries.overrides)
                 raise RuntimeError(f"two configurations in one cell: {key}")
             self.by_key[key] = r
 
-    def get(self, entry: Entry, protocol: str, train: str, eval_: str, subset: str, shots: int, field: str) -> Cell:
-        r = self.by_key.get((entry.key, protocol, train, eval_, subset, int(shots)))
+    def get(self, entry: Entry, protocol: str, train: str, eval_: str, subset: str, shots: int, field: str,
+            task: int = 0, n_tasks: int = 0, class_order: str = "", recall_at: int = 0) -> Cell:
+        r = self.by_key.get((entry.key, protocol, train, eval_, subset, int(shots), int(task), int(n_tasks),
+                             class_order, int(recall_at)))
         c = Cell(entry=entry, dataset=eval_ if protocol != "base2new" else train, field=field, shots=int(shots))
         if r is not None:
             c.value, c.std, c.n = float(r.mean), float(r.std), int(r.n_seeds)
