@@ -112,8 +112,7 @@ def prepare(
             r = prep.check(name, root_path)
             c = r["counts"]
             if r["ok"]:
-                out.print(f"{name}: ok — train {c['train']} / val {c['val']} / test {c['test']}, {c['classes']} classes",
-                          highlight=False)
+                out.print(f"{name}: ok — {_counts_text(c)}", highlight=False)
                 continue
             bad += 1
             for p in r["problems"]:
@@ -142,11 +141,17 @@ def prepare(
         raise UserError(f"{len(failed)} dataset(s) not prepared ({', '.join(failed)}); see the messages above")
 
 
+def _counts_text(c: dict) -> str:
+    if "captions" in c:  # an image-caption dataset
+        return f"train {c['train']} / test {c['test']} images, {c['captions']} test captions"
+    return f"train {c['train']} / val {c['val']} / test {c['test']}, {c['classes']} classes"
+
+
 def _print_prepared(name, ds, info) -> None:
     c = info["counts"]
     state = "already prepared, verified" if info.get("skipped") else "prepared"
-    out.print(f"{name}: {state} in {ds.dir} — train {c['train']} / val {c['val']} / test {c['test']}, "
-              f"{c['classes']} classes, base {c['base']} / new {c['new']}", highlight=False)
+    base_new = f", base {c['base']} / new {c['new']}" if "base" in c else ""
+    out.print(f"{name}: {state} in {ds.dir} — {_counts_text(c)}{base_new}", highlight=False)
     for key, (ntr, nva) in info.get("fewshot", {}).items():
         out.print(f"  {key}: train {ntr} / val {nva}", highlight=False)
 
@@ -159,9 +164,14 @@ def run(
     method: Optional[str] = typer.Argument(None, help="method name (see `cpbench list`); optional with --suite"),
     dataset: List[str] = typer.Option([], "--dataset", "--datasets",
                                       help="datasets (base2new/few_shot: default every prepared one; cross_dataset/dg: the targets)"),
-    protocol: Optional[str] = typer.Option(None, "--protocol", help="base2new (default) | cross_dataset | dg | few_shot"),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="base2new (default) | cross_dataset | dg | few_shot "
+                                                                   "| continual | retrieval"),
     seeds: List[int] = typer.Option([], "--seeds", help="default 1 2 3"),
-    shots: List[int] = typer.Option([], "--shots", help="default 16; few_shot: e.g. --shots 1 2 4 8 16"),
+    shots: List[int] = typer.Option([], "--shots", help="default 16; few_shot: e.g. --shots 1 2 4 8 16; "
+                                                         "retrieval: training image-caption pairs"),
+    tasks: int = typer.Option(2, "--tasks", help="continual: number of tasks the classes are split into (2 = base, new)"),
+    class_order: str = typer.Option("labels", "--class-order", help="continual: `labels` (label order) or an "
+                                                                     "integer seed of a shuffled order"),
     source: Optional[str] = typer.Option(None, "--source", help="cross_dataset/dg: training dataset (default imagenet)"),
     suite: Optional[Path] = typer.Option(None, "--suite", help="run a suite file, e.g. benchmarks/base2new.yaml"),
     backbone: Optional[str] = typer.Option(None, "--backbone", help="open_clip model name, `toy`, or local-dir:PATH "
@@ -227,7 +237,8 @@ def run(
                   config_file=str(config) if config else None, device=device,
                   results=results, root=root, force=force, feature_cache=not no_cache,
                   launcher=launcher, gpus=gpus, jobs_per_gpu=jobs_per_gpu, gpu_headroom=gpu_headroom,
-                  dry_run=dry_run, slurm=slurm, threads=threads, state_from=state_from)
+                  dry_run=dry_run, slurm=slurm, threads=threads, state_from=state_from, tasks=tasks,
+                  class_order=class_order)
     if suite is None:
         if not method:
             raise UserError("missing METHOD; run `cpbench run METHOD` or `cpbench run --suite FILE`")
@@ -259,7 +270,8 @@ def report(
     format: str = typer.Option("markdown", "--format", help="markdown | csv | latex | html | json"),
     results: Optional[Path] = typer.Option(None, "--results", help="results dir"),
     std: bool = typer.Option(True, "--std/--no-std", help="show the std over seeds"),
-    protocol: List[str] = typer.Option([], "--protocol", help="only these protocols (base2new cross_dataset dg few_shot)"),
+    protocol: List[str] = typer.Option([], "--protocol", help="only these protocols (base2new cross_dataset dg few_shot "
+                                                              "continual retrieval)"),
     methods: List[str] = typer.Option([], "--methods", help="only these methods"),
     datasets: List[str] = typer.Option([], "--datasets", "--dataset", help="only these datasets"),
     config_hash: List[str] = typer.Option([], "--config-hash", help="keep only the configurations whose config hash "

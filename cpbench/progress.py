@@ -102,7 +102,12 @@ class _Reporter:
         self.say(f"  FAILED: {job.describe()}: {exc}")
 
     def row(self, row):
-        self.say(f"  {row['eval_dataset']}/{row['subset']}: {row['accuracy']:.2f}% "
+        if row.get("recall_at"):  # retrieval
+            self.say(f"  {row['eval_dataset']} {row['subset']} R@{row['recall_at']}: {row['accuracy']:.2f}% "
+                     f"({row['n_test']} queries, {row['n_classes']} candidates)")
+            return
+        after = f" after task {row['task']}" if row.get("task") else ""  # continual
+        self.say(f"  {row['eval_dataset']}/{row['subset']}{after}: {row['accuracy']:.2f}% "
                  f"({row['n_test']} images, {row['n_classes']} classes)")
 
 

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from cpbench.protocols.jobs import RunSettings
     from cpbench.threads import ThreadPlan
 
-PROTOCOLS = ("base2new", "cross_dataset", "dg", "few_shot")
+PROTOCOLS = ("base2new", "cross_dataset", "dg", "few_shot", "continual", "retrieval")
 
 
 @dataclass
@@ -48,6 +48,9 @@ class RunRequest:
     state_from: str | None = None
     # CPU threads: a number or "auto" (cpbench/threads.py); None = $CPBENCH_THREADS / auto
     threads: str | None = None
+    # continual: the number of tasks and the class order ("labels" or an integer seed)
+    tasks: int = 2
+    class_order: str = "labels"
 
 
 def default_targets(req: RunRequest, prepared: list[str]) -> list[str]:
@@ -58,15 +61,15 @@ def default_targets(req: RunRequest, prepared: list[str]) -> list[str]:
         return list(cross_dataset.TARGETS)
     if req.protocol == "dg":
         return list(domain_generalization.TARGETS)
-    return prepared
+    return prepared  # the prepared datasets of the protocol's task type
 
 
 def plan_jobs(req: RunRequest, datasets: list[str]):
     """``datasets``: trained-and-evaluated datasets (base2new, few_shot) or targets (cross_dataset,
     dg, trained on ``req.source``)."""
-    from cpbench.protocols import base2new, cross_dataset, domain_generalization, few_shot
+    from cpbench.protocols import base2new, continual, cross_dataset, domain_generalization, few_shot, retrieval
 
-    if req.protocol in ("base2new", "cross_dataset", "dg") and len(req.shots) != 1:
+    if req.protocol in ("base2new", "cross_dataset", "dg", "continual") and len(req.shots) != 1:
         raise UserError(f"{req.protocol} takes one --shots value (16 in the papers); "
                         "use --protocol few_shot for several")
     if req.protocol == "base2new":
@@ -77,6 +80,10 @@ def plan_jobs(req: RunRequest, datasets: list[str]):
         return domain_generalization.plan(req.method, datasets, req.seeds, req.shots[0], req.source)
     if req.protocol == "few_shot":
         return few_shot.plan(req.method, datasets, req.seeds, list(dict.fromkeys(req.shots)))
+    if req.protocol == "continual":
+        return continual.plan(req.method, datasets, req.seeds, req.shots[0], req.tasks, continual.parse_order(req.class_order))
+    if req.protocol == "retrieval":
+        return retrieval.plan(req.method, datasets, req.seeds, list(dict.fromkeys(req.shots)))
     raise UserError(f"unknown protocol {req.protocol!r}; use one of {', '.join(PROTOCOLS)}")
 
 
@@ -114,22 +121,43 @@ def validate(req: RunRequest) -> tuple[RunSettings, list, ThreadPlan]:
         raise UserError("--seeds needs at least one seed")
     plan = threads.plan(req.threads)
     root = data_root(req.root)
-    datasets = list(dict.fromkeys(req.datasets)) or default_targets(req, prep.prepared_names(root))
+    task = "retrieval" if req.protocol == "retrieval" else "classification"
+    datasets = list(dict.fromkeys(req.datasets)) or default_targets(req, prep.prepared_names(root, task))
     if not datasets:
-        raise UserError(f"no prepared datasets under {root}; run `cpbench prepare DATASET` first (or pass --root)")
-    _check_datasets(req, root, datasets)
+        what = "image-caption datasets" if task == "retrieval" else "datasets"
+        raise UserError(f"no prepared {what} under {root}; run `cpbench prepare DATASET` first (or pass --root)")
+    if task == "retrieval":
+        from cpbench.data import captions
+
+        for d in datasets:  # unknown or unprepared -> one clear line
+            pool = len(captions.load(d, root).split.train)
+            for k in req.shots:
+                if k > pool:
+                    raise UserError(f"--shots for retrieval is the number of training image-caption pairs: 1 to "
+                                    f"{pool} for {d}, got {k}")
+    else:
+        if req.protocol == "continual":
+            for d in datasets:
+                if not 2 <= req.tasks <= len(prep.load(d, root).split.classnames):
+                    raise UserError(f"--tasks must be between 2 and the number of classes of {d}, got {req.tasks}")
+        _check_datasets(req, root, datasets)
     settings = RunSettings(data_root=root, results_root=results_root(req.results), backbone=req.backbone,
                            pretrained=req.pretrained, weights=req.weights, config_file=req.config_file,
                            sets=req.sets, device=resolve_device(req.device), force=req.force,
                            feature_cache=req.feature_cache, state_from=req.state_from)
     check_folder(settings.results_root, "--results")
     jobs = plan_jobs(req, datasets)
+    if req.state_from and req.protocol in ("continual", "retrieval"):
+        raise UserError(f"--protocol {req.protocol} trains its own state; it cannot start from imported state")
     if req.state_from:  # an imported state that does not fit this run fails before the backbone loads
         from cpbench import imports
 
         imports.check(req.state_from, req, jobs, root)
     for job in jobs:
-        job_config(job, settings)  # bad --set / --config fail before any work
+        cfg = job_config(job, settings)  # bad --set / --config fail before any work
+        why = get_method_class(job.method).unsupported(job.protocol, cfg.options)
+        if why:
+            raise UserError(why)
     if not req.dry_run:
         check_backbone(req.backbone, req.pretrained, req.weights)
     return settings, jobs, plan

@@ -97,7 +97,18 @@ def _fork_run(backbone, s: RunSettings, fault_at: int | None, kill_after: float 
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, tiny_backbone):
+def one_thread():
+    """Every run of this module (the forked children and the re-runs in this process) on one intra-op
+    thread: bit-identical resumes are promised for the same thread count (a float reduction split
+    over two threads rounds differently), and a forked OpenMP pool can hang the child."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_backbone, one_thread):
     root = tmp_path_factory.mktemp("faults")
     make_caltech(root / "data")
     s = _settings(root / "data", root / "baseline")

@@ -5,8 +5,10 @@ the two imports the other)."""
 
 from __future__ import annotations
 
+from functools import partial
+
 from cpbench.data.custom import custom_specs
-from cpbench.data.specs import BUILTIN, DatasetSpec, Expected
+from cpbench.data.specs import BUILTIN, CAPTIONED, DatasetSpec, Expected
 
 
 def _toy_specs() -> dict[str, DatasetSpec]:
@@ -23,13 +25,24 @@ def _toy_specs() -> dict[str, DatasetSpec]:
             expected=Expected(train=n * t.n_train, val=n * t.n_val, test=n * t.n_test, classes=n,
                               base=(n + 1) // 2, new=n // 2),
         )
+    try:
+        from cpbench.data.captions import read_karpathy
+        from cpbench.data.toy.captions import ANNOTATIONS, TOY_CAPTIONS
+    except ImportError:
+        return out
+    c = TOY_CAPTIONS
+    out[c.name] = DatasetSpec(
+        name=c.name, dassl_name="ToyCaptions", folder=c.name, image_dir="images", template="{}", kind="generated",
+        task="retrieval", read_split=partial(read_karpathy, annotations=ANNOTATIONS, pool="train"),
+        expected=Expected(train=c.n_train, test=c.n_test))
     return out
 
 
 def all_specs(root=None) -> dict[str, DatasetSpec]:
-    """Every known dataset: the 15 built-in ones, the toy world, and (given a data root) the
+    """Every known dataset: the 15 built-in ones, the image-caption ones (``task="retrieval"``),
+    the toy world, and (given a data root) the
     custom datasets made with ``cpbench prepare NAME --from-folder DIR`` under it."""
-    specs = {s.name: s for s in BUILTIN}
+    specs = {s.name: s for s in BUILTIN + CAPTIONED}
     specs.update(_toy_specs())
     if root is not None:
         for name, spec in custom_specs(root).items():

@@ -49,6 +49,7 @@ class Source:
     strip: str = ""                 # leading folder to drop from archive members
     inner: str | None = None        # a nested archive to extract instead (e.g. a tgz inside a zip)
     dest: str = ""                  # sub-folder of the dataset dir to extract into (Sketch: sketch/ -> images/)
+    members: tuple[str, ...] = ()   # extract only these members (paths after ``strip``); () = all
     optional: bool = False
     manual: str | None = None       # when nothing can be automated: what to do, said to the user
 
@@ -218,11 +219,11 @@ def extract_source(path: Path, src: Source, target: Path, progress: Progress | N
                 raise UserError(f"{path} is truncated or corrupt ({exc or exc.__class__.__name__}); replace it with "
                                 "a complete copy (or delete it to download it again) and run prepare again") from None
             extract(tmp, target / src.dest if src.dest else target, src.strip, progress,
-                    fmt=PurePosixPath(src.inner).name)
+                    fmt=PurePosixPath(src.inner).name, members=src.members)
         finally:
             tmp.unlink(missing_ok=True)
         return
-    extract(path, target / src.dest if src.dest else target, src.strip, progress)
+    extract(path, target / src.dest if src.dest else target, src.strip, progress, members=src.members)
 
 
 # what a truncated or corrupt archive raises while it is read (gzip/bz2/xz streams end early with
@@ -231,19 +232,25 @@ CORRUPT = (EOFError, zlib.error, tarfile.TarError, zipfile.BadZipFile, gzip.BadG
 
 
 def extract(archive: Path, target: Path, strip: str = "", progress: Progress | None = None,
-            fmt: str | None = None) -> None:
+            fmt: str | None = None, members: tuple[str, ...] = ()) -> None:
     """Extract tar(.gz/.bz2/.xz) or zip into ``target``: no absolute paths, no ``..``, no links,
-    no devices. The whole archive is checked before anything is written. A truncated or corrupt
-    archive is a ``UserError`` naming it."""
+    no devices. The whole archive is checked before anything is written. ``members``: only these
+    paths (after ``strip``) are written. A truncated or corrupt archive is a ``UserError`` naming it."""
     try:
-        _extract(archive, target, strip, progress, fmt)
+        _extract(archive, target, strip, progress, fmt, members)
     except CORRUPT as exc:
         why = str(exc) or exc.__class__.__name__
         raise UserError(f"{archive} is truncated or corrupt ({why}); replace it with a complete copy "
                         "(or delete it to download it again) and run prepare again") from None
 
 
-def _extract(archive: Path, target: Path, strip: str, progress: Progress | None, fmt: str | None) -> None:
+def _extract(archive: Path, target: Path, strip: str, progress: Progress | None, fmt: str | None,
+             members: tuple[str, ...]) -> None:
+    wanted = set(members)
+
+    def skip(rel) -> bool:
+        return rel is None or bool(wanted and rel.as_posix() not in wanted)
+
     target.mkdir(parents=True, exist_ok=True)
     root = target.resolve()
     name = (fmt or archive.name).lower()
@@ -257,7 +264,7 @@ def _extract(archive: Path, target: Path, strip: str, progress: Progress | None,
                     raise UserError(f"refusing archive member {info.filename!r}: symbolic link")
             total = len(plan)
             for n, (info, rel) in enumerate(plan, 1):
-                if rel is None:
+                if skip(rel):
                     continue
                 out = root / rel
                 if info.is_dir():
@@ -270,9 +277,9 @@ def _extract(archive: Path, target: Path, strip: str, progress: Progress | None,
                     progress(archive.name, n, total)
         return
     with tarfile.open(archive) as tf:
-        members = tf.getmembers()
+        entries = tf.getmembers()
         plan = []
-        for m in members:
+        for m in entries:
             rel = _safe_member_path(m.name, strip)
             if m.issym() or m.islnk():
                 raise UserError(f"refusing archive member {m.name!r}: link")
@@ -281,7 +288,7 @@ def _extract(archive: Path, target: Path, strip: str, progress: Progress | None,
             plan.append((m, rel))
         total = len(plan)
         for n, (m, rel) in enumerate(plan, 1):
-            if rel is None:
+            if skip(rel):
                 continue
             out = root / rel
             if m.isdir():

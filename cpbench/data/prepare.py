@@ -101,8 +101,9 @@ def is_prepared(spec: DatasetSpec, root: Path) -> bool:
     return (dataset_dir(spec, root) / MARKER).exists()
 
 
-def prepared_names(root: Path) -> list[str]:
-    return [name for name, spec in all_specs(root).items() if is_prepared(spec, root)]
+def prepared_names(root: Path, task: str = "classification") -> list[str]:
+    """Prepared datasets of one task type (classification, or retrieval: image-caption datasets)."""
+    return [name for name, spec in all_specs(root).items() if spec.task == task and is_prepared(spec, root)]
 
 
 SPLIT_CACHE = ".cpbench_split.json"
@@ -124,6 +125,8 @@ def _read_split(spec: DatasetSpec, ddir: Path, use_cache: bool = True) -> splits
 def load(name: str, root: Path, spec: DatasetSpec | None = None) -> PreparedDataset:
     """A prepared dataset, or a UserError naming the ``cpbench prepare`` to run."""
     spec = spec or get_spec(name, root)
+    if spec.task != "classification":
+        raise UserError(f"{name} is an image-caption dataset; run it with --protocol retrieval")
     ddir = dataset_dir(spec, root)
     if not (ddir / MARKER).exists():
         existing = _existing_coop(spec, ddir)
@@ -292,6 +295,11 @@ def prepare(name: str, root: Path, from_dir: Path | None = None, shots: Sequence
     created = [p for p in (root, lock.parent, ddir, downloads, downloads / spec.name) if not p.exists()]
     lock.parent.mkdir(parents=True, exist_ok=True)
     try:
+        if spec.task == "retrieval":  # image-caption datasets: cpbench/data/captions.py
+            from cpbench.data import captions
+
+            with FileLock(str(lock)):
+                return captions.prepare(spec, root, from_dir, shots, seeds, force, say, progress)
         ds, info = _prepare_locked(spec, root, ddir, from_dir, force, say, progress, lock)
     except BaseException:
         _tidy_after_failure(created, ddir, lock)
@@ -311,14 +319,13 @@ def _prepare_locked(spec: DatasetSpec, root: Path, ddir: Path, from_dir: Path | 
                     progress: fetch.Progress | None, lock: Path) -> tuple[PreparedDataset, dict]:
     with FileLock(str(lock)):
         marker = ddir / MARKER
-        info: dict = json.loads(marker.read_text(encoding="utf-8")) if marker.exists() and not force else {}
-        if info and spec.kind == "generated":
+
+        def digest() -> str:
             from cpbench.data.toy.datasets import definition_digest
 
-            if info.get("sources", {}).get("generated", {}).get("definition") != definition_digest(spec.name):
-                say(f"{spec.name}: this cpbench generates it differently; regenerating")
-                shutil.rmtree(ddir)
-                info = {}
+            return definition_digest(spec.name)
+
+        info = current_record(spec, ddir, force, digest, say)
         if info:
             split = _read_split(spec, ddir)
             counts = check_counts(spec, split)
@@ -359,14 +366,33 @@ def _prepare_locked(spec: DatasetSpec, root: Path, ddir: Path, from_dir: Path | 
                                 f"(first: {missing[0]}); the archive does not match the split file")
             if spec.read_split is not None:
                 splits.write_split(ddir / SPLIT_CACHE, split)
-            info = {"dataset": spec.name, "split_sha256": splits.split_hash(split), "counts": counts,
-                    "sources": sources, "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "seconds": round(time.time() - started, 2), "disk_bytes": disk_usage(ddir)}
-            info["disk"] = human_size(info["disk_bytes"])
-            atomic.write_json(marker, info)
-            info["skipped"] = False
+            info = write_record(ddir, {"dataset": spec.name, "split_sha256": splits.split_hash(split),
+                                       "counts": counts, "sources": sources}, started)
         info["counts"] = counts
         return PreparedDataset(spec, ddir, split), info
+
+
+def current_record(spec: DatasetSpec, ddir: Path, force: bool, digest: Callable[[], str], say: Say) -> dict:
+    """The dataset's prepare record (its marker), or {} when it must be prepared (again): none
+    yet, ``force``, or generated data whose definition ``digest()`` changed (its folder is then
+    removed, so an older cpbench's files are never mixed with new ones)."""
+    marker = ddir / MARKER
+    info: dict = json.loads(marker.read_text(encoding="utf-8")) if marker.exists() and not force else {}
+    if info and spec.kind == "generated":
+        if info.get("sources", {}).get("generated", {}).get("definition") != digest():
+            say(f"{spec.name}: this cpbench generates it differently; regenerating")
+            shutil.rmtree(ddir)
+            info = {}
+    return info
+
+
+def write_record(ddir: Path, info: dict, started: float) -> dict:
+    """Complete the prepare record (time, disk use) and write the marker: the last step, atomic."""
+    info = {**info, "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.time() - started, 2),
+            "disk_bytes": disk_usage(ddir)}
+    info["disk"] = human_size(info["disk_bytes"])
+    atomic.write_json(ddir / MARKER, info)
+    return {**info, "skipped": False}
 
 
 def read_marker(ddir: Path) -> dict:
@@ -402,18 +428,25 @@ def check(name: str, root: Path, spec: DatasetSpec | None = None, decode: bool =
     Returns ``{"counts", "missing", "unreadable", "ok"}``; never modifies the dataset."""
     spec = spec or get_spec(name, root)
     ddir = dataset_dir(spec, Path(root))
-    if spec.split_file is None and spec.read_split is None:
-        raise UserError(f"{name}: nothing to check")
-    if not ddir.is_dir():
-        raise UserError(f"dataset {name!r} is not under {root}; run `cpbench prepare {name} --root {root}`")
-    split = _read_split(spec, ddir)
+    if spec.task == "retrieval":  # an image-caption dataset: its images, its caption counts
+        from cpbench.data import captions
+
+        ds = captions.load(name, root, spec)
+        split, image_root, count = ds.split.images(), ds.image_root, lambda: captions.counts(spec, ds.split)
+    else:
+        if spec.split_file is None and spec.read_split is None:
+            raise UserError(f"{name}: nothing to check")
+        if not ddir.is_dir():
+            raise UserError(f"dataset {name!r} is not under {root}; run `cpbench prepare {name} --root {root}`")
+        split, image_root = _read_split(spec, ddir), ddir / spec.image_dir
+        count = lambda: check_counts(spec, split)  # noqa: E731
     problems = []
     try:
-        counts = check_counts(spec, split)
+        counts = count()
     except UserError as exc:
         problems.append(str(exc))
         counts = {}
-    missing = missing_files(ddir / spec.image_dir, split)
-    unreadable = unreadable_files(ddir / spec.image_dir, split) if decode else []
+    missing = missing_files(image_root, split)
+    unreadable = unreadable_files(image_root, split) if decode else []
     return {"counts": counts, "missing": missing, "unreadable": unreadable, "problems": problems,
             "ok": not (missing or unreadable or problems)}

@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from cpbench.data import readers
+from functools import partial
+
+from cpbench.data import captions, readers
 from cpbench.data.fetch import Source
 
 
@@ -37,6 +39,9 @@ class DatasetSpec:
     kind: str = "download"          # download | generated | custom | manual
     read_split: Callable | None = None  # for layouts without a split json: (dataset_dir) -> Split
     notes: str = ""
+    # classification (a Split of labelled images) | retrieval (an image-caption dataset:
+    # ``read_split`` returns a captions.CaptionSplit; see cpbench/data/captions.py)
+    task: str = "classification"
 
 
 CALTECH101 = DatasetSpec(
@@ -249,3 +254,43 @@ WNID_SUBSETS = ("imagenet_a", "imagenet_r")  # 200-class, relabelled 0..199 over
 
 BUILTIN = (IMAGENET, CALTECH101, OXFORD_PETS, STANFORD_CARS, OXFORD_FLOWERS, FOOD101, FGVC_AIRCRAFT, SUN397, DTD,
            EUROSAT, UCF101, IMAGENETV2, IMAGENET_SKETCH, IMAGENET_A, IMAGENET_R)
+
+
+# --------------------------------------------------------------------------- image-caption datasets
+# Few-shot image-text retrieval (CPL). Karpathy's caption files come from his page as one zip
+# (no published checksum: content-verified against the expected split sizes and the images they
+# name). Flickr30k's images are given out by its authors after a request form (Flickr terms), so
+# they come with --from; MSCOCO's val2014 images (CPL uses only val2014: its few-shot pool is
+# Karpathy's val split and the test split lies there too) download from cocodataset.org.
+
+_KARPATHY = "https://cs.stanford.edu/people/karpathy/deepimagesent/caption_datasets.zip"
+
+FLICKR30K = DatasetSpec(
+    name="flickr30k", dassl_name="flickr30k", folder="flickr30k", image_dir="flickr30k-images", template="{}",
+    task="retrieval", kind="manual",
+    read_split=partial(captions.read_karpathy, annotations="dataset_flickr30k.json", pool="train", test_chars=265),
+    notes="Flickr30k images are given out after a request form (Flickr terms of use)",
+    sources=(  # the manual one first: nothing is downloaded before the user is told what to fetch
+        Source("flickr30k-images.tar.gz", (), extract=True,
+               manual="Flickr30k's images are given out by its authors after a request form "
+                      "(https://shannon.cs.illinois.edu/DenotationGraph/): put flickr30k-images.tar.gz and "
+                      "caption_datasets.zip (Karpathy's splits) in a folder and run "
+                      "`cpbench prepare flickr30k --from FOLDER`"),
+        Source("caption_datasets.zip", (_KARPATHY, _KARPATHY.replace("https:", "http:")), extract=True,
+               members=("dataset_flickr30k.json",)),
+    ),
+    expected=Expected(train=29000, test=1000),
+)
+
+MSCOCO = DatasetSpec(
+    name="mscoco", dassl_name="mscoco", folder="mscoco", image_dir="", template="{}", task="retrieval",
+    read_split=partial(captions.read_karpathy, annotations="dataset_coco.json", pool="val", strip=True),
+    sources=(
+        Source("caption_datasets.zip", (_KARPATHY, _KARPATHY.replace("https:", "http:")), extract=True,
+               members=("dataset_coco.json",)),
+        Source("val2014.zip", ("http://images.cocodataset.org/zips/val2014.zip",), extract=True),
+    ),
+    expected=Expected(train=5000, test=5000),
+)
+
+CAPTIONED = (FLICKR30K, MSCOCO)

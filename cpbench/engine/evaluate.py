@@ -89,6 +89,20 @@ def encode_all(method: Method, items, image_root, device, precision: Precision, 
     return torch.cat(out) if out else torch.zeros(0)
 
 
+def image_features(method: Method, items: Sequence[Item], image_root: Path, device: torch.device,
+                   precision: Precision, batch_size: int = 100, num_workers: int = 0,
+                   cache: FeatureCache | None = None, dataset: str = "",
+                   on_batch: BatchCallback | None = None) -> tuple[torch.Tensor | None, bool]:
+    """(features, came from the cache) of the items' test views from the exact feature cache, or
+    (None, False) when there is no cache or the method's image encoder is prompted."""
+    if cache is None or method.image_prompted:
+        return None, False
+    key = FeatureCache.key(method.backbone.fingerprint(), precision.effective,
+                           describe(test_transform(method.backbone.preprocess)), f"{dataset}:{image_root}", items)
+    return cache.get_or_compute(
+        key, lambda: encode_all(method, items, image_root, device, precision, batch_size, num_workers, on_batch))
+
+
 @torch.no_grad()
 def evaluate(method: Method, items: Sequence[Item], image_root: Path, device: torch.device, precision: Precision,
              batch_size: int = 100, num_workers: int = 0, cache: FeatureCache | None = None,
@@ -101,12 +115,9 @@ def evaluate(method: Method, items: Sequence[Item], image_root: Path, device: to
     labels = torch.tensor([it.label for it in items])
     with precision.autocast(device):
         context = method.eval_context()
-    cached = False
-    if cache is not None and not method.image_prompted:
-        key = FeatureCache.key(method.backbone.fingerprint(), precision.effective,
-                               describe(test_transform(method.backbone.preprocess)), f"{dataset}:{image_root}", items)
-        feats, cached = cache.get_or_compute(
-            key, lambda: encode_all(method, items, image_root, device, precision, batch_size, num_workers, on_batch))
+    feats, cached = image_features(method, items, image_root, device, precision, batch_size, num_workers, cache,
+                                   dataset, on_batch)
+    if feats is not None:
         preds, probs = [], []
         for start in range(0, len(items), batch_size):
             chunk = feats[start: start + batch_size].to(device)

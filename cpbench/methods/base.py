@@ -91,6 +91,15 @@ class Method(nn.Module):
     # features (logits = logit_scale * normalise(f) @ eval_context().T): an export can then carry the
     # final text features, usable with plain open_clip
     text_classifier: ClassVar[bool] = False
+    # continual learning (protocols/continual.py): the method is built on each task's classes in
+    # turn and its shared learned state carries over. ``class_rows`` names the learned-state
+    # entries that hold one slice per class and their class axis (LAMM's label rows): they GROW,
+    # task by task, and the rows of earlier tasks are never trained again.
+    continual: ClassVar[bool] = True
+    class_rows: ClassVar[dict[str, int]] = {}
+    # few-shot image-text retrieval (protocols/retrieval.py): every caption is a "class name", so
+    # the class prompts must be built from the name alone plus shared learned state
+    retrieval: ClassVar[bool] = False
 
     def __init__(self, backbone: Backbone, classnames: list[str], options: Options, template: str = "a photo of a {}."):
         super().__init__()
@@ -98,6 +107,24 @@ class Method(nn.Module):
         self.options = options
         self.template = template
         self.classnames = list(classnames)
+
+    # ------------------------------------------------------------------ capabilities
+    @classmethod
+    def unsupported(cls, protocol: str, options: Options) -> str:
+        """Why this method, with these options, cannot run ``protocol`` (one line); "" if it can."""
+        if protocol == "continual" and not cls.continual:
+            return (f"{cls.name} cannot learn classes task after task: its learned state is fitted to one fixed "
+                    "set of classes; use a prompt method such as coop or lamm")
+        if protocol == "retrieval" and not cls.retrieval:
+            return (f"{cls.name} has no image-text retrieval mode (its prompts are not built from a caption and "
+                    "shared learned state alone); use zeroshot, coop, cocoop or cpl")
+        return ""
+
+    @classmethod
+    def options_for_classes(cls, options: Options, classnames: list[str], backbone: Backbone) -> Options:
+        """Options that give every subset of ``classnames`` the same parameter shapes (continual
+        learning builds the method on one task's classes at a time). Default: ``options``."""
+        return options
 
     # ------------------------------------------------------------------ classes
     @classmethod
@@ -108,6 +135,12 @@ class Method(nn.Module):
     def set_classnames(self, classnames: list[str]) -> None:
         """Rebuild everything derived from class names (learned parameters are kept)."""
         self.classnames = list(classnames)
+
+    def set_training_subset(self, classnames: list[str], rows: list[int]) -> None:
+        """Score a subset of the training classes: ``classnames[i]`` is training class ``rows[i]``
+        (its index in the list the method was built on). Methods with per-class learned rows keep
+        them (LAMM); by default this is ``set_classnames``."""
+        self.set_classnames(classnames)
 
     # ------------------------------------------------------------------ training
     def forward_train(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

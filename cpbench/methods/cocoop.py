@@ -38,6 +38,7 @@ class CoCoOpOptions(Options):
 class CoCoOp(Method):
     name = "cocoop"
     Options = CoCoOpOptions
+    retrieval = True  # captions as class names, instance-conditioned context prepended (CPL's ITR baseline)
 
     def __init__(self, backbone, classnames, options: CoCoOpOptions, template="a photo of a {}."):
         super().__init__(backbone, classnames, options, template)

@@ -31,10 +31,18 @@ class CoOp(Method):
     Options = CoOpOptions
     feature_training = True
     text_classifier = True
+    retrieval = True  # captions as class names, learned context prepended
 
     @classmethod
     def takes_new_classes(cls, options) -> bool:
         return super().takes_new_classes(options) and not options.csc  # one context per trained class
+
+    @classmethod
+    def unsupported(cls, protocol, options):
+        if protocol in ("continual", "retrieval") and getattr(options, "csc", False):
+            return (f"{cls.name} with a class-specific context (csc) cannot run --protocol {protocol}: each class "
+                    "has its own context, so nothing learned carries over to new classes; use csc=false")
+        return super().unsupported(protocol, options)
 
     def __init__(self, backbone, classnames, options: CoOpOptions, template="a photo of a {}."):
         super().__init__(backbone, classnames, options, template)

@@ -70,6 +70,11 @@ so it moves at all); (6) counterfactual mixing,
 solver acceptance rule, per-run target mask — the paper's / cpbench's forms stay the defaults, the
 official behaviours are the options ``cf_mix: official``, ``edit_rule: official``,
 ``target_mask: class``; (7) negatives — ``negatives: clip`` (default), ``bertscore``, or a file.
+
+Continual learning: the mask columns ``u`` are ``class_rows`` (fresh columns of ones for each
+task's classes). Retrieval (CPL's image-text retrieval experiment): every caption is a class, its
+negative the most similar other caption and that caption's image (cpbench/protocols/retrieval.py).
+
 """
 
 from __future__ import annotations
@@ -284,6 +289,7 @@ class CPL(OfficialFloat32, CoCoOp):
     name = "cpl"
     Options = CPLOptions
     fp32_prefixes = ("u",)   # the official mask is an fp32 parameter even under PREC=fp16
+    class_rows = {"u": 1}  # one mask column per class: new classes get fresh columns (continual)
 
     def __init__(self, backbone, classnames, options: CPLOptions, template="a photo of a {}."):
         if len(classnames) < 2:

@@ -45,10 +45,20 @@ Issue 18 audit item (3), duplicate class names sharing one row: fixed (rows by i
 and checkpoints: the official MaPLe trainer's ``load_model`` deletes ``token_classes`` from a
 loaded checkpoint (so its eval-only runs use the initial label embeddings); importing an official
 checkpoint (``cpbench/official_checkpoints.py``) keeps the learned rows.
+
+Continual learning (``--protocol continual``, LAMM's claim; cpbench/protocols/continual.py): the
+label rows and their frozen copies are ``class_rows``, so every task adds fresh rows for its own
+classes and the rows of earlier tasks are never trained again. With the context frozen (``lamm``)
+the old classes' prompts, hence their logits, stay bit-identical; ``coop_lamm`` and ``maple_lamm``
+keep training their shared context on later tasks. ``label_len`` 0 is resolved over all the
+dataset's classes there (``options_for_classes``), and lamm.yaml's ``continual`` block sets
+``param_shots`` to 16 as the official set scripts do. No retrieval mode: a row learned for a
+training caption never applies to a test caption.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -99,6 +109,19 @@ class LabelRows:
     """Mixin: learnable label rows ``token_classes`` [C_train, L_lab, D] + frozen ``fix_token``,
     one per training class (by index), written into prompt positions 1+n_ctx .. 1+n_ctx+L_lab."""
 
+    # continual learning: one label row per class, grown task by task (old rows stay as trained)
+    class_rows = {"token_classes": 0, "fix_token": 0}
+    # a learned row per training caption would never apply to a test caption
+    retrieval = False
+
+    @classmethod
+    def options_for_classes(cls, options, classnames, backbone):
+        """``label_len`` 0 (the minimum name length) resolved over ALL ``classnames``, so the rows
+        of every task have the same length."""
+        if options.label_len:
+            return options
+        return dataclasses.replace(options, label_len=min(backbone.n_tokens(clean(c)) for c in classnames))
+
     def _init_label_rows(self, backbone, classnames, label_len: int, random_init: bool) -> None:
         self.label_names = [clean(c) for c in classnames]
         lens = [backbone.n_tokens(n) for n in self.label_names]
@@ -122,6 +145,12 @@ class LabelRows:
         same = [clean(c) for c in self.classnames] == self.label_names
         idx = torch.arange(n) if same else torch.full((n,), -1, dtype=torch.long)
         self.register_buffer("label_row", idx.to(self.token_classes.device), persistent=False)
+
+    def set_training_subset(self, classnames: list[str], rows: list[int]) -> None:
+        """A subset of the training classes keeps each class's learned row, by training index
+        (continual learning evaluates the classes of one task this way)."""
+        self.set_classnames(classnames)
+        self.label_row = torch.tensor(list(rows), dtype=torch.long, device=self.token_classes.device)
 
     def shared_prefix(self) -> int:
         """The encoder's shared prefix stops before the (per-class) label rows."""

@@ -86,6 +86,7 @@ class LinearProbe(Method):
     closed_form = True
     image_prompted = True   # raw features: not the shared normalised-feature cache
     new_classes = False
+    continual = False       # a closed-form classifier of one fixed class set
 
     def __init__(self, backbone, classnames, options: LinearProbeOptions, template="a photo of a {}."):
         super().__init__(backbone, classnames, options, template)

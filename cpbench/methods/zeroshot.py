@@ -20,6 +20,7 @@ class ZeroShotCLIP(Method):
     trainable = False
     seed_dependent = False  # no training data, no sampling: every seed gives the same result
     text_classifier = True
+    retrieval = True  # the dataset's template around each caption ("{}": the caption itself)
 
     def prompts(self) -> list[str]:
         template = self.options.template or self.template

@@ -100,7 +100,32 @@ def run_job(job: Job, backbone: Backbone, s: RunSettings, store: ResultStore,
         if store.has(key) and not s.force:
             reporter.job_skipped(job)
             return None
-        return _run_job_locked(job, cfg, key, backbone, s, store, reporter)
+        return _runner(job.protocol)(job, cfg, key, backbone, s, store, reporter)
+
+
+def own_start(job: Job, cfg: ResolvedConfig, s: RunSettings) -> tuple[type, Precision, str]:
+    """The start of a protocol with its own executor (continual, retrieval): no imported state
+    (they train their own), a method that can run it; (method class, precision, started_at)."""
+    if s.state_from:
+        raise UserError(f"--protocol {job.protocol} trains its own state; it cannot start from imported state")
+    cls = get_method_class(job.method)
+    why = cls.unsupported(job.protocol, cfg.options)
+    if why:
+        raise UserError(why)
+    return cls, resolve_precision(cfg.train.precision, s.device), now()
+
+
+def _runner(protocol: str):
+    """The executor of a protocol: continual learning and retrieval have their own modules."""
+    if protocol == "continual":
+        from cpbench.protocols import continual
+
+        return continual.run_locked
+    if protocol == "retrieval":
+        from cpbench.protocols import retrieval
+
+        return retrieval.run_locked
+    return _run_job_locked
 
 
 @dataclass
@@ -131,8 +156,7 @@ def learn(job: Job, cfg: ResolvedConfig, backbone: Backbone, s: RunSettings, rep
         raise UserError(f"{ds.name}: no training images for the {job.train_subset} classes; check the split file "
                         f"in {ds.dir} or re-run `cpbench prepare {ds.name} --force`")
     seed_everything(job.seed)
-    backbone.to(device=s.device, dtype=precision.param_dtype)
-    method = cls(backbone, names, cfg.options, template=ds.spec.template).to(device=s.device, dtype=precision.param_dtype)
+    method = build_method(cls, backbone, names, cfg.options, ds.spec.template, s, precision)
     ckpt_dir = checkpoint_dir(job, cfg, s)
     if s.force and ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)
@@ -146,35 +170,78 @@ def learn(job: Job, cfg: ResolvedConfig, backbone: Backbone, s: RunSettings, rep
         method.load_learned_state(imports.load_state(s.state_from, job, method, ds))
         method.to(device=s.device, dtype=precision.param_dtype)
         epochs = 0
-    elif final is not None:
-        method.load_learned_state(final[0])
-        train_seconds = float(final[1].get("train_seconds", 0.0))
-    elif getattr(cls, "closed_form", False):
+    elif final is None and getattr(cls, "closed_form", False):
         t0 = time.time()
         reporter.phase(f"fitting {job.method} on {len(tr)} images")
         method.fit_items(tr, va, ds.image_root, s.device, precision, cfg.train, cache=cache, dataset=ds.cache_tag)
         train_seconds = time.time() - t0
         checkpoint.save(ckpt_dir, "final", method.learned_state(), {"epoch": 0, "train_seconds": train_seconds})
-    elif cls.trainable and cfg.train.epochs > 0:
-        reporter.phase(f"training {job.method} on {ds.name} ({len(train_items)} images, {cfg.train.epochs} epochs)",
-                       cfg.train.epochs)
-        if hasattr(method, "prepare_training"):  # a method that needs the training images themselves (CPL)
-            method.prepare_training(train_items, ds.image_root, s.device)
-        ident = {"method": job.method, "train_dataset": job.train_dataset, "train_subset": job.train_subset,
-                 "shots": job.shots, "seed": job.seed, "backbone": s.backbone, "pretrained": s.pretrained,
-                 "config_hash": cfg.hash, "weights": s.weights or ""}
-
-        def on_epoch(stats, history):
-            curves.write_history(ckpt_dir, history, ident)
-            reporter.epoch(stats)
-
-        result = train(method, train_items, ds.image_root, cfg.train, s.device, precision, job.seed, ckpt_dir,
-                       on_epoch=on_epoch, on_batch=reporter.batch)
-        if result.history:  # also when the run resumed after its last epoch
-            curves.write_history(ckpt_dir, result.history, ident)
-        train_seconds = result.seconds  # includes the time trained before an interruption
-        checkpoint.save(ckpt_dir, "final", method.learned_state(), {"epoch": cfg.train.epochs, "train_seconds": train_seconds})
+    else:
+        train_seconds = train_or_load(method, cfg, s, precision, job.seed, train_items, ds.image_root, ckpt_dir,
+                                      reporter, f"{job.method} on {ds.name}", history_ident(job, cfg, s), final=final)
     return Learned(method, ds, list(names), precision, epochs, train_seconds, cache)
+
+
+def build_method(cls, backbone: Backbone, names: list[str], options, template: str, s: RunSettings,
+                 precision: Precision) -> Method:
+    """``cls`` on ``names``, with the backbone and the method on the run's device and dtype."""
+    backbone.to(device=s.device, dtype=precision.param_dtype)
+    return cls(backbone, list(names), options, template=template).to(device=s.device, dtype=precision.param_dtype)
+
+
+def history_ident(job: Job, cfg: ResolvedConfig, s: RunSettings, **extra) -> dict:
+    """The identifying columns of a training's ``history.parquet`` (``cpbench/results/curves.py``)."""
+    return {"method": job.method, "train_dataset": job.train_dataset, "train_subset": job.train_subset,
+            "shots": job.shots, "seed": job.seed, "backbone": s.backbone, "pretrained": s.pretrained,
+            "config_hash": cfg.hash, "weights": s.weights or "", **extra}
+
+
+def train_or_load(method: Method, cfg: ResolvedConfig, s: RunSettings, precision: Precision, seed: int,
+                  train_items, image_root: Path, ckpt_dir: Path, reporter: Reporter, what: str, ident: dict,
+                  final: tuple | None = None) -> float:
+    """Give ``method`` its learned state from ``ckpt_dir``'s final checkpoint, or train it there
+    (resuming from the last epoch checkpoint; the per-epoch history goes to ``ckpt_dir/history.parquet``
+    with the columns ``ident``) and save the final one; returns the training seconds (including time
+    trained before an interruption). ``final``: the final checkpoint, when the caller already loaded
+    it. Nothing is trained for a non-trainable method or 0 epochs."""
+    final = final if final is not None else checkpoint.load(ckpt_dir, "final")
+    if final is not None:
+        method.load_learned_state(final[0])
+        return float(final[1].get("train_seconds", 0.0))
+    if not (method.trainable and cfg.train.epochs > 0):
+        return 0.0
+    reporter.phase(f"training {what} ({len(train_items)} images, {cfg.train.epochs} epochs)", cfg.train.epochs)
+    if hasattr(method, "prepare_training"):  # a method that needs the training images themselves (CPL)
+        method.prepare_training(train_items, image_root, s.device)
+
+    def on_epoch(stats, history):
+        curves.write_history(ckpt_dir, history, ident)
+        reporter.epoch(stats)
+
+    result = train(method, train_items, image_root, cfg.train, s.device, precision, seed, ckpt_dir,
+                   on_epoch=on_epoch, on_batch=reporter.batch)
+    if result.history:  # also when the run resumed after its last epoch
+        curves.write_history(ckpt_dir, result.history, ident)
+    checkpoint.save(ckpt_dir, "final", method.learned_state(), {"epoch": cfg.train.epochs, "train_seconds": result.seconds})
+    return result.seconds
+
+
+def run_fields(job: Job, key: str, cfg: ResolvedConfig, s: RunSettings, run_id: str, method: Method,
+               precision: Precision, epochs: int, train_seconds: float, cache: bool, started_at: str, env: dict,
+               imported: str = "") -> dict:
+    """The columns every result row of one job shares (everything but the evaluation itself)."""
+    return {
+        "run_id": run_id, "job_key": key, "method": job.method, "protocol": job.protocol,
+        "train_dataset": job.train_dataset, "shots": job.shots, "seed": job.seed, "backbone": s.backbone,
+        "pretrained": s.pretrained, "weights": s.weights or "", "config_hash": cfg.hash,
+        "config_json": json.dumps(cfg.as_dict(), sort_keys=True), "epochs": epochs,
+        "precision": precision.effective, "precision_requested": precision.requested,
+        "n_learnable": method.n_learnable(),
+        "feature_cache": ("test" if (cache and not method.image_prompted) else "off"),
+        "train_features": (f"cached-aug:{cfg.train.feature_views}" if cfg.train.feature_views else "images"),
+        "train_seconds": train_seconds, "device": str(s.device), "imported": imported,
+        "started_at": started_at, **env,
+    }
 
 
 def _run_job_locked(job: Job, cfg: ResolvedConfig, key: str, backbone: Backbone, s: RunSettings,
@@ -204,18 +271,11 @@ def _run_job_locked(job: Job, cfg: ResolvedConfig, key: str, backbone: Backbone,
         evals.append(predictions.Evaluation(run_id, tds.name, target.subset, predictions.Outcome(
             predictions.split_positions(tds.split.test, items), res.labels, res.preds, res.p_true, tuple(tnames))))
         row = {
-            "run_id": run_id, "job_key": key, "method": job.method, "protocol": job.protocol,
-            "train_dataset": job.train_dataset, "eval_dataset": tds.name, "subset": target.subset,
-            "shots": job.shots, "seed": job.seed, "backbone": s.backbone, "pretrained": s.pretrained,
-            "weights": s.weights or "", "config_hash": cfg.hash, "config_json": json.dumps(cfg.as_dict(), sort_keys=True),
+            **run_fields(job, key, cfg, s, run_id, method, precision, lr.epochs, lr.train_seconds,
+                         lr.cache is not None, started_at, env, imported),
+            "eval_dataset": tds.name, "subset": target.subset,
             "accuracy": res.accuracy, "correct": res.correct, "n_test": res.n, "n_classes": len(tnames),
-            "epochs": lr.epochs, "precision": precision.effective, "precision_requested": precision.requested,
-            "n_learnable": method.n_learnable(),
-            "feature_cache": ("test" if (lr.cache is not None and not method.image_prompted) else "off"),
-            "train_features": (f"cached-aug:{cfg.train.feature_views}" if cfg.train.feature_views else "images"),
-            "train_seconds": lr.train_seconds, "eval_seconds": res.seconds, "device": str(s.device),
-            "imported": imported,
-            "started_at": started_at, "finished_at": now(), **env,
+            "eval_seconds": res.seconds, "finished_at": now(),
         }
         rows.append(row)
         reporter.row(row)

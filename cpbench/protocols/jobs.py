@@ -36,10 +36,15 @@ class Job:
     shots: int
     seed: int
     targets: tuple[Target, ...]
+    # continual learning only (protocols/continual.py): the number of tasks and the class order
+    # ("labels" = label order, "seed:N" = shuffled by N); 0 / "" for every other protocol
+    tasks: int = 0
+    class_order: str = ""
 
     def describe(self) -> str:
         t = ", ".join(f"{x.dataset}/{x.subset}" for x in self.targets)
-        return f"{self.method} {self.protocol} {self.train_dataset}/{self.train_subset} {self.shots}-shot seed {self.seed} -> {t}"
+        tasks = f" {self.tasks} tasks ({self.class_order})" if self.tasks else ""
+        return f"{self.method} {self.protocol}{tasks} {self.train_dataset}/{self.train_subset} {self.shots}-shot seed {self.seed} -> {t}"
 
 
 @dataclass

@@ -33,11 +33,17 @@ def _imported(s: RunSettings) -> dict:
     return {"imported": imports.identity(s.state_from)}
 
 
+def _continual(job: Job) -> dict:
+    """A continual job's task count and class order (absent for other jobs, so their keys are
+    unchanged): they determine both what is trained and what is evaluated."""
+    return {"continual": [job.tasks, job.class_order]} if job.tasks else {}
+
+
 def job_key(job: Job, cfg: ResolvedConfig, s: RunSettings) -> str:
     blob = json.dumps({
         "method": job.method, "protocol": job.protocol, "train": [job.train_dataset, job.train_subset],
         "shots": job.shots, "seed": job.seed, "targets": [[t.dataset, t.subset] for t in job.targets],
-        "config": cfg.hash, "backbone": backbone_identity(s), **_imported(s),
+        "config": cfg.hash, "backbone": backbone_identity(s), **_imported(s), **_continual(job),
     }, sort_keys=True)
     return f"{job.method}-{job.train_dataset}-s{job.seed}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
@@ -46,7 +52,7 @@ def training_key(job: Job, cfg: ResolvedConfig, s: RunSettings) -> str:
     """What determines the learned parameters (not the eval targets): shared across protocols."""
     blob = json.dumps({
         "method": job.method, "train": [job.train_dataset, job.train_subset], "shots": job.shots,
-        "seed": job.seed, "config": cfg.hash, "backbone": backbone_identity(s), **_imported(s),
+        "seed": job.seed, "config": cfg.hash, "backbone": backbone_identity(s), **_imported(s), **_continual(job),
     }, sort_keys=True)
     return f"{job.method}-{job.train_dataset}-{job.train_subset}-k{job.shots}-s{job.seed}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 

@@ -28,7 +28,11 @@ from cpbench.results.table import Entry
 
 IDENTITY = ("method", "backbone", "pretrained", "weights", "imported")
 # the same (protocol, shots, datasets, subset, seed) in one entry is one cell's seed
-CELL = ("protocol", "train_dataset", "eval_dataset", "subset", "shots")
+CELL = ("protocol", "train_dataset", "eval_dataset", "subset", "shots",
+        # continual: the task evaluated after, of how many, in which class order; retrieval: K of R@K
+        # (neutral values for the other protocols; see ``normalise``)
+        "task", "n_tasks", "class_order", "recall_at")
+NEUTRAL = {"task": 0, "n_tasks": 0, "class_order": "", "recall_at": 0}
 # train settings that cannot change a result: ignored when matching the papers' setting
 RUNTIME_KEYS = ("train.num_workers", "train.checkpoint")
 MAX_LABEL_KEYS = 3
@@ -43,6 +47,10 @@ def normalise(frame: pd.DataFrame) -> pd.DataFrame:
         if col not in df.columns:
             df[col] = ""
         df[col] = df[col].fillna("").astype(str)
+    for col, neutral in NEUTRAL.items():
+        if col not in df.columns:
+            df[col] = neutral
+        df[col] = df[col].fillna(neutral).astype(type(neutral))
     df["_finished"] = pd.to_datetime(df["finished_at"], utc=True, errors="coerce", format="ISO8601")
     if df.empty:
         return df

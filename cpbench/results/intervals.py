@@ -22,11 +22,17 @@ from cpbench.results.entries import CELL
 from cpbench.results.predictions import Outcome
 from cpbench.results.table import Cell, Report, isnan
 
-Key = tuple  # (entry key, protocol, train_dataset, eval_dataset, subset, shots)
+Key = tuple  # (entry key, *entries.CELL): protocol, train/eval dataset, subset, shots, task, n_tasks, ...
+INT_FIELDS = {"shots", "task", "n_tasks", "recall_at"}
 
 
 def cell_key(c: Cell) -> Key | None:
     return (c.entry.key, *c.key) if c.key and c.entry is not None else None
+
+
+def row_key(entry: str, values) -> Key:
+    """The key of a group of rows (``entry`` and the ``CELL`` columns), typed as ``Cell.key``."""
+    return (entry, *(int(v) if f in INT_FIELDS else v for f, v in zip(CELL, values)))
 
 
 @dataclass
@@ -47,7 +53,7 @@ class Samples:
         correct = df["correct"] if "correct" in df.columns else pd.Series(np.nan, index=df.index)
         cols = ["entry", *CELL]
         for key, g in df.assign(row_correct=correct).sort_values("seed").groupby(cols, sort=False):
-            key = (key[0], *key[1:-1], int(key[-1]))
+            key = row_key(key[0], key[1:])
             got, why = [], ""
             for r in g.itertuples(index=False):
                 o = outcomes.get((r.run_id, r.eval_dataset, r.subset))
@@ -111,6 +117,8 @@ class Samples:
 
     def replicates(self, c: Cell, other: Cell | None = None) -> np.ndarray | None:
         """(replicates,) bootstrap values of ``c`` (paired with ``other``'s seeds when given)."""
+        if c.derived and not c.combine:
+            return None
         if c.combine:
             parts = [self.replicates(p, o) for p, o in zip(c.parts, other.parts if other is not None
                                                           else [None] * len(c.parts))]
@@ -128,6 +136,8 @@ class Samples:
 
     def point(self, c: Cell, other: Cell | None = None) -> float:
         """The cell's value on the seeds ``replicates`` uses (the table's value without ``other``)."""
+        if c.derived and not c.combine:
+            return float("nan")
         if c.combine:
             parts = [self.point(p, o) for p, o in zip(c.parts, other.parts if other is not None
                                                      else [None] * len(c.parts))]
@@ -143,6 +153,8 @@ class Samples:
 
     def why_missing(self, c: Cell) -> str:
         """Why ``c`` has no replicates ("" if it has)."""
+        if c.derived and not c.combine:
+            return "a derived number the bootstrap does not recompute"
         if c.combine:
             return next((w for w in (self.why_missing(p) for p in c.parts) if w), "")
         k = cell_key(c)
@@ -176,6 +188,7 @@ def attach(report: Report, samples: Samples) -> None:
         names = sorted(where)
         more = f" and {len(names) - 6} more" if len(names) > 6 else ""
         report.notes.append(f"--ci: no interval for {', '.join(names[:6])}{more} ({why}: rows from before cpbench "
-                            "stored predictions, or a predictions file was removed; re-run those jobs with --force "
-                            "to get them)." if why == "no per-image predictions" else
+                            "stored predictions, a removed predictions file, or a protocol that stores none: "
+                            "continual, retrieval; re-run such jobs with --force to get them)."
+                            if why == "no per-image predictions" else
                             f"--ci: no interval for {', '.join(names[:6])}{more} ({why}).")

@@ -21,9 +21,10 @@ import pandas as pd
 
 from cpbench.results.table import Cell, Entry, Row, Table, isnan
 
-PROTOCOL_ORDER = ("base2new", "cross_dataset", "dg", "few_shot")
+PROTOCOL_ORDER = ("base2new", "cross_dataset", "dg", "few_shot", "continual", "retrieval")
 PROTOCOL_TITLES = {"base2new": "Base-to-new generalisation", "cross_dataset": "Cross-dataset transfer",
-                   "dg": "Domain generalisation", "few_shot": "Few-shot classification"}
+                   "dg": "Domain generalisation", "few_shot": "Few-shot classification",
+                   "continual": "Continual (class-incremental) learning", "retrieval": "Few-shot image-text retrieval"}
 LAYOUTS = ("auto", "wide", "long")
 WIDE_MAX_COLUMNS = 12          # 4 entries × Base/New/HM
 WIDE_MAX_COLUMNS_COMPARE = 6   # with --compare paper (or --ci) each cell is two to three times as wide
@@ -53,25 +54,30 @@ class Cells:
         self.entries = entries
         self.by_key: dict[tuple, object] = {}
         for r in agg.itertuples(index=False):
-            key = (r.entry, r.protocol, r.train_dataset, r.eval_dataset, r.subset, int(r.shots))
+            key = (r.entry, r.protocol, r.train_dataset, r.eval_dataset, r.subset, int(r.shots), int(r.task),
+                   int(r.n_tasks), r.class_order, int(r.recall_at))
             if key in self.by_key:  # entries are built so that this cannot happen (entries.overrides)
                 raise RuntimeError(f"two configurations in one cell: {key}")
             self.by_key[key] = r
 
-    def get(self, entry: Entry, protocol: str, train: str, eval_: str, subset: str, shots: int, field: str) -> Cell:
-        r = self.by_key.get((entry.key, protocol, train, eval_, subset, int(shots)))
+    def get(self, entry: Entry, protocol: str, train: str, eval_: str, subset: str, shots: int, field: str,
+            task: int = 0, n_tasks: int = 0, class_order: str = "", recall_at: int = 0) -> Cell:
+        key = (protocol, train, eval_, subset, int(shots), int(task), int(n_tasks), class_order, int(recall_at))
+        r = self.by_key.get((entry.key, *key))
         c = Cell(entry=entry, dataset=eval_ if protocol != "base2new" else train, field=field, shots=int(shots),
-                 key=(protocol, train, eval_, subset, int(shots)))
+                 key=key)
         if r is not None:
             c.value, c.std, c.n = float(r.mean), float(r.std), int(r.n_seeds)
             c.seeds, c.values, c.config_hash = tuple(r.seeds), tuple(r.values), r.config_hash
         return c
 
 
-def _derived(value: float, parts: Sequence[Cell], entry: Entry, dataset: str, field: str, shots: int) -> Cell:
-    """An average of ``parts`` (its seed count: the fewest of theirs)."""
+def _derived(value: float, parts: Sequence[Cell], entry: Entry, dataset: str, field: str, shots: int,
+             combine: str = "") -> Cell:
+    """A number computed from ``parts`` (its seed count: the fewest of theirs). ``combine="mean"``
+    says it is their mean, so a bootstrap can recompute it (``intervals``)."""
     return Cell(value, derived=True, n=min((c.n for c in parts), default=0), entry=entry, dataset=dataset,
-                field=field, shots=shots, combine="mean", parts=tuple(parts))
+                field=field, shots=shots, combine=combine, parts=tuple(parts) if combine else ())
 
 
 def _hm(b: Cell, n: Cell, entry: Entry, dataset: str, shots: int) -> Cell:
@@ -117,8 +123,8 @@ def base2new_tables(cells: Cells, agg: pd.DataFrame, entries: list[Entry], layou
                 b, n = (cells.get(e, "base2new", d, d, s, shots, f) for s, f in (("base", "Base"), ("new", "New")))
                 grid[(e.key, d)] = [b, n, _hm(b, n, e, d, shots)]
             per = [grid[(e.key, d)] for d in datasets]
-            ab = _derived(_mean([p[0] for p in per]), [p[0] for p in per], e, "Average", "Base", shots)
-            an = _derived(_mean([p[1] for p in per]), [p[1] for p in per], e, "Average", "New", shots)
+            ab = _derived(_mean([p[0] for p in per]), [p[0] for p in per], e, "Average", "Base", shots, "mean")
+            an = _derived(_mean([p[1] for p in per]), [p[1] for p in per], e, "Average", "New", shots, "mean")
             grid[(e.key, "Average")] = [ab, an, _hm(ab, an, e, "Average", shots)]
         limit = WIDE_MAX_COLUMNS_COMPARE if compare or ci else WIDE_MAX_COLUMNS
         chosen = layout if layout != "auto" else ("wide" if 3 * len(ents) <= limit else "long")
@@ -160,7 +166,8 @@ def transfer_tables(cells: Cells, agg: pd.DataFrame, entries: list[Entry], proto
         rows = _entry_rows(g, entries, [source] + targets,
                            lambda e, d: cells.get(e, protocol, source, d, "all", shots, "accuracy"))
         for r in rows:
-            r.cells.append(_derived(_mean(r.cells[1:]), r.cells[1:], r.cells[0].entry, "Average", "accuracy", shots))
+            r.cells.append(_derived(_mean(r.cells[1:]), r.cells[1:], r.cells[0].entry, "Average", "accuracy", shots,
+                                    "mean"))
         note = (f"Trained on {source} (all classes, {shots} shots); Average over the {len(targets)} target(s), "
                 "source excluded." + (" ImageNet-A/R: 200-class problems, logits gathered from the source class bank."
                                       if protocol == "dg" else ""))
@@ -179,7 +186,8 @@ def few_shot_tables(cells: Cells, agg: pd.DataFrame, entries: list[Entry]) -> li
         rows = _entry_rows(g, entries, datasets,
                            lambda e, d: cells.get(e, "few_shot", d, d, "all", shots, "accuracy"))
         for r in rows:
-            r.cells.append(_derived(_mean(r.cells), list(r.cells), r.cells[0].entry, "Average", "accuracy", shots))
+            r.cells.append(_derived(_mean(r.cells), list(r.cells), r.cells[0].entry, "Average", "accuracy", shots,
+                                    "mean"))
         tables.append(Table("few_shot", PROTOCOL_TITLES["few_shot"], ["Method"], datasets + ["Average"], rows,
                             notes=_flag_and_notes(rows, f"{shots} shots per class, all classes; Average over the "
                                                         "datasets."),

@@ -21,7 +21,7 @@ import pandas as pd
 
 from cpbench.errors import UserError
 from cpbench.results.entries import CELL
-from cpbench.results.intervals import Samples
+from cpbench.results.intervals import Samples, row_key
 from cpbench.results.table import Cell, Entry, Row, Table
 
 MOST_DIFFERENT = 10
@@ -34,9 +34,11 @@ def check(dataset: str, df: pd.DataFrame) -> None:
         raise UserError(f"--per-class {dataset}: no results on {dataset} among the selected rows (datasets: {have})")
 
 
-def _view_name(protocol: str, train: str, eval_: str, subset: str, shots: int) -> str:
+def _view_name(protocol: str, train: str, eval_: str, subset: str, shots: int, task: int = 0, n_tasks: int = 0,
+               class_order: str = "", recall_at: int = 0) -> str:
     source = f", trained on {train}" if train != eval_ else ""
-    return f"{eval_}/{subset}, {protocol}{source}, {shots}-shot"
+    after = f", after task {task}/{n_tasks} ({class_order})" if n_tasks else ""
+    return f"{eval_}/{subset}, {protocol}{source}, {shots}-shot{after}"
 
 
 def _counts(samples: Samples, key: tuple, n_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -58,12 +60,12 @@ def tables(df: pd.DataFrame, outcomes: dict, entries: dict[str, Entry], dataset:
     samples = Samples(rows, outcomes)
     out = []
     for view, g in rows.groupby(list(CELL), sort=True):
-        protocol, train, eval_, subset, shots = view[0], view[1], view[2], view[3], int(view[4])
-        keys = [(e, protocol, train, eval_, subset, shots) for e in g["entry"].unique()]
+        protocol, train, eval_, subset, shots = row_key("", view)[1:6]
+        keys = [row_key(e, view) for e in g["entry"].unique()]
         order = {k: i for i, k in enumerate(entries)}
         have = sorted((k for k in keys if k in samples.cells), key=lambda k: order.get(k[0], len(order)))
         lacking = sorted(entries[k[0]].label for k in keys if k not in samples.cells)
-        name = _view_name(protocol, train, eval_, subset, shots)
+        name = _view_name(*row_key("", view)[1:])
         if not have:
             out.append(Table(protocol, "Per-class accuracy", ["Class"], [], [], kind="per_class", key=name,
                              notes=[f"No per-image predictions for {', '.join(lacking)} (rows from before cpbench stored "

@@ -115,6 +115,8 @@ def build(frame: pd.DataFrame, opts: ReportOptions | None = None, outcomes: Outc
     """The report of ``frame``'s rows; ``outcomes`` reads the stored per-image predictions of the
     given job keys (needed by --ci, --compare-methods and --per-class)."""
     from cpbench.protocols import cross_dataset, domain_generalization
+    from cpbench.results.continual import continual_tables
+    from cpbench.results.retrieval import retrieval_tables
 
     opts = opts or ReportOptions()
     if opts.layout not in LAYOUTS:
@@ -139,6 +141,7 @@ def build(frame: pd.DataFrame, opts: ReportOptions | None = None, outcomes: Outc
     tables += layouts.transfer_tables(cells, agg, es, "cross_dataset", cross_dataset.TARGETS)
     tables += layouts.transfer_tables(cells, agg, es, "dg", domain_generalization.TARGETS)
     tables += layouts.few_shot_tables(cells, agg, es)
+    tables += continual_tables(cells, agg, es) + retrieval_tables(cells, agg, es)
     notes = entry_notes(df, es, choices)
     if opts.compare:
         from cpbench.results import compare

@@ -46,6 +46,14 @@ SCHEMA = pa.schema([
     ("peak_memory_mb", pa.float64()),      # the job's peak (cpbench/engine/memory.py)
     ("peak_memory_source", pa.string()),   # cuda.max_memory_allocated | process maxrss
     ("imported", pa.string()),         # "" = trained by cpbench; else KIND:IDENTITY (cpbench/imports.py)
+    # continual: evaluated after training task ``task`` of ``n_tasks`` (subset = "task<j>": the
+    # classes of task j; "seen": every class seen so far); class_order: JSON list of the class
+    # names in task order. Null for other protocols.
+    ("task", pa.int64()),
+    ("n_tasks", pa.int64()),
+    ("class_order", pa.string()),
+    # retrieval: accuracy = recall at K in percent (subset = "i2t" | "t2i"); null otherwise
+    ("recall_at", pa.int64()),
     ("host", pa.string()),
     ("started_at", pa.string()),
     ("finished_at", pa.string()),

@@ -1,0 +1,231 @@
+"""Image-caption datasets for few-shot image-text retrieval (CPL, He et al. EMNLP'22): Flickr30k
+and MSCOCO with the Karpathy splits, and the toy world's ``toy_captions``.
+
+A captioned dataset is a ``DatasetSpec`` with ``task="retrieval"`` whose ``read_split`` returns a
+``CaptionSplit``: the images few-shot pairs are drawn from (``train``) and the test images, each
+with its captions. The annotation file is Karpathy's ``dataset_<name>.json`` (``images[]`` with
+``filepath``, ``filename``, ``split`` and ``sentences[].raw``), the format CPL reads
+(``dataset_processing/<name>/split.py`` in eric-ai-lab/CPL); the toy world writes the same
+format.
+
+CPL's choices, restated (not copied):
+- few-shot pairs: n images drawn from the pool as ``pandas.DataFrame.sample(n, random_state=seed)``
+  does (``numpy.random.RandomState(seed).choice(len(pool), n, replace=False)``, in that order), and
+  for each one caption, index ``random.randint(0, 4)`` of a ``random`` seeded with the same seed;
+  the pool is Karpathy's ``train`` split for Flickr30k (n = 145, 290, 870, 1450 for 0.5/1/3/5 %)
+  and its ``val`` split for MSCOCO (n = 414, 828, 2483, 4139), as CPL's split scripts;
+- test: Karpathy's ``test`` split, every image with its first five captions (Flickr30k captions
+  cut at 265 characters, MSCOCO's stripped, as the scripts). CPL scores image-to-text R@1 on one
+  query per image; cpbench reports R@1/5/10 in both directions on the same images and captions.
+
+Prepared like the classification datasets (``cpbench prepare NAME``: fetch or ``--from``, verify,
+extract, a marker written last), with a compact split cache and portable few-shot pair files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from cpbench import atomic
+from cpbench.errors import UserError
+
+SPLIT_CACHE = ".cpbench_captions.json"
+CAPTIONS_PER_IMAGE = 5
+
+
+@dataclass(frozen=True)
+class Pair:
+    """An image (path relative to the dataset's image dir) and its captions."""
+    path: str
+    captions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CaptionSplit:
+    train: tuple[Pair, ...]   # the pool few-shot pairs are drawn from
+    test: tuple[Pair, ...]
+
+    def to_json(self) -> dict:
+        return {k: [[p.path, list(p.captions)] for p in getattr(self, k)] for k in ("train", "test")}
+
+    def images(self):
+        """Every image as a classification ``Split`` (label 0, no name), for the image checks."""
+        from cpbench.data.splits import Item, Split
+
+        return Split(tuple(Item(p.path, 0, "") for p in self.train), (), tuple(Item(p.path, 0, "") for p in self.test))
+
+    @classmethod
+    def from_json(cls, obj: dict, where: str) -> "CaptionSplit":
+        try:
+            return cls(*(tuple(Pair(str(p), tuple(str(c) for c in caps)) for p, caps in obj[k]) for k in ("train", "test")))
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{where} is not a caption split; run `cpbench prepare` for this dataset again") from None
+
+
+def read_karpathy(ddir: Path, annotations: str, pool: str = "train", strip: bool = False,
+                  test_chars: int | None = None) -> CaptionSplit:
+    """``CaptionSplit`` from Karpathy's ``dataset_<name>.json`` in ``ddir``."""
+    path = Path(ddir) / annotations
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        images = data["images"]
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing; run `cpbench prepare` for this dataset") from None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"{path} is not a Karpathy caption file (images[] with sentences); fetch it again") from None
+
+    def text(raw: str, test: bool) -> str:
+        raw = raw.strip() if strip else raw
+        return raw[:test_chars] if (test and test_chars) else raw
+
+    parts: dict[str, list[Pair]] = {"train": [], "test": []}
+    for img in images:
+        part = "train" if img.get("split") == pool else "test" if img.get("split") == "test" else None
+        if part is None:
+            continue
+        rel = f"{img['filepath']}/{img['filename']}" if img.get("filepath") else img["filename"]
+        caps = [text(s["raw"], part == "test") for s in img.get("sentences", [])]
+        if len(caps) < CAPTIONS_PER_IMAGE:
+            raise UserError(f"{path}: {rel} has {len(caps)} captions, fewer than {CAPTIONS_PER_IMAGE}; fetch the file again")
+        parts[part].append(Pair(rel, tuple(caps[:CAPTIONS_PER_IMAGE] if part == "test" else caps)))
+    return CaptionSplit(tuple(parts["train"]), tuple(parts["test"]))
+
+
+def split_hash(split: CaptionSplit) -> str:
+    return hashlib.sha256(json.dumps(split.to_json(), separators=(",", ":")).encode()).hexdigest()
+
+
+def sample_pairs(split: CaptionSplit, n: int, seed: int) -> list[tuple[str, str]]:
+    """CPL's few-shot draw: n pool images (pandas ``sample(n, random_state=seed)``), one caption
+    each (``random.randint(0, 4)`` after ``random.seed(seed)``), in draw order."""
+    if not 1 <= n <= len(split.train):
+        raise UserError(f"--shots for retrieval is the number of training image-caption pairs: 1 to "
+                        f"{len(split.train)} here, got {n}")
+    picks = np.random.RandomState(seed).choice(len(split.train), n, replace=False)
+    rng = random.Random(seed)
+    return [(split.train[int(i)].path, split.train[int(i)].captions[rng.randint(0, CAPTIONS_PER_IMAGE - 1)])
+            for i in picks]
+
+
+@dataclass(frozen=True)
+class CaptionedDataset:
+    spec: object  # DatasetSpec with task="retrieval"
+    dir: Path
+    split: CaptionSplit
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def image_root(self) -> Path:
+        return self.dir / self.spec.image_dir if self.spec.image_dir else self.dir
+
+    @property
+    def cache_tag(self) -> str:
+        from cpbench.data.prepare import MARKER
+
+        try:
+            return f"{self.name}@{hashlib.sha256((self.dir / MARKER).read_bytes()).hexdigest()[:12]}"
+        except OSError:
+            return self.name
+
+    def pairs(self, n: int, seed: int) -> list[tuple[str, str]]:
+        """The few-shot training pairs, from a portable JSON file keyed by split hash, n and seed."""
+        digest = split_hash(self.split)
+        path = self.dir / "split_fewshot" / f"pairs_{n}-seed_{seed}-{digest[:12]}.json"
+        if path.exists():
+            try:
+                obj = json.loads(path.read_text(encoding="utf-8"))
+                if obj.get("split_sha256") == digest:
+                    return [(str(p), str(c)) for p, c in obj["pairs"]]
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # unreadable: draw again (the draw is deterministic)
+        pairs = sample_pairs(self.split, n, seed)
+        atomic.write_json(path, {"dataset": self.name, "split_sha256": digest, "shots": n, "seed": seed,
+                                 "algorithm": "CPL split.py: RandomState(seed).choice(pool, n) images, "
+                                              "random.Random(seed).randint(0, 4) caption each",
+                                 "pairs": [list(p) for p in pairs]})
+        return pairs
+
+
+def _read(spec, ddir: Path, use_cache: bool = True) -> CaptionSplit:
+    cache = ddir / SPLIT_CACHE
+    if use_cache and cache.is_file():
+        try:
+            return CaptionSplit.from_json(json.loads(cache.read_text(encoding="utf-8")), str(cache))
+        except (OSError, ValueError):
+            pass
+    return spec.read_split(ddir)
+
+
+def counts(spec, split: CaptionSplit) -> dict:
+    got = {"train": len(split.train), "val": 0, "test": len(split.test),
+           "captions": sum(len(p.captions) for p in split.test)}
+    for key in ("train", "test"):
+        want = getattr(spec.expected, key)
+        if want is not None and want != got[key]:
+            raise UserError(f"{spec.name}: {key} has {got[key]} images, expected {want}; the files differ from the "
+                            f"official release (delete {spec.folder}/ and prepare again)")
+    return got
+
+
+def load(name: str, root: Path, spec=None) -> CaptionedDataset:
+    from cpbench.data import prepare as prep
+
+    spec = spec or prep.get_spec(name, root)
+    if spec.task != "retrieval":
+        raise UserError(f"{name} is a classification dataset; --protocol retrieval needs an image-caption dataset "
+                        "(flickr30k, mscoco, toy_captions)")
+    ddir = prep.dataset_dir(spec, root)
+    if not (ddir / prep.MARKER).exists():
+        raise UserError(f"dataset {name!r} is not prepared under {root}; run `cpbench prepare {name} --root {root}`")
+    return CaptionedDataset(spec, ddir, _read(spec, ddir))
+
+
+def prepare(spec, root: Path, from_dir: Path | None, shots: Sequence[int], seeds: Sequence[int], force: bool,
+            say, progress) -> tuple[CaptionedDataset, dict]:
+    """``cpbench prepare`` for an image-caption dataset (called by ``data.prepare.prepare``, which
+    holds the dataset's lock): generate or fetch, read and verify, write the marker last."""
+    from cpbench.data import prepare as prep
+
+    from cpbench.data.toy.captions import build_toy_captions, definition_digest
+
+    ddir = prep.dataset_dir(spec, root)
+    info = prep.current_record(spec, ddir, force, definition_digest, say)
+    if info:
+        split = _read(spec, ddir)
+        got = counts(spec, split)
+        info["skipped"] = True
+    else:
+        (ddir / prep.MARKER).unlink(missing_ok=True)
+        started = time.time()
+        if spec.kind == "generated":
+            say(f"generating {spec.name}")
+            build_toy_captions(ddir, seed=0, progress=(lambda d, t: progress(spec.name, d, t)) if progress else None)
+            sources = {"generated": {"seed": 0, "definition": definition_digest()}}
+        else:
+            sources = prep._fetch_sources(spec, ddir, root, from_dir, say, progress)
+        split = _read(spec, ddir, use_cache=False)
+        got = counts(spec, split)
+        image_root = ddir / spec.image_dir if spec.image_dir else ddir
+        missing = prep.missing_files(image_root, split.images(), limit=5)
+        if missing:
+            raise UserError(f"{spec.name}: {len(missing)}+ images named by the caption file are missing "
+                            f"(first: {missing[0]}); the image archive does not match the caption file")
+        atomic.write_json(ddir / SPLIT_CACHE, split.to_json())
+        info = prep.write_record(ddir, {"dataset": spec.name, "task": "retrieval", "split_sha256": split_hash(split),
+                                        "counts": got, "sources": sources}, started)
+    ds = CaptionedDataset(spec, ddir, split)
+    info["counts"] = got
+    info["fewshot"] = {f"{k} pairs seed {s}": (len(ds.pairs(k, s)), 0) for k in shots for s in seeds}
+    return ds, info
+
