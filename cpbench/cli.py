@@ -330,8 +330,8 @@ def report(
     from cpbench.results import predictions
 
     built = rep.build(read.frame, rep.ReportOptions(protocol, methods, datasets, config_hash, latest, layout,
-                                                    compare == "paper", ci, tuple(compare_methods), per_class or "",
-                                                    cost),
+                                                    compare == "paper", ci=ci, compare_methods=tuple(compare_methods),
+                                                    per_class=per_class or "", cost=cost),
                       outcomes=lambda keys: predictions.read(store.root, keys))
     if plots is not None:
         try:

@@ -102,8 +102,7 @@ def tables(report: Report, samples: Samples, names: tuple[str, str]) -> list[Tab
             rows.append(Row(labels, [*own, d], average=dataset == "Average"))
         if not rows:
             continue
-        notes = [SIGNIFICANT,
-                 f"{label.label}: the difference of the means on the seeds both ran, its 95 % paired-bootstrap "
+        notes = [f"{label.label}: the difference of the means on the seeds both ran, its 95 % paired-bootstrap "
                  "interval and two-sided p; McNemar: exact binomial test per seed on the test images exactly one of "
                  "the two classifies correctly (counts A-only/B-only), for cells with one test set (not HM or "
                  "Average). Intervals in the A and B columns: each method's own bootstrap (as --ci)."]
@@ -116,6 +115,7 @@ def tables(report: Report, samples: Samples, names: tuple[str, str]) -> list[Tab
     if not out:
         raise UserError(f"--compare-methods {names[0]} {names[1]}: no table holds both; check --protocol/--datasets "
                         "and `cpbench report` for what each method ran")
+    report.notes.append(SIGNIFICANT)  # one line, with the report's notes (on stderr with csv)
     return out
 
 
