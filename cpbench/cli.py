@@ -24,7 +24,8 @@ console = Console(stderr=True)
 out = Console()
 
 # options that take several values: `--seeds 1 2 3` is expanded to `--seeds 1 --seeds 2 --seeds 3`
-LIST_OPTIONS = {"--seeds", "--shots", "--dataset", "--datasets", "--set", "--methods", "--gpus-list", "--config-hash"}
+LIST_OPTIONS = {"--seeds", "--shots", "--dataset", "--datasets", "--set", "--methods", "--gpus-list", "--config-hash",
+                "--compare-methods"}
 
 
 def _expand_lists(argv: list[str]) -> list[str]:
@@ -285,6 +286,15 @@ def report(
     plots: Optional[Path] = typer.Option(None, "--plots", help="also write PNG figures into this folder"),
     curves: Optional[Path] = typer.Option(None, "--curves", help="also plot the training curves (loss, train "
                                           "accuracy, lr per epoch) as PNGs into this folder"),
+    ci: bool = typer.Option(False, "--ci", help="95% bootstrap interval on every cell (over seeds and test images; "
+                                                "needs the per-image predictions `run` stores)"),
+    compare_methods: List[str] = typer.Option([], "--compare-methods", help="A B: the paired difference A - B per "
+                                              "dataset and Average, with interval and tests (give both: "
+                                              "--compare-methods coop zeroshot)"),
+    per_class: Optional[str] = typer.Option(None, "--per-class", help="DATASET: per-class accuracy, the classes where "
+                                            "methods differ most and top confusions (PNG with --plots)"),
+    cost: bool = typer.Option(False, "--cost", help="per method: learnable parameters, train and eval seconds, peak "
+                                                    "memory, device, precision"),
 ) -> None:
     """Tables per protocol in the papers' layouts (mean ± std over seeds, HM rules of the papers);
     different methods, backbones and configurations never share a cell."""
@@ -317,8 +327,12 @@ def report(
                       highlight=False, soft_wrap=True)
     if read.frame.empty:
         raise UserError(f"no results under {store.root}; run `cpbench run METHOD` first (or pass --results DIR)")
+    from cpbench.results import predictions
+
     built = rep.build(read.frame, rep.ReportOptions(protocol, methods, datasets, config_hash, latest, layout,
-                                                    compare == "paper"))
+                                                    compare == "paper", ci=ci, compare_methods=tuple(compare_methods),
+                                                    per_class=per_class or "", cost=cost),
+                      outcomes=lambda keys: predictions.read(store.root, keys))
     if plots is not None:
         try:
             from cpbench.results.plots import write_plots
@@ -331,7 +345,16 @@ def report(
     if format == "csv":  # csv has no place for the notes
         for note in built.notes:
             console.print(note, highlight=False, soft_wrap=True, markup=False)
-    sys.stdout.write(formats.render(built, format, std))
+    if per_class and plots is None:
+        console.print("--per-class: add --plots DIR for the PNG", highlight=False, soft_wrap=True)
+    page_curves = None
+    if format == "html":  # the leaderboard page embeds the training curves where histories exist
+        from cpbench.results.curves import read_curves
+
+        page_curves = read_curves(store.root)
+        if methods:
+            page_curves = page_curves[page_curves["method"].isin(list(methods))]
+    sys.stdout.write(formats.render(built, format, std, page_curves))
 
 
 # --------------------------------------------------------------------------- export / predict

@@ -121,7 +121,7 @@ class _Collect(HTMLParser):
         self.stack, self.tables, self.errors = [], [], []
 
     def handle_starttag(self, tag, attrs):
-        if tag in ("meta",):
+        if tag in ("meta", "img", "input", "br", "link"):  # void elements: no end tag
             return
         self.stack.append(tag)
         if tag == "table":

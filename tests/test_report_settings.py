@@ -163,7 +163,7 @@ def test_long_layout_for_wide_tables(tmp_path, monkeypatch, capsys):
     assert out[("auto", "csv")] == out[("wide", "csv")] == out[("long", "csv")]
     assert json.loads(out[("auto", "json")])["tables"][0]["layout"] == "long"
     assert json.loads(out[("wide", "json")])["tables"][0]["row_header"] == ["Dataset"]
-    assert r"\begin{tabular}{llrrr}" in out[("auto", "latex")] and "<th>Method</th>" in out[("auto", "html")]
+    assert r"\begin{tabular}{llrrr}" in out[("auto", "latex")] and ">Method</th>" in out[("auto", "html")]
     code, _, err = _cli(monkeypatch, capsys, "report", "--results", res, "--layout", "tall")
     assert code == 2 and "--layout must be one of auto, wide, long" in err
 

@@ -9,6 +9,10 @@ On a GPU, ``num_workers=0`` means ``eval_workers``: decoding runs in up to 8 wor
 with prefetching, off the GPU's critical path (the test transform draws no random numbers, so
 results do not depend on it). On a CPU the workers would compete with the encoder for the same
 cores, so evaluation decodes in the main process unless ``num_workers`` says otherwise.
+
+Besides the accuracy, ``EvalResult`` carries the per-image outcome (true label, predicted label,
+the softmax probability of the true class), which the protocol stores beside the results rows
+(``cpbench/results/predictions.py``) for intervals, paired tests and per-class views.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -38,6 +43,16 @@ class EvalResult:
     n: int
     seconds: float
     cached_features: bool
+    labels: np.ndarray | None = None   # per image, in ``items`` order: the true label
+    preds: np.ndarray | None = None    # the predicted label (argmax of the logits)
+    p_true: np.ndarray | None = None   # float16: softmax probability of the true label
+
+
+def _outcome(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predicted label, softmax probability of the true label) of one batch, on the CPU."""
+    logits = logits.float()
+    p_true = logits.softmax(dim=-1).gather(1, labels.to(logits.device).view(-1, 1)).view(-1)
+    return logits.argmax(dim=-1).cpu(), p_true.cpu()
 
 
 def eval_workers(requested: int, device: torch.device) -> int:
@@ -103,25 +118,32 @@ def evaluate(method: Method, items: Sequence[Item], image_root: Path, device: to
     feats, cached = image_features(method, items, image_root, device, precision, batch_size, num_workers, cache,
                                    dataset, on_batch)
     if feats is not None:
-        preds = []
+        preds, probs = [], []
         for start in range(0, len(items), batch_size):
             chunk = feats[start: start + batch_size].to(device)
             with precision.autocast(device):
-                preds.append(method.logits_from_features(chunk, context).argmax(dim=-1).cpu())
-        pred = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+                logits = method.logits_from_features(chunk, context)
+            pred, prob = _outcome(logits, labels[start: start + batch_size])
+            preds.append(pred)
+            probs.append(prob)
     else:
         loader = _loader(items, image_root, method, batch_size, num_workers, device)
-        preds = []
+        preds, probs, start = [], [], 0
         for b, (pixels, _, _) in enumerate(loader):
             images = _inputs(pixels, method, device, precision)
             with precision.autocast(device):
                 if context_per_batch:
                     context = method.eval_context()
                 logits = method.logits_from_features(method.encode_images(images), context)
-            preds.append(logits.argmax(dim=-1).cpu())
+            pred, prob = _outcome(logits, labels[start: start + len(images)])
+            start += len(images)
+            preds.append(pred)
+            probs.append(prob)
             if on_batch:
                 on_batch(b + 1, len(loader))
-        pred = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+    pred = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+    prob = torch.cat(probs) if probs else torch.zeros(0)
     correct = int((pred == labels).sum())
     n = len(items)
-    return EvalResult(100.0 * correct / max(1, n), correct, n, time.time() - started, cached)
+    return EvalResult(100.0 * correct / max(1, n), correct, n, time.time() - started, cached,
+                      labels.numpy(), pred.numpy(), prob.numpy().astype(np.float16))

@@ -1,5 +1,6 @@
 """Running one job: lock its training key, learn (load the final checkpoint, fit, or train with
-per-epoch checkpoints), evaluate every target, write the rows as one Parquet shard.
+per-epoch checkpoints), evaluate every target, write the per-image predictions
+(``results/predictions.py``) and then the rows as one Parquet shard.
 
 An existing shard means the job is done (unless ``force``). The learned state after training is
 kept as a ``final`` checkpoint, so evaluations never retrain, and per-epoch checkpoints let an
@@ -25,6 +26,7 @@ from cpbench.data.splits import subsample_classes
 from cpbench.engine import checkpoint
 from cpbench.engine.cache import FeatureCache
 from cpbench.engine.evaluate import evaluate
+from cpbench.engine.memory import peak_mb, reset_peak
 from cpbench.engine.precision import Precision, resolve_precision, seed_everything
 from cpbench.engine.train import epoch_seed, train
 from cpbench.errors import UserError
@@ -34,7 +36,7 @@ from cpbench.models.backbone import Backbone
 from cpbench.protocols.gather import scorer_for
 from cpbench.protocols.jobs import Job, Reporter, RunSettings, SilentReporter, job_config
 from cpbench.protocols.keys import job_key, training_key
-from cpbench.results import curves
+from cpbench.results import curves, predictions
 from cpbench.results.schema import environment, now
 from cpbench.results.store import ResultStore
 
@@ -245,6 +247,7 @@ def run_fields(job: Job, key: str, cfg: ResolvedConfig, s: RunSettings, run_id: 
 def _run_job_locked(job: Job, cfg: ResolvedConfig, key: str, backbone: Backbone, s: RunSettings,
                     store: ResultStore, reporter: Reporter) -> list[dict]:
     started_at = now()
+    reset_peak(s.device)
     lr = learn(job, cfg, backbone, s, reporter)
     method, ds, names, precision = lr.method, lr.dataset, lr.names, lr.precision
     env = environment()
@@ -254,7 +257,7 @@ def _run_job_locked(job: Job, cfg: ResolvedConfig, key: str, backbone: Backbone,
 
         imported = imports.identity(s.state_from)
     run_id = uuid.uuid4().hex[:12]
-    rows = []
+    rows, evals = [], []
     for ti, target in enumerate(job.targets):
         torch.manual_seed(evaluation_seed(job.seed, ti))
         tds = ds if target.dataset == ds.name else prep.load(target.dataset, s.data_root)
@@ -265,6 +268,8 @@ def _run_job_locked(job: Job, cfg: ResolvedConfig, key: str, backbone: Backbone,
         res = evaluate(scorer, items, tds.image_root, s.device, precision, cfg.train.test_batch_size,
                        cfg.train.num_workers, cache=lr.cache, dataset=tds.cache_tag,
                        on_batch=lambda b, n: (reporter.advance(b, n), faults.point("eval")))
+        evals.append(predictions.Evaluation(run_id, tds.name, target.subset, predictions.Outcome(
+            predictions.split_positions(tds.split.test, items), res.labels, res.preds, res.p_true, tuple(tnames))))
         row = {
             **run_fields(job, key, cfg, s, run_id, method, precision, lr.epochs, lr.train_seconds,
                          lr.cache is not None, started_at, env, imported),
@@ -274,5 +279,9 @@ def _run_job_locked(job: Job, cfg: ResolvedConfig, key: str, backbone: Backbone,
         }
         rows.append(row)
         reporter.row(row)
+    peak, source = peak_mb(s.device)
+    for row in rows:  # the job's peak (training and every evaluation)
+        row.update(peak_memory_mb=peak, peak_memory_source=source)
+    predictions.write(s.results_root, key, evals)  # before the shard: a finished job has both
     store.write(key, rows)
     return rows

@@ -1,13 +1,14 @@
 """Renderers for ``table.Report``: markdown, csv, latex, html, json. Numbers print with two
 decimals; ``±`` std where a cell has more than one seed (not for seed-less methods, whose seeds
 repeat one result); ``†`` flags fewer seeds than the table's most; with the paper comparison a
-cell also shows the published number, its provenance label and the delta (ours − paper). The
-report's notes (backbone, what the labels stand for, selections, what was compared) come first;
-csv has no place for them, so the CLI prints them on stderr."""
+cell also shows the published number, its provenance label and the delta (ours − paper); with
+``--ci`` the 95 % interval in brackets; a paired difference prints signed, with its interval, p,
+``n.s.`` when not significant and McNemar's p per seed. The report's notes (backbone, what the
+labels stand for, selections, what was compared) come first; csv has no place for them, so the
+CLI prints them on stderr. ``html`` is the self-contained leaderboard page (``leaderboard.py``)."""
 
 from __future__ import annotations
 
-import html
 import json
 import math
 
@@ -18,14 +19,38 @@ from cpbench.results.table import RECORD_FIELDS, Cell, Report, Table, record, re
 FORMATS = ("markdown", "csv", "latex", "html", "json")
 
 
-def _num(x) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.2f}"
+def _num(x, digits: int = 2) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def p_text(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def _signed(x: float) -> str:
+    return f"{0.0 if abs(x) < 0.005 else x:+.2f}"  # no "-0.00"
+
+
+def _difference_text(c: Cell) -> str:
+    if c.value is None or math.isnan(c.value):
+        return "–"
+    t = _signed(c.value)
+    if c.paired is not None:
+        t += f" [{_signed(c.paired.low)}, {_signed(c.paired.high)}], {p_text(c.paired.p)}" + ("" if c.paired.significant
+                                                                                     else ", n.s.")
+    if c.mcnemar:
+        t += "; McNemar " + ", ".join(f"s{m.seed} {p_text(m.p)} ({m.a_only}/{m.b_only})" for m in c.mcnemar)
+    return t
 
 
 def _cell_text(c: Cell, std: bool, pm: str = "±", dagger: str = "†", delta: str = "Δ") -> str:
-    t = _num(c.value)
+    if c.difference:
+        return _difference_text(c)
+    t = _num(c.value, c.digits)
     if std and not c.derived and not c.seedless and c.n > 1 and not math.isnan(c.std):
         t += f" {pm} {c.std:.2f}"
+    if c.ci is not None:
+        t += f" [{c.ci[0]:.2f}, {c.ci[1]:.2f}]"
     if c.flag:
         t += f" {dagger}"
     if c.paper is not None:
@@ -79,7 +104,7 @@ def csv(report: Report) -> str:
 
 def json_text(report: Report) -> str:
     doc = {"notes": report.notes,
-           "tables": [{"protocol": t.protocol, "title": t.title, "key": t.key, "layout": t.layout,
+           "tables": [{"protocol": t.protocol, "kind": t.kind, "title": t.title, "key": t.key, "layout": t.layout,
                        "row_header": t.row_header, "columns": t.columns, "groups": [list(g) for g in t.groups],
                        "average_over": list(t.average_over), "trained_on": t.trained_on, "notes": t.notes,
                        "rows": [{"labels": list(r.labels), "average": r.average,
@@ -132,35 +157,15 @@ def latex(report: Report, std: bool = True) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def html_text(report: Report, std: bool = True) -> str:
-    e = html.escape
-    parts = ["<!DOCTYPE html>", "<html>", "<head>", '<meta charset="utf-8">', "<title>cpbench report</title>",
-             "<style>table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:2px 6px}"
-             "td{text-align:right}th[scope=row]{text-align:left}tr.avg{font-weight:bold}</style>", "</head>", "<body>"]
-    if report.notes:
-        parts.append("<ul>" + "".join(f"<li>{e(n)}</li>" for n in report.notes) + "</ul>")
-    for t in report.tables:
-        parts.append(f"<h2>{e(_heading(t))}</h2>")
-        parts.append("<table>")
-        parts.append("<thead>")
-        if t.groups:
-            parts.append("<tr>" + "<th></th>" * len(t.row_header)
-                         + "".join(f'<th colspan="{span}">{e(g)}</th>' for g, span in t.groups) + "</tr>")
-        parts.append("<tr>" + "".join(f"<th>{e(c)}</th>" for c in t.row_header + _sub_headers(t)) + "</tr>")
-        parts.append("</thead>")
-        parts.append("<tbody>")
-        for r in t.rows:
-            cls = ' class="avg"' if r.average else ""
-            parts.append(f"<tr{cls}>" + "".join(f'<th scope="row">{e(x)}</th>' for x in r.labels)
-                         + "".join(f"<td>{e(_cell_text(c, std))}</td>" for c in r.cells) + "</tr>")
-        parts.append("</tbody>")
-        parts.append("</table>")
-        parts.append(f"<p>{e(' '.join(t.notes))}</p>")
-    parts += ["</body>", "</html>"]
-    return "\n".join(parts) + "\n"
+def html_text(report: Report, std: bool = True, curves=None) -> str:
+    """The self-contained leaderboard page (``leaderboard.py``), with the markdown cell texts."""
+    from cpbench.results import leaderboard
+
+    return leaderboard.page(report, lambda c: _cell_text(c, std), curves=curves)
 
 
-def render(report: Report, fmt: str, std: bool = True) -> str:
+def render(report: Report, fmt: str, std: bool = True, curves=None) -> str:
+    """``curves``: training histories (``curves.read_curves``) for the html page, or None."""
     if fmt == "markdown":
         return markdown(report, std)
     if fmt == "csv":
@@ -168,7 +173,7 @@ def render(report: Report, fmt: str, std: bool = True) -> str:
     if fmt == "latex":
         return latex(report, std)
     if fmt == "html":
-        return html_text(report, std)
+        return html_text(report, std, curves)
     if fmt == "json":
         return json_text(report)
     raise ValueError(fmt)

@@ -27,7 +27,7 @@ PROTOCOL_TITLES = {"base2new": "Base-to-new generalisation", "cross_dataset": "C
                    "continual": "Continual (class-incremental) learning", "retrieval": "Few-shot image-text retrieval"}
 LAYOUTS = ("auto", "wide", "long")
 WIDE_MAX_COLUMNS = 12          # 4 entries × Base/New/HM
-WIDE_MAX_COLUMNS_COMPARE = 6   # with --compare paper each cell is about three times as wide
+WIDE_MAX_COLUMNS_COMPARE = 6   # with --compare paper (or --ci) each cell is two to three times as wide
 
 
 def dataset_order() -> tuple[str, ...]:
@@ -62,18 +62,27 @@ class Cells:
 
     def get(self, entry: Entry, protocol: str, train: str, eval_: str, subset: str, shots: int, field: str,
             task: int = 0, n_tasks: int = 0, class_order: str = "", recall_at: int = 0) -> Cell:
-        r = self.by_key.get((entry.key, protocol, train, eval_, subset, int(shots), int(task), int(n_tasks),
-                             class_order, int(recall_at)))
-        c = Cell(entry=entry, dataset=eval_ if protocol != "base2new" else train, field=field, shots=int(shots))
+        key = (protocol, train, eval_, subset, int(shots), int(task), int(n_tasks), class_order, int(recall_at))
+        r = self.by_key.get((entry.key, *key))
+        c = Cell(entry=entry, dataset=eval_ if protocol != "base2new" else train, field=field, shots=int(shots),
+                 key=key)
         if r is not None:
             c.value, c.std, c.n = float(r.mean), float(r.std), int(r.n_seeds)
             c.seeds, c.values, c.config_hash = tuple(r.seeds), tuple(r.values), r.config_hash
         return c
 
 
-def _derived(value: float, parts: Sequence[Cell], entry: Entry, dataset: str, field: str, shots: int) -> Cell:
+def _derived(value: float, parts: Sequence[Cell], entry: Entry, dataset: str, field: str, shots: int,
+             combine: str = "") -> Cell:
+    """A number computed from ``parts`` (its seed count: the fewest of theirs). ``combine="mean"``
+    says it is their mean, so a bootstrap can recompute it (``intervals``)."""
     return Cell(value, derived=True, n=min((c.n for c in parts), default=0), entry=entry, dataset=dataset,
-                field=field, shots=shots)
+                field=field, shots=shots, combine=combine, parts=tuple(parts) if combine else ())
+
+
+def _hm(b: Cell, n: Cell, entry: Entry, dataset: str, shots: int) -> Cell:
+    return Cell(hm(b.value, n.value), derived=True, entry=entry, dataset=dataset, field="HM", shots=shots,
+                combine="hm", parts=(b, n))
 
 
 def _mean(cells: Sequence[Cell]) -> float:
@@ -101,7 +110,7 @@ def _flag_and_notes(rows: list[Row], extra: str) -> list[str]:
 
 
 def base2new_tables(cells: Cells, agg: pd.DataFrame, entries: list[Entry], layout: str = "auto",
-                    compare: bool = False) -> list[Table]:
+                    compare: bool = False, ci: bool = False) -> list[Table]:
     a = agg[agg["protocol"] == "base2new"]
     tables = []
     for shots, g in a.groupby("shots", sort=True):
@@ -112,12 +121,12 @@ def base2new_tables(cells: Cells, agg: pd.DataFrame, entries: list[Entry], layou
         for e in ents:
             for d in datasets:
                 b, n = (cells.get(e, "base2new", d, d, s, shots, f) for s, f in (("base", "Base"), ("new", "New")))
-                grid[(e.key, d)] = [b, n, _derived(hm(b.value, n.value), [], e, d, "HM", shots)]
+                grid[(e.key, d)] = [b, n, _hm(b, n, e, d, shots)]
             per = [grid[(e.key, d)] for d in datasets]
-            ab = _derived(_mean([p[0] for p in per]), [p[0] for p in per], e, "Average", "Base", shots)
-            an = _derived(_mean([p[1] for p in per]), [p[1] for p in per], e, "Average", "New", shots)
-            grid[(e.key, "Average")] = [ab, an, _derived(hm(ab.value, an.value), [], e, "Average", "HM", shots)]
-        limit = WIDE_MAX_COLUMNS_COMPARE if compare else WIDE_MAX_COLUMNS
+            ab = _derived(_mean([p[0] for p in per]), [p[0] for p in per], e, "Average", "Base", shots, "mean")
+            an = _derived(_mean([p[1] for p in per]), [p[1] for p in per], e, "Average", "New", shots, "mean")
+            grid[(e.key, "Average")] = [ab, an, _hm(ab, an, e, "Average", shots)]
+        limit = WIDE_MAX_COLUMNS_COMPARE if compare or ci else WIDE_MAX_COLUMNS
         chosen = layout if layout != "auto" else ("wide" if 3 * len(ents) <= limit else "long")
         if chosen == "wide":
             rows = [Row((d,), [c for e in ents for c in grid[(e.key, d)]], average=d == "Average")
@@ -157,7 +166,8 @@ def transfer_tables(cells: Cells, agg: pd.DataFrame, entries: list[Entry], proto
         rows = _entry_rows(g, entries, [source] + targets,
                            lambda e, d: cells.get(e, protocol, source, d, "all", shots, "accuracy"))
         for r in rows:
-            r.cells.append(_derived(_mean(r.cells[1:]), r.cells[1:], r.cells[0].entry, "Average", "accuracy", shots))
+            r.cells.append(_derived(_mean(r.cells[1:]), r.cells[1:], r.cells[0].entry, "Average", "accuracy", shots,
+                                    "mean"))
         note = (f"Trained on {source} (all classes, {shots} shots); Average over the {len(targets)} target(s), "
                 "source excluded." + (" ImageNet-A/R: 200-class problems, logits gathered from the source class bank."
                                       if protocol == "dg" else ""))
@@ -176,7 +186,8 @@ def few_shot_tables(cells: Cells, agg: pd.DataFrame, entries: list[Entry]) -> li
         rows = _entry_rows(g, entries, datasets,
                            lambda e, d: cells.get(e, "few_shot", d, d, "all", shots, "accuracy"))
         for r in rows:
-            r.cells.append(_derived(_mean(r.cells), list(r.cells), r.cells[0].entry, "Average", "accuracy", shots))
+            r.cells.append(_derived(_mean(r.cells), list(r.cells), r.cells[0].entry, "Average", "accuracy", shots,
+                                    "mean"))
         tables.append(Table("few_shot", PROTOCOL_TITLES["few_shot"], ["Method"], datasets + ["Average"], rows,
                             notes=_flag_and_notes(rows, f"{shots} shots per class, all classes; Average over the "
                                                         "datasets."),

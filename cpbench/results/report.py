@@ -8,13 +8,16 @@
    per-seed values per (entry, protocol, datasets, subset, shots).
 5. ``layouts``: the protocol tables (HM and Average rows the papers' way).
 6. ``compare.attach`` (``--compare paper``): published numbers of the same setting.
+7. With per-image predictions (``predictions``, read through ``outcomes``): ``intervals``
+   (``--ci``: bootstrap intervals on every cell), ``paired`` (``--compare-methods A B``),
+   ``per_class`` (``--per-class DATASET``); from the rows alone: ``cost`` (``--cost``).
 
 Renderers (``formats``) and plots (``plots``) read the resulting ``table.Report``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -38,6 +41,10 @@ class ReportOptions:
     latest: bool = False                # --latest
     layout: str = "auto"                # base2new: auto | wide | long
     compare: bool = False               # --compare paper
+    ci: bool = False                    # --ci
+    compare_methods: Sequence[str] = () # --compare-methods A B
+    per_class: str = ""                 # --per-class DATASET
+    cost: bool = False                  # --cost
 
 
 def filter_rows(df: pd.DataFrame, protocols=(), methods=(), datasets=()) -> pd.DataFrame:
@@ -101,7 +108,12 @@ def entry_notes(df: pd.DataFrame, es: list[Entry], choices: list[ent.Choice]) ->
     return notes
 
 
-def build(frame: pd.DataFrame, opts: ReportOptions | None = None) -> Report:
+Outcomes = Callable[[Iterable[str]], dict]   # job keys -> {(run_id, eval_dataset, subset): Outcome}
+
+
+def build(frame: pd.DataFrame, opts: ReportOptions | None = None, outcomes: Outcomes | None = None) -> Report:
+    """The report of ``frame``'s rows; ``outcomes`` reads the stored per-image predictions of the
+    given job keys (needed by --ci, --compare-methods and --per-class)."""
     from cpbench.protocols import cross_dataset, domain_generalization
     from cpbench.results.continual import continual_tables
     from cpbench.results.retrieval import retrieval_tables
@@ -115,9 +127,17 @@ def build(frame: pd.DataFrame, opts: ReportOptions | None = None) -> Report:
     df, by_key = ent.annotate(df)
     df, choices = ent.select(df, list(opts.config_hashes), opts.latest)
     es = ent.assign_labels(order_entries([by_key[k] for k in df["entry"].unique()]))
+    if opts.compare_methods:
+        from cpbench.results import paired
+
+        names = paired.check(tuple(opts.compare_methods), es)
+    if opts.per_class:
+        from cpbench.results import per_class
+
+        per_class.check(opts.per_class, df)
     agg = aggregate(df)
     cells = layouts.Cells(agg, {e.key: e for e in es})
-    tables = layouts.base2new_tables(cells, agg, es, opts.layout, opts.compare)
+    tables = layouts.base2new_tables(cells, agg, es, opts.layout, opts.compare, opts.ci)
     tables += layouts.transfer_tables(cells, agg, es, "cross_dataset", cross_dataset.TARGETS)
     tables += layouts.transfer_tables(cells, agg, es, "dg", domain_generalization.TARGETS)
     tables += layouts.few_shot_tables(cells, agg, es)
@@ -127,4 +147,23 @@ def build(frame: pd.DataFrame, opts: ReportOptions | None = None) -> Report:
         from cpbench.results import compare
 
         notes += compare.attach(tables)
-    return Report(tables, notes)
+    out = Report(tables, notes)
+    views: list = []
+    if opts.ci or opts.compare_methods or opts.per_class:
+        from cpbench.results import intervals
+
+        found = outcomes(df["job_key"].dropna().unique()) if outcomes is not None and "job_key" in df.columns else {}
+        samples = intervals.Samples(df, found) if (opts.ci or opts.compare_methods) else None
+        if opts.ci:
+            intervals.attach(out, samples)
+        if opts.compare_methods:
+            views += paired.tables(out, samples, names)
+        if opts.per_class:
+            views += per_class.tables(df, found, {e.key: e for e in es}, opts.per_class)
+    if opts.cost:
+        from cpbench.results import cost
+
+        views += cost.tables(df, {e.key: e for e in es})
+    # a view (--compare-methods, --per-class, --cost) replaces the protocol tables unless --ci asks for them
+    out.tables = (tables if opts.ci or not (opts.compare_methods or opts.per_class or opts.cost) else []) + views
+    return out

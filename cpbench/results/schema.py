@@ -43,6 +43,8 @@ SCHEMA = pa.schema([
     ("train_seconds", pa.float64()),
     ("eval_seconds", pa.float64()),
     ("device", pa.string()),
+    ("peak_memory_mb", pa.float64()),      # the job's peak (cpbench/engine/memory.py)
+    ("peak_memory_source", pa.string()),   # cuda.max_memory_allocated | process maxrss
     ("imported", pa.string()),         # "" = trained by cpbench; else KIND:IDENTITY (cpbench/imports.py)
     # continual: evaluated after training task ``task`` of ``n_tasks`` (subset = "task<j>": the
     # classes of task j; "seen": every class seen so far); class_order: JSON list of the class

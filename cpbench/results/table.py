@@ -8,6 +8,10 @@ formatting here.
 - ``Cell``: one number of a table: a seed mean (with its std, seed list and per-seed values),
   or a derived number (HM, an Average) computed from seed means. With ``--compare paper`` it
   also holds the published number of the same setting, its provenance label and the delta.
+  A measured cell knows its rows (``key``); a derived cell knows its ``parts`` and how it
+  combines them (``combine``: ``hm`` or ``mean``), so intervals can recompute it per bootstrap
+  replicate. With ``--ci`` it holds its 95 % interval; in a paired comparison (``--compare-methods``)
+  a difference cell also holds the paired test (``paired``) and McNemar's test per seed.
 - ``Row``: one or more row labels (``("dtd",)`` or ``("dtd", "coop")`` in the long layout) and
   its cells, one per column.
 - ``Table``: one protocol table (per shot count / source), its columns, optional column
@@ -62,6 +66,14 @@ class Cell:
     config_hash: str = ""           # of the rows behind the cell ("" for derived cells)
     paper: float | None = None      # the published number of the same setting (--compare paper)
     provenance: str = ""            # its reader label, e.g. "authors' README" (legend in the notes)
+    key: tuple = ()                 # measured: (protocol, train_dataset, eval_dataset, subset, shots) of its rows
+    combine: str = ""               # derived: "hm" (of parts[0], parts[1]) or "mean" (of parts)
+    parts: tuple = ()               # derived: the cells it is computed from
+    ci: tuple[float, float] | None = None  # --ci: 95 % bootstrap interval (cpbench/results/bootstrap.py)
+    paired: object | None = None    # a difference A − B: bootstrap.Paired (interval, p, significant)
+    mcnemar: tuple = ()             # a difference A − B of one test set: bootstrap.McNemar per seed
+    difference: bool = False        # a difference A − B (printed signed)
+    digits: int = 2                 # decimals printed (0 for counts)
 
     @property
     def method(self) -> str:
@@ -102,6 +114,7 @@ class Table:
     layout: str = ""                        # base2new: wide | long; others: "" (entries are rows)
     average_over: tuple[str, ...] = ()      # the datasets the Average row/column averages
     trained_on: str = ""                    # cross_dataset / dg: the source dataset
+    kind: str = ""                          # "" (a protocol table) | compare | per_class | confusions | cost
 
 
 @dataclass
@@ -112,7 +125,7 @@ class Report:
 
 RECORD_FIELDS = ["protocol", "table", "entry", "method", "backbone", "pretrained", "weights", "imported", "dataset",
                  "field", "shots", "mean", "std", "n_seeds", "seeds", "values", "fewer_seeds", "seedless", "derived",
-                 "config_hash", "paper", "provenance", "delta"]
+                 "config_hash", "paper", "provenance", "delta", "kind", "ci_low", "ci_high", "p_value", "significant"]
 
 
 def record(t: Table, c: Cell) -> dict:
@@ -123,7 +136,9 @@ def record(t: Table, c: Cell) -> dict:
             "field": c.field, "shots": c.shots, "mean": None if isnan(c.value) else c.value,
             "std": None if (c.derived or isnan(c.std)) else c.std, "n_seeds": c.n, "seeds": list(c.seeds),
             "values": list(c.values), "fewer_seeds": c.flag, "seedless": c.seedless, "derived": c.derived,
-            "config_hash": c.config_hash, "paper": c.paper, "provenance": c.provenance or None, "delta": c.delta}
+            "config_hash": c.config_hash, "paper": c.paper, "provenance": c.provenance or None, "delta": c.delta,
+            "kind": t.kind, "ci_low": c.ci[0] if c.ci else None, "ci_high": c.ci[1] if c.ci else None,
+            "p_value": c.paired.p if c.paired else None, "significant": c.paired.significant if c.paired else None}
 
 
 def records(tables: list[Table]) -> list[dict]:
