@@ -176,7 +176,7 @@ def run(
     suite: Optional[Path] = typer.Option(None, "--suite", help="run a suite file, e.g. benchmarks/base2new.yaml"),
     backbone: Optional[str] = typer.Option(None, "--backbone", help="open_clip model name, `toy`, or local-dir:PATH "
                                                                     "(default ViT-B-16; with --from-export the file's)"),
-    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="open_clip pretrained tag (default openai); "
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="open_clip pretrained tag (default openai; toy: embedded; tiny: none); "
                                                                         "`none` = random weights"),
     weights: Optional[str] = typer.Option(None, "--weights", help="local checkpoint for the backbone"),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML with train:/method: overrides"),
@@ -226,7 +226,10 @@ def run(
             dataset = [d["dataset"]]
         backbone, pretrained = backbone or d["backbone"], pretrained or d["pretrained"]
         state_from = f"export:{from_export.expanduser().resolve()}"
-    backbone, pretrained = backbone or "ViT-B-16", pretrained or "openai"
+    from cpbench.models.backbone import default_pretrained
+
+    backbone = backbone or "ViT-B-16"
+    pretrained = pretrained or default_pretrained(backbone)
     slurm = {}
     if launcher == "slurm":
         from cpbench.launch.slurm import parse_time
