@@ -143,7 +143,7 @@ def test_zero_shot_and_coop_retrieval_end_to_end(toy_world, monkeypatch, capsys)
     capsys.readouterr()
     assert _main(monkeypatch, "report", "--results", results, "--format", "csv") == 0
     out = capsys.readouterr().out
-    assert "retrieval,\"toy_captions, 4 pairs\",coop,coop,toy,openai,,,toy_captions,i2t R@1,4," in out
+    assert "retrieval,\"toy_captions, 4 pairs\",coop,coop,toy,embedded,,,toy_captions,i2t R@1,4," in out
     n = len(df)
     assert _main(monkeypatch, "run", "coop", *common) == 0  # done: skipped
     assert len(ResultStore(results).read().frame) == n
