@@ -13,8 +13,9 @@ Workloads, each a fresh ``python -m cpbench run`` process with its own results f
 
 Arms: ``torch-default`` runs the same CLI with cpbench's thread choice switched off (torch picks
 its threads and OpenMP's waiting policy itself: spinning); ``cpbench`` is the plain command.
-Extra arms for the ablation: ``cpbench-spin`` (cpbench's thread count, spinning waits) and
-``one-thread`` (``--threads 1``).
+Extra arms for the ablation: ``cpbench-spin`` (cpbench's thread count, spinning waits),
+``one-thread`` (``--threads 1``) and ``cpbench-spin30k`` (sleeping after a short spin,
+``GOMP_SPINCOUNT=30000``).
 
 Load: ``--load N`` busy-loop processes (default: half the CPUs this process may use, at least one;
 ``full`` = one per CPU) run while the loaded measurements run. Each cell is the median of
@@ -52,6 +53,8 @@ ARMS = {
     "cpbench": dict(no_wait=False, no_apply=False, extra=[]),
     "cpbench-spin": dict(no_wait=True, no_apply=False, extra=[]),
     "one-thread": dict(no_wait=False, no_apply=False, extra=["--threads", "1"]),
+    # sleeping waits after a short spin (10x below libgomp's default 300000): quiet speed, but see README
+    "cpbench-spin30k": dict(no_wait=False, no_apply=False, extra=[], env={"GOMP_SPINCOUNT": "30000"}),
 }
 
 
@@ -71,7 +74,8 @@ def run_cli(arm: str, args: list[str]) -> tuple[float, float, str]:
         code = WRAP.format(no_wait=spec["no_wait"], no_apply=spec["no_apply"])
         cmd = [sys.executable, "-c", code, *args, *spec["extra"], "--results", res]
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=clean_env(), cwd=REPO)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**clean_env(), **spec.get("env", {})},
+                              cwd=REPO)
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
             raise SystemExit(f"{arm}: {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
