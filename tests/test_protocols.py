@@ -77,7 +77,7 @@ def test_cross_dataset_and_dg_share_the_checkpoint_and_skip_reruns(world, monkey
     assert len(after) == n and set(after.run_id) != before  # the shard is rewritten in place
 
 
-def test_dg_gathers_class_specific_rows(world, monkeypatch):
+def test_dg_gathers_class_specific_rows(world, monkeypatch, capsys):
     """CoOp-CSC: a 2-class rebuild would be refused (its 4 contexts cannot move to 2 classes); the
     gather evaluates the source's 4-class bank and keeps the columns of airplane and ant."""
     root, results = world
@@ -86,10 +86,16 @@ def test_dg_gathers_class_specific_rows(world, monkeypatch):
     assert _cli(monkeypatch, *args) == 0
     df = _rows(results).set_index("eval_dataset")
     assert df.loc["mini_a", "n_classes"] == 2 and df.loc["mini_a", "n_test"] == 4
-    # cross_dataset (prompts rebuilt from the target's names) cannot move CSC contexts
-    code = _cli(monkeypatch, "run", "coop", *COMMON, "--set", "csc=true", "--root", root, "--results", results,
-                "--source", "mini_source", "--protocol", "cross_dataset", "--datasets", "mini_a")
-    assert code == 2
+    # cross_dataset and base2new (prompts rebuilt from other names) cannot move CSC contexts: refused
+    # before any training, also where the class counts happen to match (mini_source has 4 classes:
+    # base and new 2 each, so a silent run would lend base class i's context to new class i)
+    for protocol in ("cross_dataset", "base2new"):
+        capsys.readouterr()
+        code = _cli(monkeypatch, "run", "coop", *COMMON, "--set", "csc=true", "--root", root, "--results",
+                    results / protocol, "--source", "mini_source", "--protocol", protocol, "--datasets", "mini_source")
+        err = capsys.readouterr().err
+        assert code == 2 and "class-specific context (csc) cannot run" in err and len(err.strip().splitlines()) == 1
+        assert not (results / protocol).exists()
 
 
 def test_gather_selects_source_columns_in_target_order():

@@ -39,9 +39,13 @@ class CoOp(Method):
 
     @classmethod
     def unsupported(cls, protocol, options):
-        if protocol in ("continual", "retrieval") and getattr(options, "csc", False):
+        # base2new and cross_dataset rebuild prompts from other class names: a class-specific context
+        # has no row for them (with equal class counts it would silently lend class i's context to
+        # another class i). dg keeps the source's classes (gathered for ImageNet-A/R), so it can run.
+        if protocol in ("continual", "retrieval", "base2new", "cross_dataset") and getattr(options, "csc", False):
             return (f"{cls.name} with a class-specific context (csc) cannot run --protocol {protocol}: each class "
-                    "has its own context, so nothing learned carries over to new classes; use csc=false")
+                    "has its own context, so nothing learned carries over to new classes; use csc=false "
+                    "(or --protocol few_shot / dg, which evaluate the trained classes)")
         return super().unsupported(protocol, options)
 
     def __init__(self, backbone, classnames, options: CoOpOptions, template="a photo of a {}."):
