@@ -78,10 +78,12 @@ def test_run_zeroshot_and_coop_then_report(caltech_root, tmp_path, cli):
     (["report", "--format", "pdf"], "--format"),
     (["run", "coop", "--seeds", "x"], "seeds"),
 ])
-def test_bad_inputs_one_line_exit_2(args, needle, tmp_path, cli):
-    rc, out, err = cli(*args, "--root", str(tmp_path / "data"), *([] if args[0] == "report" and len(args) == 1 else []),
-                       env={"CPBENCH_RESULTS": str(tmp_path / "res"), "CPBENCH_DATA": str(tmp_path / "data")}) \
-        if args[0] != "report" else cli(*args, env={"CPBENCH_RESULTS": str(tmp_path / "res")})
+def test_bad_inputs_one_line_exit_2(args, needle, tmp_path, monkeypatch, cli_here):
+    # in this process: the CLI's start-up (~7 s of imports) is what each case would cost otherwise;
+    # tests/test_exit_codes.py runs the real process
+    monkeypatch.setenv("CPBENCH_RESULTS", str(tmp_path / "res"))
+    monkeypatch.setenv("CPBENCH_DATA", str(tmp_path / "data"))
+    rc, out, err = cli_here(*args, "--root", str(tmp_path / "data")) if args[0] != "report" else cli_here(*args)
     assert rc == 2, (out, err)
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert len(lines) == 1, err
@@ -90,7 +92,7 @@ def test_bad_inputs_one_line_exit_2(args, needle, tmp_path, cli):
     assert not (tmp_path / "res").exists()
 
 
-def test_bad_set_and_config_exit_2_before_any_work(caltech_root, tmp_path, cli):
+def test_bad_set_and_config_exit_2_before_any_work(caltech_root, tmp_path, cli_here):
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("train: [unclosed\n")
     cases = [
@@ -102,8 +104,8 @@ def test_bad_set_and_config_exit_2_before_any_work(caltech_root, tmp_path, cli):
         (["--config", str(tmp_path / "missing.yaml")], "cannot read config"),
     ]
     for extra, needle in cases:
-        rc, out, err = cli("run", "coop", "--dataset", "caltech101", "--backbone", "tiny", "--root", str(caltech_root),
-                           "--results", str(tmp_path / "res"), *extra)
+        rc, out, err = cli_here("run", "coop", "--dataset", "caltech101", "--backbone", "tiny", "--root",
+                                str(caltech_root), "--results", str(tmp_path / "res"), *extra)
         assert rc == 2, (extra, err)
         lines = [ln for ln in err.strip().splitlines() if ln.strip()]
         assert len(lines) == 1 and needle in lines[0], (extra, err)
