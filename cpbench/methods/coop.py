@@ -4,6 +4,11 @@ Base-to-new default (CoCoOp paper's ``vit_b16_ctxv1``): 4 tokens initialised fro
 "a photo of a", class token at the end, shared context, cross-entropy only.
 Options: ``n_ctx`` (used when ``ctx_init`` is empty: random N(0, 0.02²) init), ``csc``
 (class-specific context) and ``class_token_position`` (end | middle | front), as the official code.
+
+Deviation (deliberate): with ``csc`` the protocols that score other classes than the trained ones
+(base2new, cross_dataset, continual, retrieval) are refused before training. The official code
+would rebuild the prompt learner on the new names and load the checkpoint whenever the class
+counts match (Caltech101's 50 base / 50 new), lending trained class i's context to new class i.
 """
 
 from __future__ import annotations
