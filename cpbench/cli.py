@@ -226,7 +226,7 @@ def run(
             dataset = [d["dataset"]]
         backbone, pretrained = backbone or d["backbone"], pretrained or d["pretrained"]
         state_from = f"export:{from_export.expanduser().resolve()}"
-    from cpbench.models.backbone import default_pretrained
+    from cpbench.models.pretrained import default_pretrained
 
     backbone = backbone or "ViT-B-16"
     pretrained = pretrained or default_pretrained(backbone)

@@ -103,15 +103,14 @@ def _check_datasets(req: RunRequest, root: Path, datasets: list[str]) -> None:
 
 def validate(req: RunRequest) -> tuple[RunSettings, list, ThreadPlan]:
     """Every check that needs no model: a bad input fails here, before anything is loaded or written."""
+    # the cheap checks (names, numbers, prepared datasets) come before anything that imports torch,
+    # so a typo costs about a second, not the ~6 s of torch + torchvision imports
     from cpbench import threads
     from cpbench.data import prepare as prep
-    from cpbench.engine.precision import resolve_device
-    from cpbench.methods.registry import get_method_class
-    from cpbench.models.backbone import check_backbone
+    from cpbench.methods.registry import check_method_name
     from cpbench.paths import check_folder, data_root, results_root
-    from cpbench.protocols.jobs import RunSettings, job_config
 
-    get_method_class(req.method)
+    check_method_name(req.method)
     if req.launcher not in ("none", "local", "slurm"):
         raise UserError(f"unknown launcher {req.launcher!r}; use none, local or slurm")
     if req.protocol not in PROTOCOLS:
@@ -141,6 +140,11 @@ def validate(req: RunRequest) -> tuple[RunSettings, list, ThreadPlan]:
                 if not 2 <= req.tasks <= len(prep.load(d, root).split.classnames):
                     raise UserError(f"--tasks must be between 2 and the number of classes of {d}, got {req.tasks}")
         _check_datasets(req, root, datasets)
+    from cpbench.engine.precision import resolve_device
+    from cpbench.methods.registry import get_method_class
+    from cpbench.models.backbone import check_backbone
+    from cpbench.protocols.jobs import RunSettings, job_config
+
     settings = RunSettings(data_root=root, results_root=results_root(req.results), backbone=req.backbone,
                            pretrained=req.pretrained, weights=req.weights, config_file=req.config_file,
                            sets=req.sets, device=resolve_device(req.device), force=req.force,
@@ -169,16 +173,17 @@ def execute(req: RunRequest, console: Console, out: Console) -> list[dict]:
     (exit 2) when every failure was one, else ``JobsFailed`` (exit 1). Ctrl-C/SIGTERM end it with
     an ``Interrupted`` that says what was saved."""
     from cpbench import threads
-    from cpbench.models.backbone import describe_weights, load_backbone
-    from cpbench.progress import make_reporter
-    from cpbench.protocols.execute import run_job, saved_progress
-    from cpbench.results.store import ResultStore
 
     settings, jobs, plan = validate(req)
     if req.dry_run or req.launcher != "none":
         from cpbench.launch import run as launch_run
 
         return launch_run(req, settings, jobs, console, out, plan)
+    from cpbench.models.backbone import describe_weights, load_backbone
+    from cpbench.progress import make_reporter
+    from cpbench.protocols.execute import run_job, saved_progress
+    from cpbench.results.store import ResultStore
+
     threads.apply(plan)
     console.print(f"loading backbone {req.backbone} ({describe_weights(req.backbone, req.pretrained, req.weights)}) "
                   f"on {settings.device}, {plan.describe()}", highlight=False, soft_wrap=True)

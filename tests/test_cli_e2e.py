@@ -131,3 +131,22 @@ def test_weights_from_local_checkpoint(tmp_path, tiny_backbone):
     b = load_backbone("tiny", "none", weights=str(path), seed=123)
     for k, v in tiny_backbone.clip.state_dict().items():
         assert __import__("torch").equal(b.clip.state_dict()[k], v)
+
+
+@pytest.mark.parametrize("args", [
+    ["run", "nosuchmethod"],
+    ["run", "coop", "--dataset", "nosuchdata"],
+    ["run", "coop", "--seeds", "-1"],
+    ["run", "coop", "--protocol", "nosuch"],
+])
+def test_typos_fail_before_torch_is_imported(args, tmp_path):
+    """A mistyped name or number is answered in about a second: the checks run before anything
+    imports torch (~6 s with torchvision)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom cpbench.cli import main\nsys.argv = ['cpbench', *sys.argv[1:]]\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    print(e.code, 'torch' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code, *args, "--root", str(tmp_path)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.stdout.split() == ["2", "False"], (proc.stdout, proc.stderr)

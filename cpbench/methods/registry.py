@@ -30,9 +30,14 @@ def method_names() -> list[str]:
     return sorted(METHODS)
 
 
-def get_method_class(name: str):
+def check_method_name(name: str) -> None:
+    """A known method name, or one line saying which are known (imports nothing: no torch)."""
     if name not in METHODS:
         raise UserError(f"unknown method {name!r}; known methods: {', '.join(method_names())}")
+
+
+def get_method_class(name: str):
+    check_method_name(name)
     module, cls = METHODS[name].split(":")
     return getattr(importlib.import_module(module), cls)
 

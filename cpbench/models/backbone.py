@@ -327,12 +327,6 @@ class Backbone(nn.Module):
         return h.hexdigest()[:16]
 
 
-def default_pretrained(name: str) -> str:
-    """The pretrained tag a backbone gets when ``--pretrained`` is not given (and that its rows
-    record): the embedded toy weights, random weights for ``tiny``, OpenAI's for open_clip models."""
-    return {"toy": "embedded", "tiny": "none"}.get(name, "openai")
-
-
 def describe_weights(name: str, pretrained: str, weights: str | None) -> str:
     """What ``load_backbone`` will load, in words (for the "loading backbone …" line)."""
     if weights:
