@@ -9,11 +9,35 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+
+# Before torch loads (its OpenMP runtime reads this once): waiting threads sleep, as the CLI makes
+# them (cpbench/threads.py). The suite runs in pytest-xdist workers that share the cores, and
+# spinning threads on shared cores slow every test several times.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CPBENCH_SHARED", REPO.parent / "shared"))
 CALTECH_SRC = SHARED / "datasets" / "caltech101"
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one worker per CPU this process may use (affinity, cgroup quota), at most 4 (each
+    holds its own torch and fixtures). Modules stay whole on one worker (``--dist loadfile``), so
+    module-scoped fixtures that train run once."""
+    from cpbench.threads import available_cpus
+
+    return max(1, min(4, available_cpus()[0]))
+
+
+def pytest_configure(config):
+    """Each xdist worker takes its share of the CPUs this process may use (never more in total)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        from cpbench.threads import available_cpus
+
+        torch.set_num_threads(max(1, available_cpus()[0] // workers))
 
 
 @pytest.fixture(scope="session")
