@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from cpbench import export
+from cpbench.state import export
 from cpbench.errors import UserError
 
 

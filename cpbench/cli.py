@@ -82,7 +82,7 @@ def prepare(
     from cpbench.data import prepare as prep
     from cpbench.data.catalog import all_specs
     from cpbench.paths import data_root
-    from cpbench.progress import ByteProgress
+    from cpbench.ui.progress import ByteProgress
 
     root_path = data_root(root)
     prep.check_draws(shots, seeds)
@@ -213,7 +213,7 @@ def run(
         raise UserError("--from-export and --from-official each give the learned state; pass one")
     state_from = f"official:{from_official.expanduser().resolve()}" if from_official is not None else None
     if from_export is not None:  # the file's method, protocol, seed, shots, dataset and backbone by default
-        from cpbench.export import run_defaults
+        from cpbench.state.export import run_defaults
 
         if suite is not None:
             raise UserError("--from-export evaluates one file; drop --suite")
@@ -379,7 +379,7 @@ def export_(
     device: str = typer.Option("cpu", "--device", help="where to compute the text features: cpu | auto | cuda[:N]"),
 ) -> None:
     """Write one trained job's learned prompts as one self-describing safetensors file."""
-    from cpbench import export_job
+    from cpbench.state import export_job
     from cpbench.api import describe
     from cpbench.paths import data_root, results_root
 
@@ -403,7 +403,7 @@ def predict(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N]"),
 ) -> None:
     """The top-k classes of images under learned prompts."""
-    from cpbench.predict import run as run_predict
+    from cpbench.ui.predict import run as run_predict
 
     sys.stdout.write(run_predict(prompts, list(images), top_k, classes, format, backbone, weights, device))
 

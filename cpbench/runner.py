@@ -44,7 +44,7 @@ class RunRequest:
     slurm: dict = field(default_factory=dict)   # SlurmOptions fields: partition, time_min, gpus_per_job, ...
     # cross_dataset / dg: the training dataset (a miniature or toy one can stand in for ImageNet)
     source: str = "imagenet"
-    # learned state imported instead of trained: "official:DIR" | "export:FILE" (cpbench/imports.py)
+    # learned state imported instead of trained: "official:DIR" | "export:FILE" (cpbench/state/imports.py)
     state_from: str | None = None
     # CPU threads: a number or "auto" (cpbench/threads.py); None = $CPBENCH_THREADS / auto
     threads: str | None = None
@@ -154,7 +154,7 @@ def validate(req: RunRequest) -> tuple[RunSettings, list, ThreadPlan]:
     if req.state_from and req.protocol in ("continual", "retrieval"):
         raise UserError(f"--protocol {req.protocol} trains its own state; it cannot start from imported state")
     if req.state_from:  # an imported state that does not fit this run fails before the backbone loads
-        from cpbench import imports
+        from cpbench.state import imports
 
         imports.check(req.state_from, req, jobs, root)
     for job in jobs:
@@ -180,7 +180,7 @@ def execute(req: RunRequest, console: Console, out: Console) -> list[dict]:
 
         return launch_run(req, settings, jobs, console, out, plan)
     from cpbench.models.backbone import describe_weights, load_backbone
-    from cpbench.progress import make_reporter
+    from cpbench.ui.progress import make_reporter
     from cpbench.protocols.execute import run_job, saved_progress
     from cpbench.results.store import ResultStore
 

@@ -130,7 +130,7 @@ def assert_golden(logits, case):
 # ----------------------------------------------------------------------------- import == golden
 @pytest.mark.parametrize("case_name", sorted(CASES))
 def test_official_file_imports_to_the_golden_logits(case_name, tmp_path):
-    from cpbench import official_checkpoints as oc
+    from cpbench.state import official as oc
     from golden_utils import set_learnables
     from test_golden_methods_i import COCOOP_MAP
 
@@ -161,7 +161,7 @@ def test_official_file_imports_to_the_golden_logits(case_name, tmp_path):
 
 
 def test_weights_only_refuses_a_file_with_code(tmp_path):
-    from cpbench import official_checkpoints as oc
+    from cpbench.state import official as oc
 
     class Payload:
         def __reduce__(self):
@@ -176,7 +176,7 @@ def test_weights_only_refuses_a_file_with_code(tmp_path):
 
 
 def test_a_file_that_does_not_fit_is_refused_naming_the_keys(tmp_path):
-    from cpbench import official_checkpoints as oc
+    from cpbench.state import official as oc
 
     case = load_case("ivlp_L2")
     method, name = build("ivlp_L2")
@@ -208,7 +208,7 @@ def test_a_file_that_does_not_fit_is_refused_naming_the_keys(tmp_path):
 
 
 def test_finding_the_file_of_a_job(tmp_path):
-    from cpbench import official_checkpoints as oc
+    from cpbench.state import official as oc
 
     sd = {"ctx": torch.zeros(2, 2)}
     for rel in ("dtd/base/seed1", "dtd/novel/seed1", "dtd/base/seed2", "imagenet/seed1",

@@ -164,8 +164,8 @@ def learn(job: Job, cfg: ResolvedConfig, backbone: Backbone, s: RunSettings, rep
     train_seconds = 0.0
     epochs = cfg.train.epochs if cls.trainable else 0
     cache = FeatureCache(s.data_root / ".cache" / "features") if s.feature_cache else None
-    if s.state_from:  # imported, not trained here (cpbench/imports.py)
-        from cpbench import imports
+    if s.state_from:  # imported, not trained here (cpbench/state/imports.py)
+        from cpbench.state import imports
 
         method.load_learned_state(imports.load_state(s.state_from, job, method, ds))
         method.to(device=s.device, dtype=precision.param_dtype)
@@ -252,7 +252,7 @@ def _run_job_locked(job: Job, cfg: ResolvedConfig, key: str, backbone: Backbone,
     env = environment()
     imported = ""
     if s.state_from:
-        from cpbench import imports
+        from cpbench.state import imports
 
         imported = imports.identity(s.state_from)
     run_id = uuid.uuid4().hex[:12]

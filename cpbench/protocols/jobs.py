@@ -59,12 +59,12 @@ class RunSettings:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     force: bool = False
     feature_cache: bool = True
-    # learned state imported instead of trained (``official:DIR`` | ``export:FILE``; see cpbench/imports.py)
+    # learned state imported instead of trained (``official:DIR`` | ``export:FILE``; see cpbench/state/imports.py)
     state_from: str | None = None
 
 
 class Reporter(Protocol):
-    """What a running job tells the display (``cpbench/progress.py``)."""
+    """What a running job tells the display (``cpbench/ui/progress.py``)."""
     def job_started(self, job: Job, index: int, total: int) -> None: ...
     def job_skipped(self, job: Job) -> None: ...
     def job_failed(self, job: Job, exc: BaseException) -> None: ...
@@ -95,7 +95,7 @@ def job_config(job: Job, s: RunSettings) -> ResolvedConfig:
     protocol = CONFIG_PROTOCOL.get(job.protocol, job.protocol)
     imported = None
     if s.state_from:  # imported state: the settings it was learned with, where its source records them
-        from cpbench import imports
+        from cpbench.state import imports
 
         imported = imports.config(s.state_from)
     return resolve(job.method, cls.Options, protocol, dataset=job.train_dataset, shots=job.shots,

@@ -124,7 +124,7 @@ def export(t: Trained, out: Path, device: str = "cpu") -> dict:
     Returns the metadata written."""
     import torch
 
-    from cpbench import export as fmt
+    from cpbench.state import export as fmt
     from cpbench.data import prepare as prep
     from cpbench.engine import checkpoint
     from cpbench.engine.precision import resolve_device

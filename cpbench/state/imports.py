@@ -4,8 +4,8 @@
 
 - ``official:DIR`` — the authors' released checkpoints (``model.pth.tar-E`` per dataset/seed, as the
   official ``save_model`` writes them), mapped onto cpbench's parameter names
-  (``cpbench.official_checkpoints``);
-- ``export:FILE`` — a file written by ``cpbench export`` (``cpbench.export``).
+  (``cpbench.state.official``);
+- ``export:FILE`` — a file written by ``cpbench export`` (``cpbench.state.export``).
 
 A job with ``state_from`` does not train: its method is built on the training classes as usual, the
 state is loaded into it, and every target is evaluated. Its rows carry ``imported = KIND:IDENTITY``
@@ -26,7 +26,7 @@ import importlib
 
 from cpbench.errors import UserError
 
-BACKENDS = {"official": "cpbench.official_checkpoints", "export": "cpbench.export"}
+BACKENDS = {"official": "cpbench.state.official", "export": "cpbench.state.export"}
 
 
 def parse(source: str) -> tuple[str, str]:

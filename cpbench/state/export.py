@@ -16,7 +16,7 @@ Format ``cpbench-prompts``, version 1:
   subset, shots, seed, its targets with the torch seed each evaluation used, and its rows'
   accuracies) and versions.
 
-No pickle anywhere. This module also is the ``export:`` backend of cpbench/imports.py
+No pickle anywhere. This module also is the ``export:`` backend of cpbench/state/imports.py
 (``cpbench run METHOD --from-export FILE``).
 """
 
