@@ -79,6 +79,7 @@ def prepare(
     split_seed: int = typer.Option(1, "--split-seed", help="seed of the generated 50/20/30 split of your own data"),
 ) -> None:
     """Download (or take --from), verify, extract and split a dataset; draw few-shot files."""
+    from cpbench.data import catalog, folders
     from cpbench.data import prepare as prep
     from cpbench.data.catalog import all_specs
     from cpbench.paths import data_root
@@ -103,11 +104,11 @@ def prepare(
     else:
         names = [dataset]
     for name in names:
-        prep.get_spec(name, root_path)
+        catalog.get_spec(name, root_path)
     if check:
         bad = 0
         for name in names:
-            if dataset == "all" and not prep.is_prepared(prep.get_spec(name, root_path), root_path):
+            if dataset == "all" and not folders.is_prepared(catalog.get_spec(name, root_path), root_path):
                 continue
             r = prep.check(name, root_path)
             c = r["counts"]
@@ -414,7 +415,7 @@ def predict(
 @app.command("list")
 def list_(root: Optional[Path] = typer.Option(None, "--root", help="data root")) -> None:
     """Datasets (and which are prepared), methods and backbones."""
-    from cpbench.data import prepare as prep
+    from cpbench.data import folders as prep
     from cpbench.data.catalog import all_specs
     from cpbench.methods.registry import method_names
     from cpbench.paths import data_root

@@ -64,14 +64,40 @@ class TrainConfig:
         return self
 
 
-def _train_from_dict(d: dict) -> TrainConfig:
-    from cpbench.methods.base import _coerce
+def coerce(value: Any, typ: Any, where: str) -> Any:
+    """``value`` as the dataclass field type ``typ`` (int, float, bool, str; YAML and ``--set`` give
+    strings and numbers), or one line naming ``where`` and the type."""
+    t = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
+    try:
+        if t in ("int",):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if t in ("float",):
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if t in ("bool",):
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.lower() in ("true", "1", "yes")
+            raise ValueError
+        if t in ("str",):
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+    except (TypeError, ValueError):
+        raise UserError(f"{where} must be {t}, got {value!r}") from None
+    return value
 
+
+def _train_from_dict(d: dict) -> TrainConfig:
     known = {f.name: f for f in fields(TrainConfig)}
     unknown = sorted(set(d) - set(known))
     if unknown:
         raise UserError(f"unknown train setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
-    return TrainConfig(**{k: _coerce(v, known[k].type, f"train.{k}") for k, v in d.items()}).validate()
+    return TrainConfig(**{k: coerce(v, known[k].type, f"train.{k}") for k, v in d.items()}).validate()
 
 
 def _read_yaml(path: Path) -> dict:

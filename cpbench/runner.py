@@ -106,6 +106,7 @@ def validate(req: RunRequest) -> tuple[RunSettings, list, ThreadPlan]:
     # the cheap checks (names, numbers, prepared datasets) come before anything that imports torch,
     # so a typo costs about a second, not the ~6 s of torch + torchvision imports
     from cpbench import threads
+    from cpbench.data import catalog
     from cpbench.data import prepare as prep
     from cpbench.methods.registry import check_method_name
     from cpbench.paths import check_folder, data_root, results_root
@@ -121,7 +122,7 @@ def validate(req: RunRequest) -> tuple[RunSettings, list, ThreadPlan]:
     plan = threads.plan(req.threads)
     root = data_root(req.root)
     task = "retrieval" if req.protocol == "retrieval" else "classification"
-    datasets = list(dict.fromkeys(req.datasets)) or default_targets(req, prep.prepared_names(root, task))
+    datasets = list(dict.fromkeys(req.datasets)) or default_targets(req, catalog.prepared_names(root, task))
     if not datasets:
         what = "image-caption datasets" if task == "retrieval" else "datasets"
         raise UserError(f"no prepared {what} under {root}; run `cpbench prepare DATASET` first (or pass --root)")

@@ -6,9 +6,12 @@ the two imports the other)."""
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
+from cpbench.data import folders
 from cpbench.data.custom import custom_specs
 from cpbench.data.specs import BUILTIN, CAPTIONED, DatasetSpec, Expected
+from cpbench.errors import UserError
 
 
 def _toy_specs() -> dict[str, DatasetSpec]:
@@ -26,7 +29,7 @@ def _toy_specs() -> dict[str, DatasetSpec]:
                               base=(n + 1) // 2, new=n // 2),
         )
     try:
-        from cpbench.data.captions import read_karpathy
+        from cpbench.data.caption_splits import read_karpathy
         from cpbench.data.toy.captions import ANNOTATIONS, TOY_CAPTIONS
     except ImportError:
         return out
@@ -48,3 +51,17 @@ def all_specs(root=None) -> dict[str, DatasetSpec]:
         for name, spec in custom_specs(root).items():
             specs.setdefault(name, spec)
     return dict(sorted(specs.items()))
+
+
+def get_spec(name: str, root: Path | None = None) -> DatasetSpec:
+    """The spec of a known dataset, or one line listing the known ones."""
+    specs = all_specs(root)
+    if name not in specs:
+        known = ", ".join(specs)
+        raise UserError(f"unknown dataset {name!r}; known datasets: {known} (see `cpbench list`)")
+    return specs[name]
+
+
+def prepared_names(root: Path, task: str = "classification") -> list[str]:
+    """Prepared datasets of one task type (classification, or retrieval: image-caption datasets)."""
+    return [name for name, spec in all_specs(root).items() if spec.task == task and folders.is_prepared(spec, root)]

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cpbench.config import coerce
 from cpbench.errors import UserError
 from cpbench.models.backbone import Backbone
 
@@ -60,34 +61,8 @@ class Options:
             raise UserError(f"unknown {where} key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known)) or 'none'}")
         kwargs = {}
         for k, v in d.items():
-            kwargs[k] = _coerce(v, known[k].type, f"{where}.{k}")
+            kwargs[k] = coerce(v, known[k].type, f"{where}.{k}")
         return cls(**kwargs)
-
-
-def _coerce(value: Any, typ: Any, where: str) -> Any:
-    t = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
-    try:
-        if t in ("int",):
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if t in ("float",):
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if t in ("bool",):
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-                return value.lower() in ("true", "1", "yes")
-            raise ValueError
-        if t in ("str",):
-            if not isinstance(value, str):
-                raise ValueError
-            return value
-    except (TypeError, ValueError):
-        raise UserError(f"{where} must be {t}, got {value!r}") from None
-    return value
 
 
 @dataclass(frozen=True)
