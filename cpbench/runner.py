@@ -10,12 +10,11 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from cpbench.errors import Interrupted, JobsFailed, StorageError, UserError
+from cpbench.protocols import registry
 
 if TYPE_CHECKING:
-    from cpbench.protocols.jobs import RunSettings
+    from cpbench.protocols.jobs import PlanRequest, RunSettings
     from cpbench.threads import ThreadPlan
-
-PROTOCOLS = ("base2new", "cross_dataset", "dg", "few_shot", "continual", "retrieval")
 
 
 @dataclass
@@ -52,39 +51,17 @@ class RunRequest:
     tasks: int = 2
     class_order: str = "labels"
 
+    def plan_request(self) -> PlanRequest:
+        from cpbench.protocols.jobs import PlanRequest
 
-def default_targets(req: RunRequest, prepared: list[str]) -> list[str]:
-    """Datasets a protocol evaluates when --datasets is not given."""
-    from cpbench.protocols import cross_dataset, domain_generalization
-
-    if req.protocol == "cross_dataset":
-        return list(cross_dataset.TARGETS)
-    if req.protocol == "dg":
-        return list(domain_generalization.TARGETS)
-    return prepared  # the prepared datasets of the protocol's task type
+        return PlanRequest(self.method, self.protocol, tuple(self.seeds), tuple(self.shots), self.source, self.tasks,
+                           self.class_order)
 
 
-def plan_jobs(req: RunRequest, datasets: list[str]):
-    """``datasets``: trained-and-evaluated datasets (base2new, few_shot) or targets (cross_dataset,
-    dg, trained on ``req.source``)."""
-    from cpbench.protocols import base2new, continual, cross_dataset, domain_generalization, few_shot, retrieval
-
-    if req.protocol in ("base2new", "cross_dataset", "dg", "continual") and len(req.shots) != 1:
-        raise UserError(f"{req.protocol} takes one --shots value (16 in the papers); "
-                        "use --protocol few_shot for several")
-    if req.protocol == "base2new":
-        return base2new.plan(req.method, datasets, req.seeds, req.shots[0])
-    if req.protocol == "cross_dataset":
-        return cross_dataset.plan(req.method, datasets, req.seeds, req.shots[0], req.source)
-    if req.protocol == "dg":
-        return domain_generalization.plan(req.method, datasets, req.seeds, req.shots[0], req.source)
-    if req.protocol == "few_shot":
-        return few_shot.plan(req.method, datasets, req.seeds, list(dict.fromkeys(req.shots)))
-    if req.protocol == "continual":
-        return continual.plan(req.method, datasets, req.seeds, req.shots[0], req.tasks, continual.parse_order(req.class_order))
-    if req.protocol == "retrieval":
-        return retrieval.plan(req.method, datasets, req.seeds, list(dict.fromkeys(req.shots)))
-    raise UserError(f"unknown protocol {req.protocol!r}; use one of {', '.join(PROTOCOLS)}")
+def plan_jobs(req: RunRequest, datasets: list[str]) -> list:
+    """The protocol's jobs: ``datasets`` are trained and evaluated, or evaluated only (targets) for a
+    protocol that trains on ``req.source`` (``registry.Protocol.trains_on_source``)."""
+    return registry.module(req.protocol).plan_jobs(req.plan_request(), datasets)
 
 
 def _check_datasets(req: RunRequest, root: Path, datasets: list[str]) -> None:
@@ -93,12 +70,22 @@ def _check_datasets(req: RunRequest, root: Path, datasets: list[str]) -> None:
     from cpbench.data import checks
     from cpbench.data import prepare as prep
 
-    trained = [req.source] if req.protocol in ("cross_dataset", "dg") else datasets
+    protocol = registry.get(req.protocol)
+    trained = [req.source] if protocol.trains_on_source else datasets
     for d in dict.fromkeys([*trained, *datasets]):
         ds = prep.load(d, root)  # unknown or unprepared -> one clear line
         checks.require_classes(ds.name, ds.split, trained=d in trained)
         if d in trained and not req.state_from:  # imported state is not trained here
-            checks.require_shots(ds.name, ds.split, req.shots, "base" if req.protocol == "base2new" else "all")
+            checks.require_shots(ds.name, ds.split, req.shots, protocol.train_subset)
+
+
+def _check_request(req: RunRequest, protocol: registry.Protocol) -> None:
+    """What the protocol's registry line says it takes (no dataset read, no import)."""
+    if protocol.one_shots and len(req.shots) != 1:
+        raise UserError(f"{req.protocol} takes one --shots value (16 in the papers); "
+                        "use --protocol few_shot for several")
+    if req.state_from and protocol.own_runner:
+        raise UserError(f"--protocol {req.protocol} trains its own state; it cannot start from imported state")
 
 
 def validate(req: RunRequest) -> tuple[RunSettings, list, ThreadPlan]:
@@ -114,19 +101,19 @@ def validate(req: RunRequest) -> tuple[RunSettings, list, ThreadPlan]:
     check_method_name(req.method)
     if req.launcher not in ("none", "local", "slurm"):
         raise UserError(f"unknown launcher {req.launcher!r}; use none, local or slurm")
-    if req.protocol not in PROTOCOLS:
-        raise UserError(f"unknown protocol {req.protocol!r}; use one of {', '.join(PROTOCOLS)}")
+    protocol = registry.get(req.protocol)
     prep.check_draws(req.shots, req.seeds)
     if not req.seeds:
         raise UserError("--seeds needs at least one seed")
+    _check_request(req, protocol)
     plan = threads.plan(req.threads)
     root = data_root(req.root)
-    task = "retrieval" if req.protocol == "retrieval" else "classification"
-    datasets = list(dict.fromkeys(req.datasets)) or default_targets(req, catalog.prepared_names(root, task))
+    datasets = (list(dict.fromkeys(req.datasets))
+                or registry.module(req.protocol).default_targets(catalog.prepared_names(root, protocol.task)))
     if not datasets:
-        what = "image-caption datasets" if task == "retrieval" else "datasets"
+        what = "image-caption datasets" if protocol.task == "retrieval" else "datasets"
         raise UserError(f"no prepared {what} under {root}; run `cpbench prepare DATASET` first (or pass --root)")
-    if task == "retrieval":
+    if protocol.task == "retrieval":
         from cpbench.data import captions
 
         for d in datasets:  # unknown or unprepared -> one clear line
@@ -136,7 +123,7 @@ def validate(req: RunRequest) -> tuple[RunSettings, list, ThreadPlan]:
                     raise UserError(f"--shots for retrieval is the number of training image-caption pairs: 1 to "
                                     f"{pool} for {d}, got {k}")
     else:
-        if req.protocol == "continual":
+        if protocol.tasks:
             for d in datasets:
                 if not 2 <= req.tasks <= len(prep.load(d, root).split.classnames):
                     raise UserError(f"--tasks must be between 2 and the number of classes of {d}, got {req.tasks}")
@@ -152,8 +139,6 @@ def validate(req: RunRequest) -> tuple[RunSettings, list, ThreadPlan]:
                            feature_cache=req.feature_cache, state_from=req.state_from)
     check_folder(settings.results_root, "--results")
     jobs = plan_jobs(req, datasets)
-    if req.state_from and req.protocol in ("continual", "retrieval"):
-        raise UserError(f"--protocol {req.protocol} trains its own state; it cannot start from imported state")
     if req.state_from:  # an imported state that does not fit this run fails before the backbone loads
         from cpbench.state import imports
 
@@ -249,8 +234,7 @@ def load_suite(path: Path) -> dict:
     if unknown:
         raise UserError(f"suite {path}: unknown key(s) {', '.join(map(str, unknown))}; use {', '.join(sorted(SUITE_KEYS))}")
     protocol = data.get("protocol", "base2new")
-    if protocol not in PROTOCOLS:
-        raise UserError(f"suite {path}: unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
+    registry.check_protocol_name(protocol, f"suite {path}: ")
 
     def strs(key):
         v = data.get(key) or []

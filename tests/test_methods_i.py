@@ -302,9 +302,9 @@ def test_official_defaults_per_protocol():
     c = r("maple")
     assert (c.train.epochs, c.train.batch_size, c.train.lr, c.options.depth, c.options.n_ctx) == (5, 4, 0.0035, 9, 2)
     for protocol in ("cross_dataset", "dg"):   # dg trains under the cross_dataset block
-        from cpbench.protocols.jobs import CONFIG_PROTOCOL
+        from cpbench.protocols.registry import config_protocol
 
-        c = r("maple", CONFIG_PROTOCOL.get(protocol, protocol))
+        c = r("maple", config_protocol(protocol))
         assert (c.train.epochs, c.train.lr, c.options.depth) == (2, 0.0026, 3)
     c = r("ivlp")
     assert (c.train.epochs, c.train.batch_size, c.train.lr, c.options.n_ctx_text, c.options.depth_vision) == (20, 4, 0.0025, 4, 9)

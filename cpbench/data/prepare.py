@@ -81,6 +81,16 @@ class PreparedDataset:
 
 
 
+def subset_items(ds: PreparedDataset, subset: str, shots: int, seed: int, part: str):
+    """Items of ``part`` (train|val|test) for a class subset, with the subset's class names."""
+    fs = ds.fewshot(shots, seed) if shots > 0 else None
+    train_items = fs.train if fs else ds.split.train
+    val_items = fs.val if fs else ds.split.val
+    (tr, va, te), names = splits.subsample_classes(subset, train_items, val_items, ds.split.test)
+    return {"train": tr, "val": va, "test": te}[part], names, (tr, va)
+
+
+
 SPLIT_CACHE = ".cpbench_split.json"
 
 

@@ -252,6 +252,13 @@ IMAGENET_R = DatasetSpec(
 IMAGENET_FAMILY = ("imagenet", "imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
 WNID_SUBSETS = ("imagenet_a", "imagenet_r")  # 200-class, relabelled 0..199 over sorted wnids
 
+# The papers' dataset groups, in their tables' order: CoOp/CoCoOp's eleven datasets (base-to-new and
+# few-shot; ImageNet is the cross-dataset source, the other ten its targets) and the ImageNet
+# variants of domain generalisation.
+COOP_DATASETS = ("imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
+                 "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101")
+IMAGENET_VARIANTS = ("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
+
 BUILTIN = (IMAGENET, CALTECH101, OXFORD_PETS, STANFORD_CARS, OXFORD_FLOWERS, FOOD101, FGVC_AIRCRAFT, SUN397, DTD,
            EUROSAT, UCF101, IMAGENETV2, IMAGENET_SKETCH, IMAGENET_A, IMAGENET_R)
 

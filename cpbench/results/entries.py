@@ -81,7 +81,7 @@ def _method_class(method: str):
 def seed_dependent(method: str) -> bool:
     """From the method class (``Method.seed_dependent``); an unknown method counts as seeded."""
     cls = _method_class(method)
-    return True if cls is None else bool(getattr(cls, "seed_dependent", True))
+    return True if cls is None else bool(cls.seed_dependent)
 
 
 @lru_cache(maxsize=None)
@@ -90,10 +90,10 @@ def _defaults(method: str, protocol: str, dataset: str, shots: int) -> dict | No
     if cls is None:
         return None
     from cpbench.config import resolve
-    from cpbench.protocols.jobs import CONFIG_PROTOCOL
+    from cpbench.protocols.registry import config_protocol
 
     try:
-        cfg = resolve(method, cls.Options, CONFIG_PROTOCOL.get(protocol, protocol), dataset=dataset, shots=shots)
+        cfg = resolve(method, cls.Options, config_protocol(protocol), dataset=dataset, shots=shots)
     except UserError:
         return None
     return _flat(json.loads(json.dumps(cfg.as_dict(), sort_keys=True, default=str)))

@@ -114,7 +114,7 @@ Outcomes = Callable[[Iterable[str]], dict]   # job keys -> {(run_id, eval_datase
 def build(frame: pd.DataFrame, opts: ReportOptions | None = None, outcomes: Outcomes | None = None) -> Report:
     """The report of ``frame``'s rows; ``outcomes`` reads the stored per-image predictions of the
     given job keys (needed by --ci, --compare-methods and --per-class)."""
-    from cpbench.protocols import cross_dataset, domain_generalization
+    from cpbench.data.specs import COOP_DATASETS, IMAGENET_VARIANTS
     from cpbench.results.continual import continual_tables
     from cpbench.results.retrieval import retrieval_tables
 
@@ -138,8 +138,8 @@ def build(frame: pd.DataFrame, opts: ReportOptions | None = None, outcomes: Outc
     agg = aggregate(df)
     cells = layouts.Cells(agg, {e.key: e for e in es})
     tables = layouts.base2new_tables(cells, agg, es, opts.layout, opts.compare, opts.ci)
-    tables += layouts.transfer_tables(cells, agg, es, "cross_dataset", cross_dataset.TARGETS)
-    tables += layouts.transfer_tables(cells, agg, es, "dg", domain_generalization.TARGETS)
+    tables += layouts.transfer_tables(cells, agg, es, "cross_dataset", COOP_DATASETS[1:])
+    tables += layouts.transfer_tables(cells, agg, es, "dg", IMAGENET_VARIANTS)
     tables += layouts.few_shot_tables(cells, agg, es)
     tables += continual_tables(cells, agg, es) + retrieval_tables(cells, agg, es)
     notes = entry_notes(df, es, choices)

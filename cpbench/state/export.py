@@ -223,7 +223,6 @@ def check(path: str, req, jobs, data_root) -> None:
     """Before the backbone loads: the file is an export of this method, on this backbone, for this
     seed and shot count, learned on each job's training classes."""
     from cpbench.data import prepare as prep
-    from cpbench.protocols.execute import subset_items
 
     meta = read_meta(path)
     if meta["method"] != req.method:
@@ -240,7 +239,7 @@ def check(path: str, req, jobs, data_root) -> None:
         raise UserError(f"{path} holds prompts learned from {src['shots']} shots; drop --shots (or pass --shots {src['shots']})")
     for job in jobs:
         ds = prep.load(job.train_dataset, data_root)
-        _, names, _ = subset_items(ds, job.train_subset, 0, job.seed, "train")  # class names: no draw needed
+        _, names, _ = prep.subset_items(ds, job.train_subset, 0, job.seed, "train")  # class names: no draw needed
         _check_classes(meta, names, job, path)
 
 
