@@ -58,6 +58,78 @@ class RunRequest:
                            self.class_order)
 
 
+@dataclass
+class Given:
+    """What ``cpbench run`` was given of the settings that a suite (``--suite``) or an export file
+    (``--from-export``) also give: None / empty = not given."""
+    method: str | None = None
+    datasets: list[str] = field(default_factory=list)
+    protocol: str | None = None
+    seeds: list[int] = field(default_factory=list)
+    shots: list[int] = field(default_factory=list)
+    source: str | None = None
+    backbone: str | None = None
+    pretrained: str | None = None
+    sets: list[str] = field(default_factory=list)
+    suite: Path | None = None
+    from_official: Path | None = None
+    from_export: Path | None = None
+
+
+def requests(given: Given, template: RunRequest) -> list[RunRequest]:
+    """The runs of one ``cpbench run``: ``template`` holds the options taken as they are (paths,
+    device, launcher, ...), ``given`` the others. What is not given comes from the export file
+    (``--from-export``: its method, protocol, seed, shots, dataset and backbone), else from the suite
+    (one run per method; command-line values override the suite's), else the defaults."""
+    from dataclasses import replace
+
+    g = replace(given, datasets=list(given.datasets), seeds=list(given.seeds), shots=list(given.shots),
+                sets=list(given.sets))
+    if g.from_export is not None and g.from_official is not None:
+        raise UserError("--from-export and --from-official each give the learned state; pass one")
+    state_from = f"official:{g.from_official.expanduser().resolve()}" if g.from_official is not None else None
+    if g.from_export is not None:
+        from cpbench.state.export import run_defaults
+
+        if g.suite is not None:
+            raise UserError("--from-export evaluates one file; drop --suite")
+        d = run_defaults(g.from_export)
+        g.method, g.protocol = g.method or d["method"], g.protocol or d["protocol"]
+        g.seeds, g.shots = g.seeds or d["seeds"], g.shots or d["shots"]
+        trained_on = registry.PROTOCOLS.get(g.protocol)
+        if trained_on is not None and trained_on.trains_on_source:
+            g.source = g.source or d["dataset"]
+        elif not g.datasets and d["dataset"]:
+            g.datasets = [d["dataset"]]
+        g.backbone, g.pretrained = g.backbone or d["backbone"], g.pretrained or d["pretrained"]
+        state_from = f"export:{g.from_export.expanduser().resolve()}"
+    from cpbench.models.pretrained import default_pretrained
+
+    backbone = g.backbone or "ViT-B-16"
+    common = replace(template, backbone=backbone, pretrained=g.pretrained or default_pretrained(backbone),
+                     state_from=state_from)
+    if g.suite is None:
+        if not g.method:
+            raise UserError("missing METHOD; run `cpbench run METHOD` or `cpbench run --suite FILE`")
+        return [replace(common, method=g.method, datasets=g.datasets, protocol=g.protocol or "base2new",
+                        seeds=g.seeds or [1, 2, 3], shots=g.shots or [16], source=g.source or "imagenet", sets=g.sets)]
+    st = load_suite(g.suite)  # command-line values, where given, override the suite's
+    reqs = [replace(common, method=m, datasets=g.datasets or st["datasets"], protocol=g.protocol or st["protocol"],
+                    seeds=g.seeds or st["seeds"], shots=g.shots or st["shots"], source=g.source or st["source"],
+                    sets=st["sets"] + g.sets) for m in ([g.method] if g.method else st["methods"])]
+    from cpbench.methods.registry import check_method_name
+
+    for r in reqs:  # every method is known before any runs
+        check_method_name(r.method)
+    return reqs
+
+
+def run_command(given: Given, template: RunRequest, console: Console, out: Console) -> None:
+    """``cpbench run``: every run of ``requests(given, template)``, one after another."""
+    for req in requests(given, template):
+        execute(req, console, out)
+
+
 def plan_jobs(req: RunRequest, datasets: list[str]) -> list:
     """The protocol's jobs: ``datasets`` are trained and evaluated, or evaluated only (targets) for a
     protocol that trains on ``req.source`` (``registry.Protocol.trains_on_source``)."""

@@ -65,3 +65,25 @@ def get_spec(name: str, root: Path | None = None) -> DatasetSpec:
 def prepared_names(root: Path, task: str = "classification") -> list[str]:
     """Prepared datasets of one task type (classification, or retrieval: image-caption datasets)."""
     return [name for name, spec in all_specs(root).items() if spec.task == task and folders.is_prepared(spec, root)]
+
+
+LIST_COLUMNS = ("name", "prepared", "classes", "images", "disk", "template")
+
+
+def listing(root: Path) -> list[tuple[str, ...]]:
+    """``cpbench list``: one row (``LIST_COLUMNS``) per known dataset: whether it is prepared under
+    ``root`` and, if so, its class and image counts and disk use from its prepare record."""
+    rows = []
+    for name, spec in all_specs(root).items():
+        ddir = folders.dataset_dir(spec, root)
+        ready = folders.is_prepared(spec, root)
+        images = disk = classes = ""
+        if ready:
+            info = folders.read_marker(ddir)
+            c = info.get("counts", {})
+            classes = str(c.get("classes", ""))
+            images = str(sum(c.get(k, 0) for k in ("train", "val", "test")))
+            disk = info.get("disk") or folders.human_size(folders.disk_usage(ddir))
+        rows.append((name, "yes" if ready else "", classes or str(spec.expected.classes or ""), images, disk,
+                     spec.template))
+    return rows

@@ -21,6 +21,7 @@ spec (e.g. loopback URLs and relaxed counts) instead of the registered one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 import time
@@ -30,7 +31,7 @@ from typing import Callable, Sequence
 
 from filelock import FileLock
 
-from cpbench.data import catalog, checks, fetch, splits
+from cpbench.data import catalog, checks, fetch, folders, splits
 from cpbench.data.folders import (MARKER, Say, current_record, dataset_dir, fetch_sources, missing_files,
                                   write_record)
 from cpbench.data.specs import DatasetSpec
@@ -334,3 +335,106 @@ def check(name: str, root: Path, spec: DatasetSpec | None = None, decode: bool =
     unreadable = unreadable_files(image_root, split) if decode else []
     return {"counts": counts, "missing": missing, "unreadable": unreadable, "problems": problems,
             "ok": not (missing or unreadable or problems)}
+
+
+# --------------------------------------------------------------------------- ``cpbench prepare``
+
+
+@dataclass(frozen=True)
+class OwnData:
+    """A dataset of your own (``--from-folder`` and/or ``--csv``; ``custom.py`` has the rules)."""
+    folder: Path | None = None
+    csv_file: Path | None = None
+    classnames_file: Path | None = None
+    template: str = "a photo of a {}."
+    split_file: Path | None = None
+    split_seed: int = 1
+
+
+def dataset_names(dataset: str, root: Path) -> list[str]:
+    """``all``: every downloadable dataset; ``toy``: every dataset of the embedded toy world; else
+    the one name (an unknown name is one line)."""
+    if dataset == "all":
+        names = [n for n, s in catalog.all_specs().items() if s.kind == "download"]
+    elif dataset == "toy":
+        names = [n for n, s in catalog.all_specs().items() if s.kind == "generated"]
+    else:
+        names = [dataset]
+    for name in names:
+        catalog.get_spec(name, root)
+    return names
+
+
+def counts_text(c: dict) -> str:
+    if "captions" in c:  # an image-caption dataset
+        return f"train {c['train']} / test {c['test']} images, {c['captions']} test captions"
+    return f"train {c['train']} / val {c['val']} / test {c['test']}, {c['classes']} classes"
+
+
+def prepared_lines(name: str, ds, info: dict) -> list[str]:
+    """What ``cpbench prepare`` says about a prepared dataset: where, its counts, its few-shot files."""
+    c = info["counts"]
+    state = "already prepared, verified" if info.get("skipped") else "prepared"
+    base_new = f", base {c['base']} / new {c['new']}" if "base" in c else ""
+    return [f"{name}: {state} in {ds.dir} — {counts_text(c)}{base_new}",
+            *(f"  {key}: train {ntr} / val {nva}" for key, (ntr, nva) in info.get("fewshot", {}).items())]
+
+
+def check_datasets(dataset: str, names: list[str], root: Path, show: Callable[[str], None]) -> None:
+    """``cpbench prepare NAME --check``: every named dataset re-verified (``all``: the prepared ones);
+    one line per result or problem, then one error if any failed."""
+    bad = 0
+    for name in names:
+        if dataset == "all" and not folders.is_prepared(catalog.get_spec(name, root), root):
+            continue
+        r = check(name, root)
+        if r["ok"]:
+            show(f"{name}: ok — {counts_text(r['counts'])}")
+            continue
+        bad += 1
+        for p in r["problems"]:
+            show(f"{name}: {p}")
+        for kind in ("missing", "unreadable"):
+            for path in r[kind]:
+                show(f"{name}: {kind}: {path}")
+    if bad:
+        raise UserError(f"{bad} dataset(s) failed the check; run `cpbench prepare {dataset} --force` to repair")
+
+
+def prepare_datasets(dataset: str, root: Path, from_dir: Path | None = None, shots: Sequence[int] = (),
+                     seeds: Sequence[int] = (1, 2, 3), force: bool = False, check: bool = False,
+                     own: OwnData | None = None, *, say: Callable[[str, str], None], show: Callable[[str], None],
+                     warn: Callable[[str], None], progress: Callable[[], object] | None = None) -> None:
+    """``cpbench prepare``: one dataset, ``all``/``toy`` (one failure does not stop the others: they
+    are named at the end), a dataset of your own (``own``), or with ``check`` a re-verification.
+    ``say(name, text)``: what is being done; ``show(line)``: a result; ``warn(text)``: a failure the
+    others go on after; ``progress()``: a context manager giving each dataset a byte progress callback."""
+    check_draws(shots, seeds)
+    if own is not None:
+        from cpbench.data.custom import make_custom
+
+        spec = make_custom(dataset, root, own.folder, own.csv_file, own.classnames_file, own.template, own.split_file,
+                           own.split_seed, builtin=tuple(catalog.all_specs()), shots=tuple(shots))
+        ds, info = prepare(dataset, root, shots=shots, seeds=seeds, force=True, say=lambda m: say(dataset, m), spec=spec)
+        for line in prepared_lines(dataset, ds, info):
+            show(line)
+        return
+    names = dataset_names(dataset, root)
+    if check:
+        return check_datasets(dataset, names, root, show)
+    failed = []
+    for name in names:
+        try:
+            with (progress() if progress else contextlib.nullcontext()) as bar:
+                ds, info = prepare(name, root, from_dir, shots, seeds, force=force, say=lambda m: say(name, m),
+                                   progress=bar)
+        except UserError as exc:
+            if len(names) == 1:
+                raise
+            failed.append(name)  # `all`: go on with the others, report at the end
+            warn(str(exc))
+            continue
+        for line in prepared_lines(name, ds, info):
+            show(line)
+    if failed:
+        raise UserError(f"{len(failed)} dataset(s) not prepared ({', '.join(failed)}); see the messages above")

@@ -137,6 +137,13 @@ def describe_backbone(rec: dict) -> str:
     return f"{rec['name']} --pretrained {rec['pretrained']}"
 
 
+def describe(meta: dict) -> str:
+    """What an export file holds, in words: where it was learned and on which backbone."""
+    job = meta.get("job") or {}
+    learned = f"{job.get('train_dataset', '?')}/{job.get('train_subset', '?')} {job.get('shots', '?')}-shot seed {job.get('seed', '?')}"
+    return f"learned on {learned}, backbone {describe_backbone(meta['backbone'])}"
+
+
 def check_backbone_request(meta: dict, name: str, pretrained: str, weights: str | None, where) -> None:
     """Refuse, before anything is loaded, a backbone other than the one the prompts were learned on
     (``name``/``pretrained``/``weights`` as ``cpbench run`` takes them)."""

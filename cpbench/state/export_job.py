@@ -187,3 +187,18 @@ def _plain(v):
     if v is None or (isinstance(v, float) and pd.isna(v)):
         return None
     return v.item() if hasattr(v, "item") else v
+
+
+def command(results_root: Path, data_root: Path, out: Path, method: str | None = None, dataset: str | None = None,
+            seed: int | None = None, shots: int | None = None, backbone: str | None = None,
+            protocol: str | None = None, checkpoint: Path | None = None, device: str = "cpu") -> str:
+    """``cpbench export``: find the one trained job, write its file; returns the line saying what was
+    written."""
+    from cpbench.state.export import describe
+
+    t = find(results_root, data_root, method, dataset, seed, shots, backbone, protocol, checkpoint)
+    meta = export(t, out, device)
+    extra = ", with text features" if meta["text_features"] else ""
+    return (f"wrote {out} ({Path(out).stat().st_size / 1024:.1f} kB): {meta['method']} {describe(meta)}, "
+            f"{len(meta['classnames'])} classes{extra}")
+
