@@ -1,15 +1,28 @@
 """Typed run configuration: per-method YAML defaults, ``--config`` files and ``--set`` overrides.
 
-Resolution, later wins:
-  TrainConfig defaults < ``configs/methods/<method>.yaml`` (train:, method:)
-  < its ``protocols.<protocol>`` block < its ``shots.<k>`` block < its ``datasets.<name>`` block
-  < the settings an imported state was learned with (``imported``: ``cpbench run --from-export``)
-  < ``--config FILE`` (same shape) < ``--set key=value`` (``epochs=1``, ``train.lr=0.01``,
-  ``method.n_ctx=8``; a bare key is looked up in train first, then method options).
+A config file (``configs/methods/<method>.yaml`` as shipped, or ``--config FILE``) holds ``train:``
+(``TrainConfig``) and ``method:`` (the method's ``Options``) settings, at the top and in blocks that
+apply to some jobs only::
 
-``dg`` jobs resolve as ``cross_dataset`` (DG evaluates the cross-dataset training; one checkpoint
-serves both), so a ``protocols.dg`` block would never be read: none ships, and a ``--config`` file
-with one is refused.
+    train: {...}                      method: {...}
+    protocols:  <protocol>: {train, method, shots: {<k>: {train, method}}}
+    shots:      <k>: {train, method}                    # every protocol run with k shots
+    datasets:   <dataset>: {train, method, protocols: {<protocol>: {train, method}}}
+
+Resolution, later wins:
+  TrainConfig defaults
+  < the method's YAML: train/method < protocols.<p> < protocols.<p>.shots.<k> < shots.<k>
+    < datasets.<d> < datasets.<d>.protocols.<p>
+  < the settings an imported state was learned with (``imported``: ``cpbench run --from-export``)
+  < ``--config FILE``, the same layering inside it
+  < ``--set key=value`` (``epochs=1``, ``train.lr=0.01``, ``method.n_ctx=8``; a bare key is looked
+    up in train first, then method options).
+
+Every block above is read from both files; anything else in a file (an unknown section, block,
+protocol, shot count or setting) is refused in one line, wherever it stands, so a setting is never
+silently ignored. ``dg`` jobs resolve as ``cross_dataset`` (DG evaluates the cross-dataset
+training; one checkpoint serves both; ``protocols/registry.py``), so a ``protocols.dg`` block would
+never be read: none ships, and one in a file is refused.
 
 The config hash covers the method name, the resolved train settings and method options, so a
 results row says exactly which hyperparameters produced it.
@@ -18,6 +31,7 @@ results row says exactly which hyperparameters produced it.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
@@ -117,18 +131,102 @@ def _read_yaml(path: Path) -> dict:
 
 
 def method_defaults(method: str) -> dict:
+    """The method's shipped config file (``configs/methods/<method>.yaml``; {} if it has none)."""
+    return copy.deepcopy(_shipped(method))
+
+
+@functools.lru_cache(maxsize=None)
+def _shipped(method: str) -> dict:  # read once per process: resolving is per job (and per report cell)
     path = CONFIG_DIR / f"{method}.yaml"
     return _read_yaml(path) if path.exists() else {}
 
 
-def _merge(dst: dict, src: dict, where: str) -> None:
-    for section in ("train", "method"):
-        block = src.get(section)
-        if block is None:
-            continue
-        if not isinstance(block, dict):
-            raise UserError(f"{where}: '{section}' must be a mapping")
-        dst[section].update(block)
+SETTINGS = ("train", "method")
+# the blocks each block of a config file may hold
+SECTIONS = ("train", "method", "protocols", "shots", "datasets")
+PROTOCOL_BLOCK = ("train", "method", "shots")
+DATASET_BLOCK = ("train", "method", "protocols")
+
+
+def _merge(dst: dict, src: dict) -> None:
+    for section in SETTINGS:
+        dst[section].update(src.get(section) or {})
+
+
+def _mapping(value, where: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UserError(f"{where} must be a mapping")
+    return value
+
+
+def _shots_key(key, where: str) -> int:
+    k = key if isinstance(key, int) and not isinstance(key, bool) else int(key) if str(key).isdigit() else 0
+    if k < 1:
+        raise UserError(f"{where}: {key!r} is not a shot count; use a positive integer such as 16")
+    return k
+
+
+def _check_block(block, where: str, allowed: tuple[str, ...], options_cls: type) -> dict:
+    """``block`` is a mapping of ``allowed`` sections whose train/method settings exist."""
+    block = _mapping(block, where)
+    unknown = [str(k) for k in block if k not in allowed]
+    if unknown:
+        raise UserError(f"{where}: unknown section(s) {', '.join(unknown)}; use {', '.join(allowed)}")
+    for section, known, what in (("train", {f.name for f in fields(TrainConfig)}, "train setting(s)"),
+                                 ("method", {f.name for f in fields(options_cls)}, "method option(s)")):
+        bad = sorted(str(k) for k in _mapping(block.get(section), f"{where} {section}") if k not in known)
+        if bad:
+            raise UserError(f"{where} {section}: unknown {what} {', '.join(bad)}; valid: {', '.join(sorted(known))}")
+    return block
+
+
+def _protocol_blocks(parent: dict, where: str) -> dict:
+    from cpbench.protocols.registry import check_protocol_name, config_protocol
+
+    blocks = _mapping(parent.get("protocols"), f"{where} protocols")
+    for p in blocks:
+        check_protocol_name(p, f"{where} protocols: ")
+        if config_protocol(p) != p:
+            raise UserError(f"{where}: protocols.{p} is never read ({p} evaluates the {config_protocol(p)} "
+                            f"training); put those settings under protocols.{config_protocol(p)}")
+    return blocks
+
+
+def _shot_blocks(parent: dict, where: str) -> dict[int, dict]:
+    blocks = _mapping(parent.get("shots"), f"{where} shots")
+    return {_shots_key(k, f"{where} shots"): v for k, v in blocks.items()}
+
+
+def layers(data: dict, where: str, options_cls: type, protocol: str, dataset: str | None,
+           shots: int | None) -> list[dict]:
+    """The blocks of one config file that apply to a job, in precedence order (later wins): the
+    file's train/method < protocols.<p> < protocols.<p>.shots.<k> < shots.<k> < datasets.<d> <
+    datasets.<d>.protocols.<p>. The whole file is checked first, blocks that do not apply too."""
+    _check_block(data, where, SECTIONS, options_cls)
+    protocols = _protocol_blocks(data, where)
+    per_shots = {}
+    for p, blk in protocols.items():
+        _check_block(blk, f"{where} protocols.{p}", PROTOCOL_BLOCK, options_cls)
+        per_shots[p] = _shot_blocks(blk, f"{where} protocols.{p}")
+        for k, sblk in per_shots[p].items():
+            _check_block(sblk, f"{where} protocols.{p}.shots.{k}", SETTINGS, options_cls)
+    top_shots = _shot_blocks(data, where)
+    for k, sblk in top_shots.items():
+        _check_block(sblk, f"{where} shots.{k}", SETTINGS, options_cls)
+    datasets = _mapping(data.get("datasets"), f"{where} datasets")
+    for d, dblk in datasets.items():
+        _check_block(dblk, f"{where} datasets.{d}", DATASET_BLOCK, options_cls)
+        for p, pblk in _protocol_blocks(dblk, f"{where} datasets.{d}").items():
+            _check_block(pblk, f"{where} datasets.{d}.protocols.{p}", SETTINGS, options_cls)
+    out = [data, protocols.get(protocol) or {}]
+    if shots is not None:
+        out += [per_shots.get(protocol, {}).get(shots) or {}, top_shots.get(shots) or {}]
+    if dataset is not None:
+        dblk = datasets.get(dataset) or {}
+        out += [dblk, _mapping(dblk.get("protocols"), "").get(protocol) or {}]
+    return out
 
 
 def parse_set(items: list[str]) -> list[tuple[str, Any]]:
@@ -168,41 +266,15 @@ class ResolvedConfig:
 def resolve(method: str, options_cls: type, protocol: str = "base2new", dataset: str | None = None,
             shots: int | None = None, config_file: str | Path | None = None,
             sets: list[str] | None = None, imported: dict | None = None) -> ResolvedConfig:
-    base = method_defaults(method)
     merged: dict = {"train": {}, "method": {}}
-    _merge(merged, base, f"{method}.yaml")
-    blk = (base.get("protocols") or {}).get(protocol)
-    if blk:
-        _merge(merged, blk, f"{method}.yaml protocols.{protocol}")
-    if shots is not None:
-        sblk = (base.get("shots") or {}).get(shots) or (base.get("shots") or {}).get(str(shots))
-        if sblk and protocol == "few_shot":
-            _merge(merged, sblk, f"{method}.yaml shots.{shots}")
-    if dataset is not None:
-        dblk = (base.get("datasets") or {}).get(dataset)
-        if dblk:
-            _merge(merged, dblk, f"{method}.yaml datasets.{dataset}")
-            pblk = (dblk.get("protocols") or {}).get(protocol)
-            if pblk:
-                _merge(merged, pblk, f"{method}.yaml datasets.{dataset}.protocols.{protocol}")
+    for block in layers(method_defaults(method), f"{method}.yaml", options_cls, protocol, dataset, shots):
+        _merge(merged, block)
     if imported:
-        _merge(merged, imported, "the imported settings")
+        _merge(merged, imported)
     if config_file:
         user = _read_yaml(Path(config_file))
-        unknown = sorted(set(user) - {"train", "method", "protocols", "datasets", "shots"})
-        if unknown:
-            raise UserError(f"config {config_file}: unknown section(s) {', '.join(unknown)}; use train: and method:")
-        if "dg" in (user.get("protocols") or {}):
-            raise UserError(f"config {config_file}: protocols.dg is never read (dg evaluates the cross_dataset "
-                            "training); put those settings under protocols.cross_dataset")
-        _merge(merged, user, str(config_file))
-        ublk = (user.get("protocols") or {}).get(protocol)
-        if ublk:
-            _merge(merged, ublk, f"{config_file} protocols.{protocol}")
-        if dataset is not None:
-            udb = (user.get("datasets") or {}).get(dataset)
-            if udb:
-                _merge(merged, udb, f"{config_file} datasets.{dataset}")
+        for block in layers(user, f"config {config_file}", options_cls, protocol, dataset, shots):
+            _merge(merged, block)
     train_keys = {f.name for f in fields(TrainConfig)}
     option_keys = {f.name for f in fields(options_cls)}
     for key, value in parse_set(sets or []):
