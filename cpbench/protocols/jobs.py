@@ -120,3 +120,13 @@ def job_config(job: Job, s: RunSettings) -> ResolvedConfig:
         imported = imports.config(s.state_from)
     return resolve(job.method, cls.Options, protocol, dataset=job.train_dataset, shots=job.shots,
                    config_file=s.config_file, sets=s.sets, imported=imported)
+
+
+def default_config(job: Job) -> ResolvedConfig:
+    """The method's defaults for this job: its YAML alone (no ``--config``, ``--set`` or imported
+    settings). Rows record it (``defaults_json``) so the report labels them against what was the
+    default when they ran."""
+    cls = get_method_class(job.method)
+    return resolve(job.method, cls.Options, registry.config_protocol(job.protocol), dataset=job.train_dataset,
+                   shots=job.shots)
+

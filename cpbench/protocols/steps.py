@@ -23,7 +23,7 @@ from cpbench.errors import UserError
 from cpbench.methods.base import Method, TrainingData
 from cpbench.methods.registry import get_method_class
 from cpbench.models.backbone import Backbone
-from cpbench.protocols.jobs import Job, Reporter, RunSettings
+from cpbench.protocols.jobs import Job, Reporter, RunSettings, default_config
 from cpbench.protocols.keys import training_key
 from cpbench.results import curves
 from cpbench.results.schema import now
@@ -158,7 +158,8 @@ def run_fields(job: Job, key: str, cfg: ResolvedConfig, s: RunSettings, run_id: 
         "run_id": run_id, "job_key": key, "method": job.method, "protocol": job.protocol,
         "train_dataset": job.train_dataset, "shots": job.shots, "seed": job.seed, "backbone": s.backbone,
         "pretrained": s.pretrained, "weights": s.weights or "", "config_hash": cfg.hash,
-        "config_json": json.dumps(cfg.as_dict(), sort_keys=True), "epochs": epochs,
+        "config_json": json.dumps(cfg.as_dict(), sort_keys=True),
+        "defaults_json": json.dumps(default_config(job).as_dict(), sort_keys=True), "epochs": epochs,
         "precision": precision.effective, "precision_requested": precision.requested,
         "n_learnable": method.n_learnable(),
         "feature_cache": ("test" if (cache and not method.image_prompted) else "off"),
