@@ -106,7 +106,7 @@ def bench_cold_eval(rec, backbone, label: str, root: Path, dataset: str, n_image
 
     from cpbench.data import prepare as prep
     from cpbench.data.images import ImageList, test_transform
-    from cpbench.engine.evaluate import encode_all
+    from cpbench.engine.features import encode_all
     from cpbench.engine.precision import resolve_precision
     from cpbench.methods.zeroshot import ZeroShotCLIP, ZeroShotOptions
 

@@ -26,7 +26,7 @@ from cpbench import faults
 from cpbench.data import captions
 from cpbench.data.splits import Item
 from cpbench.engine.cache import FeatureCache
-from cpbench.engine.evaluate import encode_all, image_features
+from cpbench.engine.features import encode_all, image_features
 from cpbench.engine.precision import seed_everything
 from cpbench.engine.retrieval import KS, recall_at_k, similarity
 from cpbench.engine.train import epoch_seed
