@@ -17,6 +17,7 @@ import yaml
 from cpbench.config import resolve
 from cpbench.errors import UserError
 from cpbench.methods.coop import CoOpOptions
+from cpbench.protocols.registry import config_protocol
 from cpbench.results.store import ResultStore
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -62,6 +63,49 @@ def test_the_shipped_per_shot_epochs_stay_few_shot_only():
     assert epochs("few_shot", "imagenet", 1) == 50
     assert {epochs("base2new", "dtd", k) for k in (1, 2, 4, 16)} == {200}
     assert epochs("cross_dataset", "imagenet", 1) == 50
+
+
+# ----------------------------------------------------------------------------- the shipped defaults
+def test_official_defaults_per_protocol():
+    from cpbench.methods.registry import get_method_class
+
+    def r(m, protocol="base2new", dataset=None):
+        return resolve(m, get_method_class(m).Options, protocol, dataset=dataset, shots=16)
+
+    c = r("cocoop")
+    assert (c.train.epochs, c.train.batch_size, c.train.lr) == (10, 1, 0.002)
+    c = r("maple")
+    assert (c.train.epochs, c.train.batch_size, c.train.lr, c.options.depth, c.options.n_ctx) == (5, 4, 0.0035, 9, 2)
+    for protocol in ("cross_dataset", "dg"):   # dg trains under the cross_dataset block
+        c = r("maple", config_protocol(protocol))
+        assert (c.train.epochs, c.train.lr, c.options.depth) == (2, 0.0026, 3)
+    c = r("ivlp")
+    assert (c.train.epochs, c.train.batch_size, c.train.lr, c.options.n_ctx_text, c.options.depth_vision) == (20, 4, 0.0025, 4, 9)
+    c = r("promptsrc")
+    assert (c.options.gpa_mean, c.options.gpa_std, c.options.text_loss_weight, c.options.image_loss_weight) == (15, 1, 25, 10)
+    c = r("promptsrc", "cross_dataset")
+    assert (c.options.depth_text, c.options.gpa_mean, c.options.gpa_std, c.train.epochs) == (3, 6, 10, 20)
+    c = r("promptsrc", "few_shot", "caltech101")
+    assert (c.train.epochs, c.options.gpa_mean, c.options.gpa_std) == (50, 30, 30)
+    c = r("promptsrc", "few_shot", "eurosat")
+    assert (c.train.epochs, c.options.gpa_mean, c.options.gpa_std) == (50, 45, 5)
+    assert r("promptsrc", "base2new", "eurosat").options.gpa_mean == 15
+    c = r("kgcoop")
+    assert (c.train.epochs, c.train.batch_size, c.train.lr, c.options.kg_weight) == (100, 128, 0.002, 8.0)
+    assert r("kgcoop", dataset="dtd").options.template == "a photo of a {}, a type of texture."
+
+
+def test_no_dead_dg_blocks_and_a_user_dg_block_is_refused(tmp_path):
+    configs = Path(__file__).resolve().parents[1] / "cpbench" / "configs" / "methods"
+    for p in sorted(configs.glob("*.yaml")):
+        data = yaml.safe_load(p.read_text()) or {}
+        assert "dg" not in (data.get("protocols") or {}), f"{p.name}: protocols.dg is never read"
+        for name, blk in (data.get("datasets") or {}).items():
+            assert "dg" not in ((blk or {}).get("protocols") or {}), f"{p.name}: datasets.{name}.protocols.dg"
+    user = tmp_path / "c.yaml"
+    user.write_text("protocols:\n  dg:\n    train: {epochs: 3}\n")
+    with pytest.raises(UserError, match="protocols.cross_dataset"):
+        resolve("coop", CoOpOptions, "cross_dataset", config_file=user)
 
 
 # ----------------------------------------------------------------------------- every block, in order

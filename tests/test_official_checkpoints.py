@@ -90,7 +90,7 @@ def write_official(folder: Path, sd: dict, epoch: int) -> Path:
 
 def build(case_name: str):
     """(cpbench method on the golden backbone with the case's official config, method name)."""
-    from test_golden_methods_i import _build
+    from golden_methods import build_method
 
     case = load_case(case_name)
     name = CASES[case_name]
@@ -112,7 +112,7 @@ def build(case_name: str):
         from cpbench.methods.bpl import BPLOptions, CoOpVPT
 
         return CoOpVPT(bb, classnames, BPLOptions(n_ctx=4, ctx_init="a photo of a", mc_samples=10)), name
-    return _build(name, case)[0], name
+    return build_method(name, case)[0], name
 
 
 class _Job:
@@ -132,7 +132,7 @@ def assert_golden(logits, case):
 def test_official_file_imports_to_the_golden_logits(case_name, tmp_path):
     from cpbench.state import official as oc
     from golden_utils import set_learnables
-    from test_golden_methods_i import COCOOP_MAP
+    from golden_methods import COCOOP_MAP, build_method
 
     case = load_case(case_name)
     method, name = build(case_name)
@@ -153,8 +153,7 @@ def test_official_file_imports_to_the_golden_logits(case_name, tmp_path):
     # exactly the golden test's path (set_learnables with the official names)
     ref_method, _ = build(case_name)
     maps = {"coop": {"prompt_learner.ctx": "ctx"}, "cocoop": COCOOP_MAP}
-    from test_golden_methods_i import _build
-    name_map = maps.get(name) or (_build(name, case)[1] if name in ("maple", "ivlp", "promptsrc", "kgcoop") else None)
+    name_map = maps.get(name) or (build_method(name, case)[1] if name in ("maple", "ivlp", "promptsrc", "kgcoop") else None)
     if name_map is not None:
         set_learnables(ref_method, case, name_map)
         assert torch.equal(eval_logits(ref_method, images, case), got)

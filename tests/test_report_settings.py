@@ -233,3 +233,31 @@ def test_published_rows_are_well_formed():
     assert sets["coop11"] == ELEVEN and sets["xd10"] == cross_dataset.TARGETS
     with pytest.raises(ValueError, match="unknown provenance"):
         published.parse(",".join(published.COLUMNS) + "\nbase2new,coop,,dtd,,base,16,ViT-B-16,openai,1,README,x\n")
+
+
+def test_report_compare_shows_the_bayesian_pl_and_lamm_published_numbers(tmp_path, monkeypatch, capsys):
+    """Bayesian PL's numbers were stored under ``bpl``, which no method is called, so the report
+    never showed them (every published row naming a registered method is checked in
+    test_report_settings.py); LAMM's per-dataset numbers are new."""
+    from conftest import run_main
+    from reporting import row
+    from cpbench.results import published
+    from cpbench.results.store import ResultStore
+
+    rows = []
+    for d in ELEVEN:
+        for seed in (1, 2, 3):
+            rows += [row("base2new", "coopvpt", d, d, "base", 16, seed, 80.0),
+                     row("base2new", "coopvpt", d, d, "new", 16, seed, 75.0)]
+            for m in ("lamm", "coop_lamm", "maple_lamm"):
+                rows.append(row("few_shot", m, d, d, "all", 16, seed, 80.0))
+    ResultStore(tmp_path / "res").write("hand", rows)
+    capsys.readouterr()
+    assert run_main(monkeypatch, "report", "--results", tmp_path / "res", "--compare", "paper") == 0
+    out_md = capsys.readouterr().out
+    bpl = published.lookup("base2new", "coopvpt", "Average", "hm")
+    assert bpl is not None and f"{bpl.value:.2f}" in out_md
+    for m in ("lamm", "coop_lamm", "maple_lamm"):
+        for d in ("dtd", "Average"):
+            p = published.lookup("few_shot", m, d, "all", 16)
+            assert p is not None and f"{p.value:.2f}" in out_md, (m, d)

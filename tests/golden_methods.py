@@ -1,17 +1,18 @@
-"""Methods I against the OFFICIAL code's numbers (tests/golden/, see its README): CoCoOp
+"""The CoCoOp family against the official code (tests/golden/, see its README): how each of CoCoOp
 (KaiyangZhou/CoOp ff61507), MaPLe and IVLP (multimodal-prompt-learning 69bce21), PromptSRC
-(PromptSRC bb95c77), KgCoOp (htyao89/KgCoOp c43ccc3): eval logits, every loss term and the
-gradients of every trainable tensor, at 2 layers and (deep prompts, depth 9) 9 layers."""
+(PromptSRC bb95c77) and KgCoOp (htyao89/KgCoOp c43ccc3) is built with the case's official config,
+its official parameter names, and ``check_against_official``: eval logits, every loss term and the
+gradients of every trainable tensor, at 2 layers and (deep prompts, depth 9) 9 layers. Used by
+test_golden_<method>.py, test_golden_deviations.py and test_official_checkpoints.py."""
 
 from __future__ import annotations
 
-import pytest
-from golden_utils import (GRAD_RTOL, LOGIT_ATOL, LOSS_RTOL, GOLDEN_DIR, Slot, assert_close, compare_grads,
-                          compare_logits, compare_losses, constructor_init_gaps, eval_logits, golden_backbone,
-                          golden_inputs, load_case, official_losses, set_learnables, train_step)
+from golden_utils import (GRAD_RTOL, LOGIT_ATOL, LOSS_RTOL, Slot, assert_close, compare_grads, compare_logits,
+                          compare_losses, constructor_init_gaps, eval_logits, golden_backbone, golden_inputs,
+                          load_case, official_losses, set_learnables, train_step)
 
 
-def _ivlp_map(layers: int) -> dict:
+def ivlp_map(layers: int) -> dict:
     m = {"prompt_learner.ctx": "ctx", "image_encoder.VPT": "VPT"}
     for k in range(1, min(9, layers)):
         m[f"text_encoder.transformer.resblocks.{k}.VPT_shallow"] = Slot("deep_text", k - 1)
@@ -19,7 +20,7 @@ def _ivlp_map(layers: int) -> dict:
     return m
 
 
-def _maple_map(layers: int) -> dict:
+def maple_map(layers: int) -> dict:
     m = {"prompt_learner.ctx": "ctx", "prompt_learner.proj.weight": "proj.weight", "prompt_learner.proj.bias": "proj.bias"}
     for j in range(8):
         used = j + 1 < layers
@@ -35,7 +36,9 @@ COCOOP_MAP = {"prompt_learner.ctx": "ctx",
                  for p in ("weight", "bias")}}
 
 
-def _build(name: str, case):
+def build_method(name: str, case):
+    """(the cpbench method on the case's golden backbone with the official config, official name -> cpbench
+    learnable)."""
     _, _, classnames = golden_inputs(case)
     bb = golden_backbone(case)
     layers = case.weights["text_layers"]
@@ -46,15 +49,15 @@ def _build(name: str, case):
     if name == "ivlp":
         from cpbench.methods.ivlp import IVLP, IVLPOptions
 
-        return IVLP(bb, classnames, IVLPOptions(n_ctx_text=2, n_ctx_vision=2)), _ivlp_map(layers)
+        return IVLP(bb, classnames, IVLPOptions(n_ctx_text=2, n_ctx_vision=2)), ivlp_map(layers)
     if name == "maple":
         from cpbench.methods.maple import MaPLe, MaPLeOptions
 
-        return MaPLe(bb, classnames, MaPLeOptions(n_ctx=2, depth=9)), _maple_map(layers)
+        return MaPLe(bb, classnames, MaPLeOptions(n_ctx=2, depth=9)), maple_map(layers)
     if name == "promptsrc":
         from cpbench.methods.promptsrc import PromptSRC, PromptSRCOptions
 
-        return PromptSRC(bb, classnames, PromptSRCOptions()), _ivlp_map(layers)
+        return PromptSRC(bb, classnames, PromptSRCOptions()), ivlp_map(layers)
     if name == "kgcoop":
         from cpbench.methods.kgcoop import KgCoOp, KgCoOpOptions
 
@@ -62,7 +65,8 @@ def _build(name: str, case):
     raise KeyError(name)
 
 
-def _expected(name: str, L: dict, case) -> dict:
+def expected_losses(name: str, L: dict, case) -> dict:
+    """The official loss terms as cpbench names and weights them."""
     if name == "promptsrc":
         numel = len(case["inputs"]["labels"]) * len(case["inputs"]["classnames"])
         return {"ce": L["ce"], "text": 25 * L["l1_text"], "image": 10 * L["l1_image"], "kl": L["kl_sum"] / numel}
@@ -71,21 +75,16 @@ def _expected(name: str, L: dict, case) -> dict:
     return {"ce": L["ce"]}
 
 
-CASES = ["cocoop_L2", "ivlp_L2", "ivlp_L9", "maple_L2", "maple_L9", "promptsrc_L2", "promptsrc_L9", "kgcoop_L2"]
-
-
-@pytest.mark.parametrize("case_name", CASES)
-def test_methods_i_match_official(case_name):
-    if not (GOLDEN_DIR / f"{case_name}.json").exists():
-        pytest.skip(f"tests/golden/{case_name}.json not present")
+def check_against_official(case_name: str) -> None:
     name = case_name.rsplit("_", 1)[0]
     case = load_case(case_name)
     images, labels, _ = golden_inputs(case)
-    method, name_map = _build(name, case)
+    method, name_map = build_method(name, case)
     if case.data.get("constructor_init"):
         assert_close(constructor_init_gaps(method, case, name_map), 1e-6, "constructor init")
     set_learnables(method, case, name_map)
     assert_close(compare_logits(eval_logits(method, images, case), case), LOGIT_ATOL, "eval logits")
     terms = train_step(method, images, labels, case)
-    assert_close(compare_losses(terms, _expected(name, official_losses(case), case), case), LOSS_RTOL, "loss terms")
+    assert_close(compare_losses(terms, expected_losses(name, official_losses(case), case), case), LOSS_RTOL,
+                 "loss terms")
     assert_close(compare_grads(method, case, name_map), GRAD_RTOL, "gradients")
