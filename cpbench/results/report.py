@@ -144,6 +144,9 @@ def build(frame: pd.DataFrame, opts: ReportOptions | None = None, outcomes: Outc
     tables += layouts.few_shot_tables(cells, agg, es)
     tables += continual_tables(cells, agg, es) + retrieval_tables(cells, agg, es)
     notes = entry_notes(df, es, choices)
+    for protocol in sorted(set(df["protocol"]) - {t.protocol for t in tables}):  # e.g. a protocol added since
+        notes.append(f"{protocol}: {int((df['protocol'] == protocol).sum())} row(s) not shown; the report has no "
+                     "table layout for this protocol (cpbench/results/layouts.py)")
     if opts.compare:
         from cpbench.results import compare
 
