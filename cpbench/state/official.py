@@ -126,6 +126,12 @@ def identity(path: str) -> str:
     return _identity(root, stamps)
 
 
+def config(path: str) -> None:  # noqa: ARG001 - imports.config's signature
+    """The authors' files record no cpbench settings: the method's options must be the checkpoint's
+    (``--set``), its YAML defaults apply otherwise."""
+    return None
+
+
 def check(path: str, req, jobs, data_root) -> None:  # noqa: ARG001 - imports.check's signature
     """Before any backbone is loaded: the folder exists, every job finds exactly one file, and
     each file reads (without unpickling code) and holds its method's anchor names."""
