@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cpbench.errors import Interrupted, JobsFailed, UserError
+from cpbench.protocols.registry import DEFAULT as DEFAULT_PROTOCOL
 from cpbench.protocols.registry import protocol_names
 
 PROTOCOLS = protocol_names()
@@ -106,8 +107,8 @@ def run(
     method: Optional[str] = typer.Argument(None, help="method name (see `cpbench list`); optional with --suite"),
     dataset: List[str] = typer.Option([], "--dataset", "--datasets",
                                       help="datasets (base2new/few_shot: default every prepared one; cross_dataset/dg: the targets)"),
-    protocol: Optional[str] = typer.Option(None, "--protocol", help=" | ".join(PROTOCOLS).replace(
-                                               "base2new", "base2new (default)", 1)),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help=" | ".join(
+                                               f"{p} (default)" if p == DEFAULT_PROTOCOL else p for p in PROTOCOLS)),
     seeds: List[int] = typer.Option([], "--seeds", help="default 1 2 3"),
     shots: List[int] = typer.Option([], "--shots", help="default 16; few_shot: e.g. --shots 1 2 4 8 16; "
                                                          "retrieval: training image-caption pairs"),

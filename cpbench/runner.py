@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 class RunRequest:
     method: str
     datasets: list[str] = field(default_factory=list)
-    protocol: str = "base2new"
+    protocol: str = registry.DEFAULT
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
     shots: list[int] = field(default_factory=lambda: [16])
     backbone: str = "ViT-B-16"
@@ -111,7 +111,7 @@ def requests(given: Given, template: RunRequest) -> list[RunRequest]:
     if g.suite is None:
         if not g.method:
             raise UserError("missing METHOD; run `cpbench run METHOD` or `cpbench run --suite FILE`")
-        return [replace(common, method=g.method, datasets=g.datasets, protocol=g.protocol or "base2new",
+        return [replace(common, method=g.method, datasets=g.datasets, protocol=g.protocol or registry.DEFAULT,
                         seeds=g.seeds or [1, 2, 3], shots=g.shots or [16], source=g.source or "imagenet", sets=g.sets)]
     st = load_suite(g.suite)  # command-line values, where given, override the suite's
     reqs = [replace(common, method=m, datasets=g.datasets or st["datasets"], protocol=g.protocol or st["protocol"],
@@ -305,7 +305,7 @@ def load_suite(path: Path) -> dict:
     unknown = sorted(set(data) - SUITE_KEYS)
     if unknown:
         raise UserError(f"suite {path}: unknown key(s) {', '.join(map(str, unknown))}; use {', '.join(sorted(SUITE_KEYS))}")
-    protocol = data.get("protocol", "base2new")
+    protocol = data.get("protocol", registry.DEFAULT)
     registry.check_protocol_name(protocol, f"suite {path}: ")
 
     def strs(key):

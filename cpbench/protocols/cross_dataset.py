@@ -14,12 +14,11 @@ SOURCE = "imagenet"
 TARGETS = tuple(d for d in COOP_DATASETS if d != SOURCE)   # CoCoOp's ten targets, in its order
 
 
-def plan(method: str, targets: list[str], seeds: list[int], shots: int = 16, source: str = SOURCE,
-         protocol: str = "cross_dataset", gather: bool = False) -> list[Job]:
-    """One job per seed: train on ``source`` (all classes), evaluate it and every target (``gather``:
-    keep the source class bank's columns, as DG does)."""
-    tg = [Target(source, "all")] + [Target(t, "all", gather) for t in targets if t != source]
-    return [Job(method, protocol, source, "all", shots, seed, tuple(tg)) for seed in seeds]
+def plan(method: str, targets: list[str], seeds: list[int], shots: int = 16, source: str = SOURCE) -> list[Job]:
+    """One job per seed: train on ``source`` (all classes), evaluate it and every target with
+    prompts rebuilt from the target's class names."""
+    tg = [Target(source, "all")] + [Target(t, "all") for t in targets if t != source]
+    return [Job(method, "cross_dataset", source, "all", shots, seed, tuple(tg)) for seed in seeds]
 
 
 def plan_jobs(req: PlanRequest, datasets: list[str]) -> list[Job]:

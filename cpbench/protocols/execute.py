@@ -62,6 +62,7 @@ def saved_progress(finished: int, total: int, job: Job | None, s: RunSettings) -
 
 def run_job(job: Job, backbone: Backbone, s: RunSettings, store: ResultStore,
             reporter: Reporter = SilentReporter()) -> list[dict] | None:
+    """Run one job under its training key's lock; None when its rows exist (unless ``force``)."""
     cfg = job_config(job, s)
     key = job_key(job, cfg, s)
     if store.has(key) and not s.force:
@@ -83,7 +84,9 @@ def runner(protocol: str):
 
 
 def learn_and_evaluate(job: Job, cfg: ResolvedConfig, key: str, backbone: Backbone, s: RunSettings,
-                    store: ResultStore, reporter: Reporter) -> list[dict]:
+                       store: ResultStore, reporter: Reporter) -> list[dict]:
+    """The shared runner: learn once (``steps.learn``), evaluate every target in order (each from a
+    fixed RNG state), write the per-image predictions, then the rows as one shard."""
     started_at = now()
     reset_peak(s.device)
     lr = learn(job, cfg, backbone, s, reporter)

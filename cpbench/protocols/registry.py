@@ -44,6 +44,8 @@ class Protocol:
     own_runner: bool = False
 
 
+DEFAULT = "base2new"   # what ``cpbench run`` and a suite without ``protocol:`` run
+
 PROTOCOLS: dict[str, Protocol] = {
     "base2new": Protocol("Base-to-new generalisation", "cpbench.protocols.base2new", train_subset="base"),
     "cross_dataset": Protocol("Cross-dataset transfer", "cpbench.protocols.cross_dataset", trains_on_source=True),
