@@ -96,9 +96,9 @@ class TrainConfig:
         if self.iterations < 0 or self.iterations_per_shot < 0:
             raise UserError("iterations and iterations_per_shot must be >= 0 (0 = count epochs)")
         if self.iterations and self.epochs:
-            raise UserError(f"set epochs or iterations, not both (epochs={self.epochs}, iterations={self.iterations}); "
-                            "this method counts iterations: use --set iterations=N (or --set iterations=0 "
-                            "iterations_per_shot=0 epochs=N)")
+            raise UserError(f"set epochs or iterations, not both (epochs={self.epochs}, iterations={self.iterations}): "
+                            "--set epochs=0 iterations=N counts iterations, --set iterations=0 iterations_per_shot=0 "
+                            "epochs=N counts epochs")
         if self.iterations and self.schedule != "iter_cosine":
             raise UserError("iterations go with the per-iteration schedule: add --set schedule=iter_cosine")
         if self.schedule == "iter_cosine" and self.warmup_epochs:
