@@ -22,6 +22,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from crashing import Crash, crash_after_epoch  # noqa: E402
 from minidata import make_caltech  # noqa: E402
 
 from cpbench.config import TrainConfig, resolve  # noqa: E402
@@ -228,10 +229,6 @@ from cpbench.results.store import ResultStore  # noqa: E402
 SETS = ["iterations=7", "batch_size=3", "test_batch_size=8", "lr=0.01"]
 
 
-class Crash(Exception):
-    pass
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("adamw")
@@ -259,19 +256,6 @@ def baseline(data, tiny_backbone, tmp_path_factory):
     return rows, _ckpt(s, "final")[0], _ckpt(s, "epoch")
 
 
-def _crash_after_epoch(monkeypatch, n: int):
-    import cpbench.engine.train as tr
-
-    real = tr.checkpoint.save
-
-    def save(ckpt_dir, tag, tensors, meta):
-        real(ckpt_dir, tag, tensors, meta)
-        if tag == "epoch" and meta["epoch"] == n:
-            raise Crash()
-
-    monkeypatch.setattr(tr.checkpoint, "save", save)
-
-
 def test_adamw_iteration_training_checkpoints_its_state(baseline):
     rows, final, (epoch_state, meta) = baseline
     assert meta["epoch"] == 2 and meta["epochs"] == 3 and rows[0]["epochs"] == 3
@@ -285,7 +269,7 @@ def test_adamw_resume_is_bitwise_identical(crash_epoch, data, tiny_backbone, bas
     rows, final, _ = baseline
     s = _s(data, tmp_path / "res")
     with monkeypatch.context() as m:
-        _crash_after_epoch(m, crash_epoch)
+        crash_after_epoch(m, crash_epoch)
         with pytest.raises(Crash):
             run_job(_job(), tiny_backbone, s, ResultStore(s.results_root))
     again = run_job(_job(), tiny_backbone, s, ResultStore(s.results_root))
@@ -302,7 +286,7 @@ def test_a_resume_without_adamw_state_would_differ(data, tiny_backbone, baseline
     _, final, _ = baseline
     s = _s(data, tmp_path / "res")
     with monkeypatch.context() as m:
-        _crash_after_epoch(m, 0)
+        crash_after_epoch(m, 0)
         with pytest.raises(Crash):
             run_job(_job(), tiny_backbone, s, ResultStore(s.results_root))
     monkeypatch.setattr(tr, "_load_optimizer_state", lambda *a: None)

@@ -48,7 +48,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cpbench.errors import UserError
-from cpbench.methods.base import Method, Options, clean
+from cpbench.methods.base import Method, Options
+from cpbench.methods.prompts import template_features
 
 
 @dataclass
@@ -96,8 +97,7 @@ class CLIPAdapter(Method):
     def text_features(self) -> torch.Tensor:
         """Frozen features of the hand-crafted prompt of every class (unnormalised), cached."""
         if self.text.numel() == 0:
-            t = self.options.template or self.template
-            self.text = self.backbone.encode_text([t.format(clean(c)) for c in self.classnames]).float()
+            self.text = template_features(self.backbone, self.options.template or self.template, self.classnames)
         return self.text
 
     def logits_from_features(self, image_features: torch.Tensor, context: Any) -> torch.Tensor:

@@ -55,6 +55,7 @@ from torch import nn
 
 from cpbench.errors import UserError
 from cpbench.methods.base import Method, Options, clean
+from cpbench.methods.prompts import template_features
 from cpbench.models.text import _plain_block
 
 LOGIT_SCALE = 100.0   # main.py: logit_scale = 100
@@ -212,8 +213,7 @@ class CLIPLoRA(Method):
         if len(self.lora_text):
             return self.text_tower(self._prompts())
         if self.frozen_text.numel() == 0:   # encoder=vision: the frozen classifier, computed once
-            with torch.no_grad():
-                self.frozen_text = self.backbone.encode_text(self._prompts()).float()
+            self.frozen_text = template_features(self.backbone, self.options.template or self.template, self.classnames)
         return self.frozen_text
 
     def encode_images(self, images):

@@ -61,9 +61,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from cpbench.errors import UserError
-from cpbench.methods.base import Method, clean
+from cpbench.methods.base import Method
 from cpbench.methods.coop import CoOp, CoOpOptions
-from cpbench.methods.prompts import ClassPrompts, init_context
+from cpbench.methods.prompts import ClassPrompts, TemplateTeacher, init_context
 
 
 @dataclass
@@ -108,7 +108,7 @@ def init_phrase(options: ProGradOptions, template: str) -> str:
     return phrase
 
 
-class ProGrad(CoOp):
+class ProGrad(TemplateTeacher, CoOp):
     name = "prograd"
     Options = ProGradOptions
     retrieval = False
@@ -136,19 +136,6 @@ class ProGrad(CoOp):
         self.ctx = nn.Parameter(ctx.to(backbone.dtype))
         self.prompts = ClassPrompts(backbone, classnames, prefix, n_ctx)
         self.register_buffer("teacher", torch.zeros(0), persistent=False)
-
-    def set_classnames(self, classnames):
-        super().set_classnames(classnames)
-        self.teacher = torch.zeros(0, device=self.ctx.device)
-
-    @torch.no_grad()
-    def teacher_features(self) -> torch.Tensor:
-        """Normalised frozen text features of the hand-crafted prompt of every class, [C, E]."""
-        if self.teacher.numel() == 0:
-            t = self.options.template or self.template
-            self.teacher = F.normalize(self.backbone.encode_text([t.format(clean(c)) for c in self.classnames]).float(),
-                                       dim=-1)
-        return self.teacher
 
     def _step(self, features: torch.Tensor, labels: torch.Tensor):
         text = F.normalize(self.text_features().float(), dim=-1)
