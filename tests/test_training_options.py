@@ -225,8 +225,12 @@ from cpbench.protocols.keys import training_key  # noqa: E402
 from cpbench.results.store import ResultStore  # noqa: E402
 
 # CLIP-LoRA: AdamW + iter_cosine + an iteration count (8 images, batch 3: 3 steps an epoch, the
-# last small batch kept; 7 iterations = 3 + 3 + 1) + LoRA input dropout (in-forward randomness)
-SETS = ["iterations=7", "batch_size=3", "test_batch_size=8", "lr=0.01"]
+# last small batch kept; 7 iterations = 3 + 3 + 1) + LoRA input dropout (in-forward randomness).
+# Tip-Adapter-F: AdamW + iter_cosine over 3 epochs of 3 steps, its cache (augmented passes) built
+# in prepare_training, its β/α searched on the validation images after training.
+SETS = {"clip_lora": ["iterations=7", "batch_size=3", "test_batch_size=8", "lr=0.01"],
+        "tip_adapter_f": ["epochs=3", "batch_size=3", "test_batch_size=8", "lr=0.01", "augment_epoch=2"]}
+STEPS = {"clip_lora": 7.0, "tip_adapter_f": 9.0}
 
 
 @pytest.fixture(scope="module")
@@ -236,44 +240,48 @@ def data(tmp_path_factory):
     return root / "data"
 
 
-def _s(data: Path, res: Path) -> RunSettings:
-    return RunSettings(data_root=data, results_root=res, backbone="tiny", pretrained="none", sets=list(SETS),
+def _s(data: Path, res: Path, method: str) -> RunSettings:
+    return RunSettings(data_root=data, results_root=res, backbone="tiny", pretrained="none", sets=list(SETS[method]),
                        feature_cache=False)
 
 
-def _job():
-    return few_shot.plan("clip_lora", ["caltech101"], [1], [2])[0]
+def _job(method: str):
+    return few_shot.plan(method, ["caltech101"], [1], [2])[0]
 
 
-def _ckpt(s, tag):
-    return checkpoint.load(s.results_root / "checkpoints" / training_key(_job(), job_config(_job(), s), s), tag)
+def _ckpt(s, method, tag):
+    job = _job(method)
+    return checkpoint.load(s.results_root / "checkpoints" / training_key(job, job_config(job, s), s), tag)
 
 
-@pytest.fixture(scope="module")
-def baseline(data, tiny_backbone, tmp_path_factory):
-    s = _s(data, tmp_path_factory.mktemp("base"))
-    rows = run_job(_job(), tiny_backbone, s, ResultStore(s.results_root))
-    return rows, _ckpt(s, "final")[0], _ckpt(s, "epoch")
+@pytest.fixture(scope="module", params=sorted(SETS))
+def baseline(request, data, tiny_backbone, tmp_path_factory):
+    method = request.param
+    s = _s(data, tmp_path_factory.mktemp("base"), method)
+    rows = run_job(_job(method), tiny_backbone, s, ResultStore(s.results_root))
+    return method, rows, _ckpt(s, method, "final")[0], _ckpt(s, method, "epoch")
 
 
-def test_adamw_iteration_training_checkpoints_its_state(baseline):
-    rows, final, (epoch_state, meta) = baseline
+def test_adamw_training_checkpoints_its_state(baseline):
+    method, rows, final, (epoch_state, meta) = baseline
     assert meta["epoch"] == 2 and meta["epochs"] == 3 and rows[0]["epochs"] == 3
     names = {k.split(".", 2)[2] for k in epoch_state if k.startswith("__optim__.")}
     assert names == {"step", "exp_avg", "exp_avg_sq"}
-    assert float(epoch_state["__optim__.0.step"]) == 7.0   # 3 + 3 + 1 optimiser steps
+    assert float(epoch_state["__optim__.0.step"]) == STEPS[method]   # optimiser steps, the cut epoch's included
+    if method == "tip_adapter_f":
+        assert float(final["searched"]) == 1.0 and not torch.equal(final["adapter.weight"], final["cache_keys"])
 
 
 @pytest.mark.parametrize("crash_epoch", [0, 1])
 def test_adamw_resume_is_bitwise_identical(crash_epoch, data, tiny_backbone, baseline, tmp_path, monkeypatch):
-    rows, final, _ = baseline
-    s = _s(data, tmp_path / "res")
+    method, rows, final, _ = baseline
+    s = _s(data, tmp_path / "res", method)
     with monkeypatch.context() as m:
         crash_after_epoch(m, crash_epoch)
         with pytest.raises(Crash):
-            run_job(_job(), tiny_backbone, s, ResultStore(s.results_root))
-    again = run_job(_job(), tiny_backbone, s, ResultStore(s.results_root))
-    got = _ckpt(s, "final")[0]
+            run_job(_job(method), tiny_backbone, s, ResultStore(s.results_root))
+    again = run_job(_job(method), tiny_backbone, s, ResultStore(s.results_root))
+    got = _ckpt(s, method, "final")[0]
     assert set(got) == set(final)
     for k, t in final.items():
         assert torch.equal(got[k], t), k
@@ -283,13 +291,13 @@ def test_adamw_resume_is_bitwise_identical(crash_epoch, data, tiny_backbone, bas
 def test_a_resume_without_adamw_state_would_differ(data, tiny_backbone, baseline, tmp_path, monkeypatch):
     import cpbench.engine.train as tr
 
-    _, final, _ = baseline
-    s = _s(data, tmp_path / "res")
+    method, _, final, _ = baseline
+    s = _s(data, tmp_path / "res", method)
     with monkeypatch.context() as m:
         crash_after_epoch(m, 0)
         with pytest.raises(Crash):
-            run_job(_job(), tiny_backbone, s, ResultStore(s.results_root))
+            run_job(_job(method), tiny_backbone, s, ResultStore(s.results_root))
     monkeypatch.setattr(tr, "_load_optimizer_state", lambda *a: None)
-    run_job(_job(), tiny_backbone, s, ResultStore(s.results_root))
-    got = _ckpt(s, "final")[0]
+    run_job(_job(method), tiny_backbone, s, ResultStore(s.results_root))
+    got = _ckpt(s, method, "final")[0]
     assert any(not torch.equal(got[k], t) for k, t in final.items())

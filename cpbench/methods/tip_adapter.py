@@ -144,10 +144,13 @@ class TipAdapter(Method):
         super().load_learned_state(state)
 
     def resize_rows(self, key: str, rows: int) -> None:
-        """Replace the buffer or parameter ``key`` by zeros with ``rows`` rows (other axes kept)."""
+        """Replace the buffer or parameter ``key`` by zeros with ``rows`` rows (other axes kept),
+        unless it has them already (a resumed training's optimiser holds that very parameter)."""
         owner_name, _, attr = key.rpartition(".")
         owner = self.get_submodule(owner_name) if owner_name else self
         own = getattr(owner, attr)
+        if own.shape[0] == rows:
+            return
         new = own.detach().new_zeros((rows,) + tuple(own.shape[1:]))
         setattr(owner, attr, torch.nn.Parameter(new, requires_grad=own.requires_grad)
                 if isinstance(own, torch.nn.Parameter) else new)
