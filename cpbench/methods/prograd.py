@@ -113,6 +113,13 @@ class ProGrad(TemplateTeacher, CoOp):
     Options = ProGradOptions
     retrieval = False
 
+    @classmethod
+    def unsupported(cls, protocol, options):
+        if protocol == "retrieval":
+            return (f"{cls.name} has no image-text retrieval mode: its paper defines none, and its zero-shot teacher "
+                    "is a hand-crafted template around a class name; use zeroshot, coop, cocoop or cpl")
+        return super().unsupported(protocol, options)
+
     def __init__(self, backbone, classnames, options: ProGradOptions, template="a photo of a {}."):
         Method.__init__(self, backbone, classnames, options, template)
         if options.class_token_position not in ("end", "middle", "front"):
