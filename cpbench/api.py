@@ -63,8 +63,14 @@ def _backbone(meta: dict, given: Any, weights: str | None, where: Path):
     elif isinstance(given, Backbone):
         bb = given
     elif isinstance(given, nn.Module) and hasattr(given, "encode_image") and hasattr(given, "encode_text"):
+        from cpbench.models import tokenizers
+        from cpbench.models.backbone import local_folder, model_config_or_none
+
         ctx = int(getattr(given, "context_length", rec.get("context_length") or 77))
-        bb = Backbone(given, ctx, _preprocess(meta), BackboneSpec(rec["name"], rec["pretrained"]))
+        cfg = model_config_or_none(rec["name"])   # the file's backbone names its tokenizer (SigLIP's, CLIPA's ...)
+        tok = tokenizers.load(rec["name"], cfg, local_folder(rec["name"])) if cfg else None
+        bb = Backbone(given, ctx, _preprocess(meta), BackboneSpec(rec["name"], rec["pretrained"]), tokenizer=tok,
+                      config=cfg)
     else:
         raise UserError(f"backbone must be None, a name, a cpbench Backbone or an open_clip CLIP model; got "
                         f"{type(given).__name__}")

@@ -443,7 +443,15 @@ def describe_weights(name: str, pretrained: str, weights: str | None) -> str:
     return f"{pretrained} weights"
 
 
-def _folder(name: str) -> Path | None:
+def model_config_or_none(name: str) -> dict | None:
+    """The model config ``name`` stands for, or None where it names none (a moved local-dir)."""
+    try:
+        return families.model_config(name)
+    except UserError:
+        return None
+
+
+def local_folder(name: str) -> Path | None:
     return Path(name[len("local-dir:"):]).expanduser() if name.startswith("local-dir:") else None
 
 
@@ -462,7 +470,7 @@ def check_backbone(name: str, pretrained: str, weights: str | None) -> None:
     from cpbench.models import tokenizers
 
     if name.startswith("local-dir:"):
-        tokenizers.check(name, families.model_config(name), _folder(name))
+        tokenizers.check(name, families.model_config(name), local_folder(name))
         return
     import open_clip
 
@@ -484,15 +492,15 @@ def load_backbone(name: str = "ViT-B-16", pretrained: str = "openai", weights: s
 
     spec = BackboneSpec(name, pretrained, weights)
     # a tokenizer that cannot be had (or the package it needs) fails before any model is built
-    plans = {} if name in ("toy", "tiny") else tokenizers.check(name, families.model_config(name), _folder(name))
+    plans = {} if name in ("toy", "tiny") else tokenizers.check(name, families.model_config(name), local_folder(name))
     torch.manual_seed(seed)  # random-weight backbones are reproducible
     if name == "toy":
         model, cfg, pre = _toy(spec)
     elif name == "tiny":
         model, cfg, pre = _tiny(spec)
     elif name.startswith("local-dir:"):
-        model, cfg, pre = _local_dir(_folder(name), spec)
+        model, cfg, pre = _local_dir(local_folder(name), spec)
     else:
         model, cfg, pre = _open_clip(spec, plans)
-    tok = tokenizers.load(name, cfg, _folder(name), plans)
+    tok = tokenizers.load(name, cfg, local_folder(name), plans)
     return Backbone(model, tok.context_length, pre, spec, tokenizer=tok, config=cfg)
