@@ -263,7 +263,10 @@ def _open_clip(spec: BackboneSpec, plans: dict[str, str]) -> tuple[nn.Module, di
         from cpbench.models import hub
 
         with hub.hub_offline() if offline else nullcontext():
-            model = open_clip.create_model(spec.name, pretrained=pretrained, force_quick_gelu=spec.quick_gelu)
+            # pretrained_text=False: a Hugging Face text tower starts random too (its weights come with the
+            # checkpoint), as the image tower does; open_clip would otherwise fetch the HF model's own weights
+            model = open_clip.create_model(spec.name, pretrained=pretrained, force_quick_gelu=spec.quick_gelu,
+                                           pretrained_text=False)
     except Exception as exc:  # offline, unknown tag, hub errors
         raise UserError(
             f"cannot load {spec.name} weights {spec.pretrained!r} ({exc.__class__.__name__}): offline? {fix}"

@@ -182,9 +182,9 @@ def unsupported(method, f: Facts, backbone: str = "this backbone") -> str:
                 "use zeroshot or linear_probe on it, or a backbone with an open_clip text transformer "
                 "(see `cpbench list --backbones`)")
     if getattr(method, "vision_prompts", False) and not f.image_prompts:
-        return (f"{name} inserts prompts into the image tower's transformer layers; {backbone} ({f.family}) has a "
-                f"{f.image} image tower, which has no token sequence to take them; use a backbone with a ViT image "
-                f"tower ({PROMPTABLE_IMAGE_FAMILIES}) or a text-side method such as coop, cocoop or kgcoop")
+        return (f"{name} inserts prompts into the image tower's transformer layers; {backbone}'s image tower "
+                f"({f.image}, {f.family} family) has no plain token sequence to take them; use a backbone with a ViT "
+                f"image tower ({PROMPTABLE_IMAGE_FAMILIES}) or a text-side method such as coop, cocoop or kgcoop")
     return ""
 
 
