@@ -4,9 +4,10 @@ The learnable context replaces the embeddings of tokens ``s..s+n_ctx-1``, ``s`` 
 ``text_start`` (1 after CLIP's start token; 0 for a tokenizer without one, as SigLIP's
 SentencePiece); everything else (the start token, the class name, the full stop, EOT and
 padding) stays a frozen buffer — CoOp's ``token_prefix`` / ``token_suffix``. The end of each
-prompt (``eot``) is where the backbone's text tower pools (``Backbone.eot``). ``prefix_text`` is the init phrase ("a photo of a") or "X X X X"; when
-``n_ctx`` is smaller than its word count (MaPLe's 2 of "a photo of a") the remaining words stay
-in the frozen suffix, as in the official code.
+prompt (``eot``) is where the backbone's text tower pools (``Backbone.eot``). ``prefix_text`` is
+the init phrase ("a photo of a") or "X X X X"; when ``n_ctx`` is smaller than its word count
+(MaPLe's 2 of "a photo of a") the remaining words stay in the frozen suffix, as in the official
+code. ``check_context_slots`` refuses a tokenizer that would put the context over other tokens.
 
 ``shared`` is the number of leading positions that every class's prompt has in common when the
 context is one tensor broadcast to all classes: the start token, the context slots, and any
