@@ -123,6 +123,10 @@ def batch_loss(method: Method, inputs: torch.Tensor, labels: torch.Tensor, preci
         return sum(losses.values()), logits, losses
 
 
+def _unscaled(loss: torch.Tensor) -> torch.Tensor:
+    return loss
+
+
 def _image_dtype(precision: Precision) -> torch.dtype:
     return torch.float16 if precision.param_dtype == torch.float16 else torch.float32
 
@@ -228,14 +232,14 @@ def train(method: Method, items: Sequence[Item], image_root: Path, cfg: TrainCon
             loss, logits, losses = batch_loss(method, inputs, labels, precision, device, features=views is not None)
             opt.zero_grad(set_to_none=True)
             if scaler is not None:
-                scaler.scale(loss).backward()
+                method.backward(losses, scaler.scale)
                 if cfg.grad_clip > 0:
                     scaler.unscale_(opt)
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 scaler.step(opt)
                 scaler.update()
             else:
-                loss.backward()
+                method.backward(losses, _unscaled)
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 opt.step()

@@ -14,12 +14,25 @@ Persistent state (what a checkpoint holds) is ``learned_state()``: every entry o
 ``state_dict()`` outside the backbone. Frozen pieces derived from class names or the backbone
 (token prefixes/suffixes, teacher features) are registered as non-persistent buffers and rebuilt
 by ``set_classnames``.
+
+Every hook the engine calls is declared here, with its default:
+
+- training: ``forward_train`` (one batch -> logits and weighted loss terms), ``backward`` (how
+  the terms become gradients: their sum, by default), ``prepare_training`` (once before the
+  first epoch, with the training data: CPL encodes its negative images), ``on_epoch_end``,
+  ``on_train_end``;
+- ``closed_form = True`` methods are not trained by the generic loop: ``fit`` gives them their
+  state from the training data (the linear probe's logistic regression, a training-free cache);
+- evaluation: ``eval_context``, ``encode_images``, ``logits_from_features``;
+- classes: ``set_classnames``, ``set_training_subset``, ``takes_new_classes``,
+  ``options_for_classes``; capabilities: the class flags below and ``unsupported``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +41,12 @@ from torch import nn
 from cpbench.errors import UserError
 from cpbench.models import families
 from cpbench.models.backbone import Backbone
+
+if TYPE_CHECKING:
+    from cpbench.config import TrainConfig
+    from cpbench.data.splits import Item
+    from cpbench.engine.cache import FeatureCache
+    from cpbench.engine.precision import Precision
 
 
 @dataclass
@@ -72,6 +91,23 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
     return value
 
 
+@dataclass(frozen=True)
+class TrainingData:
+    """What the engine hands ``prepare_training`` and ``fit``: the job's training data and where it
+    runs. ``train_items`` / ``val_items`` are the few-shot split of the training classes (labels in
+    the method's class order); ``cache`` is the exact frozen-feature cache of test views (None when
+    the run says ``--no-cache``) and ``dataset`` its tag for these images."""
+    train_items: Sequence["Item"]
+    val_items: Sequence["Item"]
+    image_root: Path
+    device: torch.device
+    precision: "Precision"
+    train: "TrainConfig"
+    seed: int
+    cache: "FeatureCache | None" = None
+    dataset: str = ""
+
+
 def clean(name: str) -> str:
     return name.replace("_", " ")
 
@@ -108,6 +144,9 @@ class Method(nn.Module):
     text_prompts: ClassVar[bool] = False
     deep_text_prompts: ClassVar[bool] = False
     vision_prompts: ClassVar[bool] = False
+    # the learned state is fitted by ``fit`` (closed form, or a loop of the method's own), not by
+    # the generic training loop: the linear probe, training-free caches
+    closed_form: ClassVar[bool] = False
 
     def __init__(self, backbone: Backbone, classnames: list[str], options: Options, template: str = "a photo of a {}."):
         super().__init__()
@@ -158,11 +197,23 @@ class Method(nn.Module):
         logits = self(images)
         return logits, {"ce": F.cross_entropy(logits, labels)}
 
+    def backward(self, losses: dict[str, torch.Tensor], scale: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Turn one batch's loss terms into gradients of the learnable parameters. ``scale`` is the
+        fp16 loss scaler's (the identity when there is none); the engine steps the optimiser
+        afterwards. Default: backward of the sum of the terms. A method whose update is not the
+        gradient of one scalar overrides this."""
+        scale(sum(losses.values())).backward()
+
     def forward_train_features(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Training step from precomputed (normalised, frozen) image features; only used when
         ``feature_training`` is True and the user opted in with ``feature_views > 0``."""
         logits = self.logits_from_features(features, self.eval_context())
         return logits, {"ce": F.cross_entropy(logits, labels)}
+
+    def prepare_training(self, data: TrainingData) -> None:
+        """Called once before the generic loop trains (not when a final checkpoint is loaded), with
+        the training data; for what a method derives from the training images themselves (CPL's
+        negative images). Default: nothing."""
 
     def on_epoch_end(self, epoch: int, epochs: int) -> None:
         """Called after each training epoch (0-based ``epoch``)."""
@@ -170,10 +221,10 @@ class Method(nn.Module):
     def on_train_end(self) -> None:
         """Called once after the last epoch."""
 
-    def fit_features(self, features: torch.Tensor, labels: torch.Tensor, val_features: torch.Tensor | None,
-                     val_labels: torch.Tensor | None) -> None:
-        """For closed-form methods (linear probe): fit on frozen image features."""
-        raise NotImplementedError
+    def fit(self, data: TrainingData) -> None:
+        """``closed_form`` methods: set the learned state from the training data (called instead of
+        the generic loop, once; the result is checkpointed like a trained state)."""
+        raise NotImplementedError(f"{self.name} declares closed_form but has no fit()")
 
     # ------------------------------------------------------------------ evaluation
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:

@@ -83,7 +83,7 @@ import json
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -91,7 +91,7 @@ import torchvision.transforms as T
 from torch import nn
 
 from cpbench.errors import UserError
-from cpbench.methods.base import clean
+from cpbench.methods.base import TrainingData, clean
 from cpbench.methods.cocoop import CoCoOp, CoCoOpOptions
 from cpbench.methods.deep_prompts import OfficialFloat32
 
@@ -344,13 +344,14 @@ class CPL(OfficialFloat32, CoCoOp):
             labels = torch.arange(self.prompts.n_cls, device=self.ctx.device)
             self.class_ustar = self.search_mask(class_raw.detach().float().to(self.ctx.device), labels)
 
-    def prepare_training(self, train_items: Sequence, image_root: Path, device: torch.device | None = None) -> None:
+    def prepare_training(self, data: TrainingData) -> None:
         """Pick and encode the negative image of every class from the few-shot train set (and,
         for ``target_mask: class``, fix each class's u* from its own first image)."""
         from cpbench.data.images import ImageList
 
+        image_root, device = data.image_root, data.device
         first: dict[int, Any] = {}
-        for it in train_items:
+        for it in data.train_items:
             first.setdefault(int(it.label), it)
         pre = self.backbone.preprocess
         size = pre.image_size if isinstance(pre.image_size, (tuple, list)) else (pre.image_size, pre.image_size)

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from cpbench.errors import UserError
-from cpbench.methods.base import Method, Options
+from cpbench.methods.base import Method, Options, TrainingData
 
 SEARCH = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)
 
@@ -133,15 +132,19 @@ class LinearProbe(Method):
             self.c_reg.fill_(c)
             self.c_search.fill_(searched)
 
-    def fit_items(self, train_items: Sequence, val_items: Sequence, image_root: Path, device, precision, train_cfg,
-                  cache=None, dataset: str = "") -> None:
+    def fit(self, data: TrainingData) -> None:
+        """Raw features of the training and validation images (test transform, no cache: the
+        cache holds normalised features), then ``fit_features``."""
         from cpbench.engine.evaluate import encode_all
 
-        bs = train_cfg.test_batch_size
-        x = encode_all(self, train_items, image_root, device, precision, bs, train_cfg.num_workers)
-        y = torch.tensor([it.label for it in train_items])
-        xv = encode_all(self, val_items, image_root, device, precision, bs, train_cfg.num_workers) if val_items else None
-        yv = torch.tensor([it.label for it in val_items]) if val_items else None
+        bs, workers = data.train.test_batch_size, data.train.num_workers
+
+        def encode(items):
+            return encode_all(self, items, data.image_root, data.device, data.precision, bs, workers)
+
+        x, y = encode(data.train_items), torch.tensor([it.label for it in data.train_items])
+        val = list(data.val_items)
+        xv, yv = (encode(val), torch.tensor([it.label for it in val])) if val else (None, None)
         self.fit_features(x, y, xv, yv)
 
     # ------------------------------------------------------------------ evaluation

@@ -30,7 +30,7 @@ from cpbench.engine.memory import peak_mb, reset_peak
 from cpbench.engine.precision import Precision, resolve_precision, seed_everything
 from cpbench.engine.train import epoch_seed, train
 from cpbench.errors import UserError
-from cpbench.methods.base import Method
+from cpbench.methods.base import Method, TrainingData
 from cpbench.methods.registry import get_method_class
 from cpbench.models.backbone import Backbone
 from cpbench.protocols.gather import scorer_for
@@ -84,7 +84,7 @@ def saved_progress(finished: int, total: int, job: Job | None, s: RunSettings) -
     if meta is not None:
         return f"{said}; {name} has epoch {int(meta['epoch']) + 1}/{meta.get('epochs', '?')} checkpointed"
     cls = get_method_class(job.method)
-    if cls.trainable and not getattr(cls, "closed_form", False):
+    if cls.trainable and not cls.closed_form:
         return f"{said}; {name} had not finished its first epoch"
     return said
 
@@ -170,10 +170,10 @@ def learn(job: Job, cfg: ResolvedConfig, backbone: Backbone, s: RunSettings, rep
         method.load_learned_state(imports.load_state(s.state_from, job, method, ds))
         method.to(device=s.device, dtype=precision.param_dtype)
         epochs = 0
-    elif final is None and getattr(cls, "closed_form", False):
+    elif final is None and cls.closed_form:
         t0 = time.time()
         reporter.phase(f"fitting {job.method} on {len(tr)} images")
-        method.fit_items(tr, va, ds.image_root, s.device, precision, cfg.train, cache=cache, dataset=ds.cache_tag)
+        method.fit(TrainingData(tr, va, ds.image_root, s.device, precision, cfg.train, job.seed, cache, ds.cache_tag))
         train_seconds = time.time() - t0
         checkpoint.save(ckpt_dir, "final", method.learned_state(), {"epoch": 0, "train_seconds": train_seconds})
     else:
@@ -211,8 +211,7 @@ def train_or_load(method: Method, cfg: ResolvedConfig, s: RunSettings, precision
     if not (method.trainable and cfg.train.epochs > 0):
         return 0.0
     reporter.phase(f"training {what} ({len(train_items)} images, {cfg.train.epochs} epochs)", cfg.train.epochs)
-    if hasattr(method, "prepare_training"):  # a method that needs the training images themselves (CPL)
-        method.prepare_training(train_items, image_root, s.device)
+    method.prepare_training(TrainingData(train_items, (), image_root, s.device, precision, cfg.train, seed))
 
     def on_epoch(stats, history):
         curves.write_history(ckpt_dir, history, ident)
