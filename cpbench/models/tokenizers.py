@@ -78,7 +78,7 @@ class PromptTokenizer:
         self.tokenizer = tokenizer
         hf = self.hf
         self.pad_id = int(hf.pad_token_id) if hf is not None and hf.pad_token_id is not None else 0
-        self.start = self._start()
+        self._start_at: int | None = None
 
     @property
     def hf(self):
@@ -100,6 +100,14 @@ class PromptTokenizer:
 
     def n_tokens(self, text: str) -> int:
         return len(self.encode(text))
+
+    @property
+    def start(self) -> int:
+        """Where the first word sits (found once, when prompts are built: a Hugging Face text
+        tower, which takes no prompts, never asks)."""
+        if self._start_at is None:
+            self._start_at = self._start()
+        return self._start_at
 
     def _start(self) -> int:
         content = self.encode("photo")
