@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cpbench.errors import UserError
+from cpbench.models import families
 from cpbench.models.backbone import Backbone
 
 if TYPE_CHECKING:
@@ -136,6 +137,13 @@ class Method(nn.Module):
     # few-shot image-text retrieval (protocols/retrieval.py): every caption is a "class name", so
     # the class prompts must be built from the name alone plus shared learned state
     retrieval: ClassVar[bool] = False
+    # what it needs from the backbone's towers, checked from the model config before anything loads
+    # (cpbench/models/families.py; `cpbench list --backbones`): learned token embeddings fed to the
+    # text transformer (not a Hugging Face text model), prompts replacing tokens before the text
+    # layers, prompts inserted into the image tower's layers (a ViT, not a ResNet/ConvNeXt/FastViT)
+    text_prompts: ClassVar[bool] = False
+    deep_text_prompts: ClassVar[bool] = False
+    vision_prompts: ClassVar[bool] = False
     # the learned state is fitted by ``fit`` (closed form, or a loop of the method's own), not by
     # the generic training loop: the linear probe, training-free caches
     closed_form: ClassVar[bool] = False
@@ -146,6 +154,9 @@ class Method(nn.Module):
 
     def __init__(self, backbone: Backbone, classnames: list[str], options: Options, template: str = "a photo of a {}."):
         super().__init__()
+        why = families.unsupported(type(self), backbone.facts, backbone.spec.name)
+        if why:  # validation refuses this before loading; a backbone built by hand gets the same line
+            raise UserError(why)
         self.backbone = backbone
         self.options = options
         self.template = template

@@ -133,11 +133,39 @@ def run_blocks(blocks, x: torch.Tensor, mask, loras: nn.ModuleDict, p: float, tr
     return x
 
 
+def lora_unsupported(backbone) -> str:
+    """Why the towers cannot take this LoRA (the OpenAI-CLIP layout the official code patches:
+    open_clip's CLIP ViT and a causal text transformer pooled at its end token, plain attention
+    blocks), or ""."""
+    t = backbone.text
+    if t is None or not t.causal or t.pool not in ("argmax", "eos") or t.cls_emb is not None or t.pad_mask:
+        return "this backbone's text tower is not a causal transformer pooled at its end token"
+    if backbone.image.kind != "clip-vit":
+        return "this backbone's image tower is not open_clip's CLIP ViT"
+    blocks = list(t.transformer.resblocks) + list(backbone.clip.visual.transformer.resblocks)
+    if not all(_plain_block(b) for b in blocks):
+        return "its towers have blocks other than open_clip's plain ResidualAttentionBlock"
+    return ""
+
+
 class CLIPLoRA(Method):
     name = "clip_lora"
     Options = CLIPLoRAOptions
     image_prompted = True    # the image tower changes: no frozen-feature cache
     continual = False
+
+    @classmethod
+    def backbone_unsupported(cls, f, backbone: str = "this backbone") -> str:
+        """From the model config, before loading (``models/families.py``): the official code patches
+        CLIP's towers, a causal text transformer pooled at its end token and open_clip's ViT."""
+        why = ""
+        if f.text != "transformer" or not f.causal or f.pool not in ("argmax", "eos"):
+            why = f"{backbone}'s text tower is a {f.text_words()} one"
+        elif not f.image_prompts or f.image.startswith("timm"):
+            why = f"{backbone}'s image tower is {f.image}"
+        return (f"{cls.name} adds low-rank updates to the attention of CLIP's towers (a causal text transformer "
+                f"pooled at its end token, open_clip's ViT), as the official code; {why}; use a backbone with CLIP's "
+                "towers (see `cpbench list --backbones`)") if why else ""
 
     @classmethod
     def unsupported(cls, protocol, options):
@@ -155,10 +183,12 @@ class CLIPLoRA(Method):
             raise UserError(f"params must be letters of q, k, v, o (e.g. qkv), got {o.params!r}")
         if o.r < 1 or not 0.0 <= o.dropout_rate < 1.0:
             raise UserError("r must be >= 1 and dropout_rate in [0, 1)")
-        if not backbone.image.supports_prompts or not all(_plain_block(b) for b in backbone.clip.transformer.resblocks):
-            raise UserError(f"{self.name} needs a plain CLIP ViT with standard attention blocks in both towers")
+        why = lora_unsupported(backbone)
+        if why:
+            raise UserError(f"{self.name} puts LoRA into the q/k/v projections of CLIP's nn.MultiheadAttention blocks, as "
+                            f"the official code: {why}")
         self.scaling = o.alpha / math.sqrt(o.r)   # LoRALayer: lora_alpha / sqrt(r)
-        self.lora_text = self._towers(backbone.clip.transformer.resblocks, "text", o.encoder in ("text", "both"))
+        self.lora_text = self._towers(backbone.text.transformer.resblocks, "text", o.encoder in ("text", "both"))
         self.lora_visual = self._towers(backbone.clip.visual.transformer.resblocks, "vision",
                                         o.encoder in ("vision", "both"))
         self.register_buffer("frozen_text", torch.zeros(0), persistent=False)
@@ -183,8 +213,8 @@ class CLIPLoRA(Method):
         bb = self.backbone
         enc = bb.text
         ids = bb.tokenize(texts)
-        eot = ids.argmax(dim=-1)
-        length = int(eot.max().item()) + 1          # nothing after the last EOT reaches an EOT
+        eot = bb.eot(ids)
+        length = int(eot.max().item()) + 1          # causal: nothing after the last EOT reaches an EOT
         x = bb.token_embedding(ids[:, :length]).to(enc.dtype) + enc.positional_embedding[:length].to(enc.dtype)
         mask = enc.attn_mask[:length, :length]
         x = run_blocks(enc.transformer.resblocks, x, mask, self.lora_text, self.options.dropout_rate, self.training,
@@ -201,7 +231,10 @@ class CLIPLoRA(Method):
         x = v.patch_dropout(torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype))
         x = run_blocks(v.transformer.resblocks, v.ln_pre(x), None, self.lora_visual, self.options.dropout_rate,
                        self.training, self.scaling)
-        pooled = v.ln_post(x[:, 0])
+        if v.attn_pool is None and not v.final_ln_after_pool and v.pool_type == "tok":
+            pooled = v.ln_post(x[:, 0])   # CLIP: the class token
+        else:
+            pooled, _ = v._pool(x)
         return pooled @ v.proj if v.proj is not None else pooled
 
     # ------------------------------------------------------------------ features
