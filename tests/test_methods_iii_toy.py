@@ -79,3 +79,32 @@ def test_report_cost_lists_their_parameters_and_training_time(world, cli_here):
         assert got[(m, "jobs")] == 1
     assert all(got[(m, "learnable params")] > 0 for m in FEW if m != "tip_adapter")
     assert all(got[(m, "train s / job")] > 0 for m in FEW)
+
+
+def test_each_exports_and_loads_with_its_accuracy(world, cli_here):
+    """``cpbench export`` writes each one's learned state (context, adapter, cache with its β/α,
+    LoRA pairs) and ``cpbench.load`` scores the test split with the row's accuracy, to the image;
+    the cache models refuse other classes in one line, the others take them."""
+    import cpbench
+    from cpbench.errors import UserError
+    from cpbench.protocols.execute import subset_items
+
+    root, _, df = world
+    ds = prep.load("toy_shapes", root / "data")
+    items, _, _ = subset_items(ds, "all", 0, 1, "test")
+    paths = [str(ds.image_root / it.path) for it in items]
+    labels = [it.label for it in items]
+    few = df[df.protocol == "few_shot"].set_index("method")
+    for m in ("prograd", "clip_adapter", "tip_adapter", "tip_adapter_f", "clip_lora"):
+        out = root / f"{m}.safetensors"
+        code, _, err = cli_here("export", m, "--dataset", "toy_shapes", "--seed", "1", "--protocol", "few_shot",
+                                "--out", out, "--root", root / "data", "--results", root / "res")
+        assert code == 0 and f"wrote {out}" in err, err
+        clf = cpbench.load(out, device="cpu")
+        pred = clf.logits(paths).argmax(dim=1).tolist()
+        assert sum(p == y for p, y in zip(pred, labels)) == few.loc[m, "correct"], m
+        if m.startswith("tip_adapter"):
+            with pytest.raises(UserError, match="cache model"):
+                clf.with_classes(["circle", "star"])
+        else:
+            assert clf.with_classes(["circle", "star"]).logits(paths[:2]).shape == (2, 2)
