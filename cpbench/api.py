@@ -97,8 +97,8 @@ def check_classes(meta: dict, classnames: Sequence[str]) -> None:
     cls = get_method_class(meta["method"])
     if not cls.takes_new_classes(ResolvedConfig.from_dict(meta["config"], cls.Options).options):
         raise UserError(f"{meta['method']} with these options cannot score classes it was not trained on (it holds "
-                        f"one learned entry per trained class: a class-specific context, a linear probe); use its "
-                        f"{len(trained)} trained classes")
+                        f"one learned entry per trained class: a class-specific context, a linear probe, a cache "
+                        f"model); use its {len(trained)} trained classes")
 
 
 def _fork_rng(device: torch.device):

@@ -3,6 +3,7 @@
 Resolution, later wins:
   TrainConfig defaults < ``configs/methods/<method>.yaml`` (train:, method:)
   < its ``protocols.<protocol>`` block < its ``shots.<k>`` block < its ``datasets.<name>`` block
+  (and, inside it, ``protocols.<protocol>`` then ``shots.<k>``)
   < the settings an imported state was learned with (``imported``: ``cpbench run --from-export``)
   < ``--config FILE`` (same shape) < ``--set key=value`` (``epochs=1``, ``train.lr=0.01``,
   ``method.n_ctx=8``; a bare key is looked up in train first, then method options).
@@ -12,7 +13,10 @@ serves both), so a ``protocols.dg`` block would never be read: none ships, and a
 with one is refused.
 
 The config hash covers the method name, the resolved train settings and method options, so a
-results row says exactly which hyperparameters produced it.
+results row says exactly which hyperparameters produced it. Train settings added after results
+were first written (``LATER_TRAIN``: the optimiser, schedule and iteration count the adapter and
+LoRA baselines need) are left out of the resolved dict while at their defaults, so a configuration
+that does not use them keeps its hash, its rows' ``config_json`` and its report entry.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,8 @@ from cpbench.errors import UserError
 
 CONFIG_DIR = Path(__file__).parent / "configs" / "methods"
 PRECISIONS = ("fp16", "amp", "bf16", "fp32")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("epoch_cosine", "iter_cosine")
 
 
 @dataclass
@@ -49,6 +55,28 @@ class TrainConfig:
     # Opt-in approximation (off = paper-faithful): train on K cached augmented views of each
     # image's frozen features instead of fresh augmentations; only for unprompted-image methods.
     feature_views: int = 0
+    # Optimiser and schedule. Defaults: Dassl's SGD (momentum, weight_decay above), warm-up epochs,
+    # then cosine stepped per epoch (``epoch_cosine``), as every prompt method's official code.
+    # Tip-Adapter-F and CLIP-LoRA: torch AdamW (betas, eps, weight_decay) and ``iter_cosine``:
+    # CosineAnnealingLR stepped every iteration, T_max = all iterations, down to ``min_lr``, no
+    # warm-up. ``iterations`` > 0 counts optimiser steps instead of epochs (CLIP-LoRA: 500 x
+    # shots); the last epoch is then cut where the count is reached (``epochs`` must be 0).
+    # ``iterations_per_shot`` > 0 (with ``iterations`` 0) sets iterations = it x the job's shots.
+    optimizer: str = "sgd"
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    schedule: str = "epoch_cosine"
+    min_lr: float = 0.0
+    iterations: int = 0
+    iterations_per_shot: int = 0
+    # Dassl drops the last incomplete batch (when the set has >= batch_size images); Tip-Adapter-F
+    # and CLIP-LoRA's loaders keep it (drop_last=False)
+    drop_last: bool = True
+    # > 0: RandomResizedCrop's area range is (crop_scale_min, 1) instead of the backbone's (Dassl's
+    # 0.08); Tip-Adapter's cache and -F training use 0.5. A backbone without a random crop (the toy)
+    # keeps none.
+    crop_scale_min: float = 0.0
 
     def validate(self) -> "TrainConfig":
         if self.epochs < 0:
@@ -61,7 +89,39 @@ class TrainConfig:
             raise UserError("feature_views must be >= 0 (0 = off)")
         if self.precision not in PRECISIONS:
             raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.iterations < 0 or self.iterations_per_shot < 0:
+            raise UserError("iterations and iterations_per_shot must be >= 0 (0 = count epochs)")
+        if self.iterations and self.epochs:
+            raise UserError(f"set epochs or iterations, not both (epochs={self.epochs}, iterations={self.iterations}): "
+                            "--set epochs=0 iterations=N counts iterations, --set iterations=0 iterations_per_shot=0 "
+                            "epochs=N counts epochs")
+        if self.iterations and self.schedule != "iter_cosine":
+            raise UserError("iterations go with the per-iteration schedule: add --set schedule=iter_cosine")
+        if self.schedule == "iter_cosine" and self.warmup_epochs:
+            raise UserError("schedule=iter_cosine has no warm-up: set warmup_epochs=0")
+        if not 0.0 <= self.crop_scale_min <= 1.0:
+            raise UserError(f"crop_scale_min must be between 0 and 1 (0 = the backbone's crop), got {self.crop_scale_min}")
         return self
+
+    def trains(self) -> bool:
+        """Whether these settings train at all (some epochs or some iterations)."""
+        return self.epochs > 0 or self.iterations > 0
+
+
+# Train settings added after results were first written, with their defaults: left out of the
+# resolved dict (hash, config_json) while at the default, so older configurations keep their hash.
+LATER_TRAIN = ("optimizer", "adam_beta1", "adam_beta2", "adam_eps", "schedule", "min_lr", "iterations",
+               "iterations_per_shot", "drop_last", "crop_scale_min")
+
+
+def train_dict(train: TrainConfig) -> dict:
+    """``asdict(train)`` without the ``LATER_TRAIN`` settings that are at their defaults."""
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    return {k: v for k, v in asdict(train).items() if not (k in LATER_TRAIN and v == defaults[k])}
 
 
 def _train_from_dict(d: dict) -> TrainConfig:
@@ -126,7 +186,7 @@ class ResolvedConfig:
     options: Any  # the method's Options dataclass
 
     def as_dict(self) -> dict:
-        return {"method": self.method, "train": asdict(self.train), "options": asdict(self.options)}
+        return {"method": self.method, "train": train_dict(self.train), "options": asdict(self.options)}
 
     @classmethod
     def from_dict(cls, d: dict, options_cls: type) -> "ResolvedConfig":
@@ -159,6 +219,9 @@ def resolve(method: str, options_cls: type, protocol: str = "base2new", dataset:
             pblk = (dblk.get("protocols") or {}).get(protocol)
             if pblk:
                 _merge(merged, pblk, f"{method}.yaml datasets.{dataset}.protocols.{protocol}")
+            dsblk = (dblk.get("shots") or {}).get(shots) or (dblk.get("shots") or {}).get(str(shots))
+            if dsblk and protocol == "few_shot":  # as the top-level shots blocks: few-shot schedules
+                _merge(merged, dsblk, f"{method}.yaml datasets.{dataset}.shots.{shots}")
     if imported:
         _merge(merged, imported, "the imported settings")
     if config_file:
@@ -192,5 +255,7 @@ def resolve(method: str, options_cls: type, protocol: str = "base2new", dataset:
             valid = sorted(train_keys | option_keys)
             raise UserError(f"--set {key}: unknown setting for {method}; valid: {', '.join(valid)}")
     train = _train_from_dict(copy.deepcopy(merged["train"]))
+    if train.iterations_per_shot and not train.iterations and shots:  # CLIP-LoRA: n_iters x shots
+        train = replace(train, iterations=train.iterations_per_shot * shots).validate()
     options = options_cls.from_dict(merged["method"], f"{method} option")
     return ResolvedConfig(method, train, options)

@@ -8,7 +8,8 @@ read by each repository's ``load_model``):
   ``checkpoint`` text file naming the last one), holding a torch-pickled dict ``{"state_dict",
   "epoch", "optimizer", "scheduler", "val_result"}``;
 - the model name is what the trainer registers: ``prompt_learner`` (CoOp, CoCoOp, KgCoOp, PRE,
-  LAMM's CoOp trainer, Bayesian PL, CPL: the prompt learner alone, keys without a prefix),
+  LAMM's CoOp trainer, Bayesian PL, CPL, ProGrad: the prompt learner alone, keys without a prefix),
+  ``clip_adapter`` (CLIP-Adapter: its ``CustomCLIP.adapter`` alone, ``fc.0.weight`` / ``fc.2.weight``),
   ``MultiModalPromptLearner`` (MaPLe and LAMM's MaPLe trainer) and ``VLPromptLearner`` (IVLP,
   PromptSRC): the WHOLE model, frozen CLIP included, keys as ``named_parameters`` of the
   official ``CustomCLIP`` (``prompt_learner.ctx``, ``image_encoder.VPT``,
@@ -43,6 +44,11 @@ which differs by some ulps, see ``methods/promptsrc.py``), PromptSRC's frozen ze
 and MaPLe's deep prompts for layers the backbone does not have (the official forward never uses
 them). cpbench-only bookkeeping (PromptSRC's GPA accumulators) keeps the method's own values.
 
+No format for Tip-Adapter(-F) or CLIP-LoRA: their authors released no checkpoints, and their code
+writes no Dassl files (Tip-Adapter's cache files lack the searched β/α, which are printed, not
+saved; CLIP-LoRA's ``save_lora`` writes its own nested dict); ``--from-official`` refuses them in
+one line. ProGrad's and CLIP-Adapter's code writes the Dassl files above (no released ones either).
+
 Loading never unpickles code: ``torch.load(weights_only=True)``. The official files also hold the
 optimizer and the LR scheduler; Dassl's scheduler state pickles its successor
 ``torch.optim.lr_scheduler.CosineAnnealingLR`` object, which holds the ``torch.optim.SGD`` object
@@ -76,6 +82,8 @@ class Format:
     ignore: tuple[str, ...] = ()       # official names (fnmatch) that hold no state to import
     anchors: tuple[str, ...] = ()      # official names every file of this method has (checked early)
     own: tuple[str, ...] = ()          # cpbench keys not in the official file (bookkeeping: keep own)
+    file_prefix: str = PREFIX          # a non-whole-model file's keys are official names after this prefix
+    key_prefix: str = PREFIX           # a cpbench key's official name is this prefix + the key
 
 
 _PL_IGNORE = (PREFIX + "token_prefix", PREFIX + "token_suffix", PREFIX + "token_midfix")
@@ -101,6 +109,10 @@ FORMATS: dict[str, Format] = {
     "maple_lamm": Format(**_MAPLE, anchors=(PREFIX + "ctx", PREFIX + "proj.weight", PREFIX + "token_classes")),
     "ivlp": Format(**_VL, anchors=(PREFIX + "ctx",)),
     "promptsrc": Format(**_VL, anchors=(PREFIX + "ctx",), own=("gpa_*",)),
+    "prograd": Format(**_PL, anchors=(PREFIX + "ctx",)),
+    # CLIP_Adapter registers CustomCLIP.adapter as "clip_adapter": its file holds fc.0/fc.2.weight
+    "clip_adapter": Format(module="clip_adapter", whole_model=False, file_prefix="adapter.", key_prefix="",
+                           anchors=("adapter.fc.0.weight", "adapter.fc.2.weight")),
 }
 
 CHECKPOINT = re.compile(r"model\.pth\.tar-(\d+)$")
@@ -230,7 +242,7 @@ def read_state_dict(path: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
 
 
 def _official(fmt: Format, key: str) -> str:
-    return key if fmt.whole_model else PREFIX + key
+    return key if fmt.whole_model else fmt.file_prefix + key
 
 
 def file_names(fmt: Format, sd: dict) -> dict[str, torch.Tensor]:
@@ -260,7 +272,7 @@ def official_names(method_name: str, state: dict[str, torch.Tensor]) -> dict[str
                 for i in range(value.shape[0]):
                     out[f"{tower}.transformer.resblocks.{i + 1}.VPT_shallow"] = _Slot(key, i)
             continue
-        out[PREFIX + key] = _Slot(key)
+        out[fmt.key_prefix + key] = _Slot(key)
     return out
 
 

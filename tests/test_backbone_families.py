@@ -202,9 +202,12 @@ def test_backbone_table_groups_every_open_clip_model_and_names_what_runs():
     by_model = {n: r for r in rows for n in r["models"]}
     for name in ("RN50", "convnext_tiny", "MobileCLIP-S1"):
         assert "maple" in by_model[name]["methods"] and by_model[name]["methods"].startswith("all but")
-    for name in ("EVA02-B-16", "ViT-B-16-SigLIP", "coca_ViT-B-32", "ViT-B-16", "ViT-L-14-CLIPA", "ViT-H-14-worldwide"):
+    for name in ("ViT-B-16", "ViT-H-14-worldwide"):   # CLIP's own towers: every method, CLIP-LoRA included
         assert by_model[name]["methods"] == "all", name
-    assert by_model["xlm-roberta-base-ViT-B-32"]["methods"] == "only linear_probe, zeroshot"
+    for name in ("EVA02-B-16", "ViT-B-16-SigLIP", "coca_ViT-B-32", "ViT-L-14-CLIPA"):
+        assert by_model[name]["methods"] == "all but clip_lora", name
+    assert by_model["xlm-roberta-base-ViT-B-32"]["methods"] == \
+        "only clip_adapter, linear_probe, tip_adapter, tip_adapter_f, zeroshot"
     fams = {r["family"] for r in rows}
     assert {"EVA", "SigLIP", "SigLIP 2", "MobileCLIP", "CoCa", "CLIPA", "MetaCLIP 2", "ConvNeXt", "ResNet"} <= fams
     # the families a refusal names as taking visual prompts are those whose rows run maple

@@ -17,6 +17,12 @@ from cpbench.models import families
 NAMES = ["red circle", "blue square", "green triangle"]
 NO_VISUAL_PROMPTS = {"ResNet", "ConvNeXt", "MobileCLIP"}
 VISUAL = {"maple", "ivlp", "promptsrc", "maple_lamm"}
+# frozen towers through their own encode_text / encode_image: every family
+FROZEN_TOWERS = {"zeroshot", "linear_probe", "clip_adapter", "tip_adapter", "tip_adapter_f"}
+# CLIP-LoRA patches CLIP's towers: a causal text transformer pooled at its end token, open_clip's ViT
+CLIP_TOWERS = {"CLIP ViT", "MetaCLIP 2"}
+# the zoo's text context is 16 tokens: ProGrad's 16-slot context would not leave room for a name
+OPTIONS = {"prograd": dict(n_ctx=4)}
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +32,10 @@ def built(tmp_path_factory):
 
 
 def expected_refusal(family: str, method: str) -> bool:
+    if method == "clip_lora":
+        return family not in CLIP_TOWERS
     if family == "Hugging Face text tower":
-        return method not in ("zeroshot", "linear_probe")
+        return method not in FROZEN_TOWERS
     return family in NO_VISUAL_PROMPTS and method in VISUAL
 
 
@@ -40,6 +48,11 @@ def one_step_and_evaluate(method) -> torch.Tensor:
     if method.name == "linear_probe":
         method.fit_features(torch.randn(12, bb.embed_dim, generator=torch.Generator().manual_seed(2)),
                             torch.arange(12) % 3, None, None)
+    if method.name in ("tip_adapter", "tip_adapter_f"):   # the cache from the training images' features
+        with torch.no_grad():
+            method.set_cache(bb.encode_image(x).float(), y)
+        if method.name == "tip_adapter_f":
+            method.adapter.weight = torch.nn.Parameter(method.cache_keys.clone())
     params = [p for p in method.parameters() if p.requires_grad]
     if params:
         before = [p.detach().clone() for p in params]
@@ -63,11 +76,12 @@ def test_every_method_trains_and_evaluates_or_is_refused_in_one_line(built, fami
         cls = get_method_class(name)
         why = families.unsupported(cls, facts, family)
         assert bool(why) == expected_refusal(family, name), (family, name, why)
+        options = cls.Options(**OPTIONS.get(name, {}))
         if why:
             assert "\n" not in why and ("list --backbones" in why or families.PROMPTABLE_IMAGE_FAMILIES in why)
             with pytest.raises(UserError) as err:   # the built model says the same
-                cls(bb, NAMES, cls.Options())
+                cls(bb, NAMES, options)
             assert str(err.value) == why
             continue
-        logits = one_step_and_evaluate(cls(bb, NAMES, cls.Options()))
+        logits = one_step_and_evaluate(cls(bb, NAMES, options))
         assert logits.shape == (4, 3) and torch.isfinite(logits).all(), (family, name)

@@ -147,6 +147,10 @@ class Method(nn.Module):
     # the learned state is fitted by ``fit`` (closed form, or a loop of the method's own), not by
     # the generic training loop: the linear probe, training-free caches
     closed_form: ClassVar[bool] = False
+    # learned-state entries whose first axis holds one row per training image (Tip-Adapter's cache
+    # keys and values): their length comes from the training data, not from the options, so a
+    # method built on the class names alone takes it from the state it loads
+    data_rows: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, backbone: Backbone, classnames: list[str], options: Options, template: str = "a photo of a {}."):
         super().__init__()

@@ -19,12 +19,39 @@ Methods pass it to the text encoder (``shared=``), which then encodes that prefi
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cpbench.errors import UserError
 from cpbench.methods.base import clean
 from cpbench.models.backbone import Backbone
 from cpbench.models.text import common_prefix
+
+
+@torch.no_grad()
+def template_features(backbone: Backbone, template: str, classnames: list[str]) -> torch.Tensor:
+    """Frozen (unnormalised, float) text features of the hand-crafted prompt ``template`` around
+    each class name: the teacher of KgCoOp and ProGrad, CLIP-Adapter's classifier."""
+    return backbone.encode_text([template.format(clean(c)) for c in classnames]).float()
+
+
+class TemplateTeacher:
+    """For a prompt method (a ``Method`` subclass that lists this first): ``teacher_features()``,
+    the normalised frozen features of its hand-crafted prompt (``options.template``, else the
+    dataset's template) for every class, computed once per class set on first use (the subclass
+    registers a non-persistent ``teacher`` buffer; ``set_classnames`` clears it). KgCoOp's and
+    ProGrad's teacher."""
+
+    def set_classnames(self, classnames):
+        super().set_classnames(classnames)
+        self.teacher = torch.zeros(0, device=self.teacher.device)
+
+    @torch.no_grad()
+    def teacher_features(self) -> torch.Tensor:
+        if self.teacher.numel() == 0:
+            t = self.options.template or self.template
+            self.teacher = F.normalize(template_features(self.backbone, t, self.classnames), dim=-1)
+        return self.teacher
 
 
 def init_context(backbone: Backbone, ctx_init: str, n_ctx: int, width: int | None = None,

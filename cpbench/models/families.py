@@ -185,7 +185,8 @@ def unsupported(method, f: Facts, backbone: str = "this backbone") -> str:
         return (f"{name} inserts prompts into the image tower's transformer layers; {backbone}'s image tower "
                 f"({f.image}, {f.family} family) has no plain token sequence to take them; use a backbone with a ViT "
                 f"image tower ({PROMPTABLE_IMAGE_FAMILIES}) or a text-side method such as coop, cocoop or kgcoop")
-    return ""
+    own = getattr(method, "backbone_unsupported", None)   # a method's own need of the towers (CLIP-LoRA)
+    return own(f, backbone) if own is not None else ""
 
 
 def check_methods(backbone: str, methods) -> None:
