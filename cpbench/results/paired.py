@@ -110,7 +110,7 @@ def _row(samples: Samples, ca: Cell, cb: Cell, label: Entry) -> list[Cell]:
         intervals.cell_interval(samples, orig, other, into=own)
     seeded = a if not a.seedless else b
     n = 0 if seeded.seedless else seeded.n
-    seeds = Cell(float(n) if n else float("nan"), digits=0, dataset=ca.dataset, field="shared seeds",
+    seeds = Cell(float("nan") if seeded.seedless else float(n), digits=0, dataset=ca.dataset, field="shared seeds",
                  shots=ca.shots, n=n, derived=seeded.derived)
     d.n = n
     return [a, b, seeds, d]
@@ -136,7 +136,7 @@ def tables(report: Report, samples: Samples, names: tuple[str, str]) -> list[Tab
                 continue
             row = _row(samples, ca, cb, label)
             d = row[-1]
-            if d.paired is None:
+            if d.paired is None and row[2].value != 0:  # (no shared seed: said in its own note)
                 missing.add(samples.why_missing(ca) or samples.why_missing(cb) or "no common seeds")
             labels = (dataset, fld) if t.protocol == "base2new" else (dataset,)
             rows.append(Row(labels, row, average=dataset == "Average"))
@@ -184,6 +184,8 @@ def _notes(rows: list[Row], label: Entry, missing: set[str], skipped: list[str])
         notes.append("† fewer shared seeds than the table's other cells (HM and Average: one of their parts has).")
     if any(isnan(r.cells[2].value) for r in rows):
         notes.append("shared seeds –: both results are seed-independent (one evaluation each).")
+    if any(r.cells[2].value == 0 for r in rows):
+        notes.append("A, B and A − B are – where the two share no seed (shared seeds 0): nothing to pair.")
     if skipped:
         notes.append("Not compared: " + "; ".join(skipped) + ".")
     if missing:

@@ -124,16 +124,17 @@ def seed_part(groups: list[np.ndarray]) -> tuple[float, float, int]:
     return var, term, fewest
 
 
+# scipy.special, not scipy.stats: the same functions, 0.26 s of import instead of 1.3 s
 def _t_quantile(df: float, q: float) -> float:
-    from scipy.stats import norm, t
+    from scipy.special import ndtri, stdtrit
 
-    return float(norm.ppf(q) if math.isinf(df) else t.ppf(q, df))
+    return float(ndtri(q) if math.isinf(df) else stdtrit(df, q))
 
 
 def _t_sf(x: float, df: float) -> float:
-    from scipy.stats import norm, t
+    from scipy.special import ndtr, stdtr
 
-    return float(norm.sf(x) if math.isinf(df) else t.sf(x, df))
+    return float(ndtr(-x) if math.isinf(df) else stdtr(df, -x))
 
 
 def percentile(reps: np.ndarray, level: float = LEVEL) -> tuple[float, float] | None:
@@ -247,12 +248,12 @@ class McNemar:
 
 def mcnemar(pairs: list[tuple[int, np.ndarray, np.ndarray]]) -> McNemar:
     """``pairs``: (seed, A correct, B correct) per seed, the same images in the same order."""
-    from scipy.stats import chi2
+    from scipy.special import chdtrc
 
     per_seed = tuple((s, int(np.sum(a & ~b)), int(np.sum(~a & b))) for s, a, b in pairs)
     b = sum(x[1] for x in per_seed)
     c = sum(x[2] for x in per_seed)
-    p = 1.0 if b + c == 0 else float(chi2.sf((b - c) ** 2 / (b + c), 1))
+    p = 1.0 if b + c == 0 else float(chdtrc(1, (b - c) ** 2 / (b + c)))
     floor = P_FLOOR if p < P_FLOOR else 0.0
     return McNemar(b, c, max(p, floor), floor, per_seed)
 
