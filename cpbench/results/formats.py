@@ -5,9 +5,9 @@ cell also shows the published number, its provenance label and the delta (ours �
 ``--ci`` the 95 % interval in brackets (``‡``: over the test images only, one seed); a paired
 difference prints signed, with its interval, p, Holm p (per-dataset cells), ``significant`` /
 ``n.s.`` or ``untestable against seed noise (1 seed)``, and McNemar's p combined over the seeds.
-A p known only as a bound prints ``p < …`` (in csv/json the text ``"< 0.001"``, never 0). The report's notes (backbone, what the
-labels stand for, selections, what was compared) come first; csv has no place for them, so the
-CLI prints them on stderr. ``html`` is the self-contained leaderboard page (``leaderboard.py``)."""
+A p known only as a bound prints ``p < …`` (in csv/json the text ``"< 0.001"``, never 0). The
+report's notes (backbone, what the labels stand for, selections, what was compared) come first;
+csv has no place for them, so the CLI prints them on stderr. ``html`` is the self-contained leaderboard page (``leaderboard.py``)."""
 
 from __future__ import annotations
 

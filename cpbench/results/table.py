@@ -129,11 +129,11 @@ class Report:
     notes: list[str] = field(default_factory=list)
 
 
-RECORD_FIELDS = ["protocol", "table", "entry", "method", "backbone", "pretrained", "weights", "imported", "precision",
-                 "dataset", "field", "shots", "mean", "std", "n_seeds", "seeds", "values", "fewer_seeds", "seedless",
-                 "derived", "config_hash", "paper", "provenance", "delta", "kind", "ci_low", "ci_high", "ci_kind",
-                 "test", "df", "p_value", "p_adjusted", "significant", "mcnemar_p", "mcnemar_a_only",
-                 "mcnemar_b_only"]
+RECORD_FIELDS = ["protocol", "table", "entry", "method", "backbone", "pretrained", "weights", "imported", "dataset",
+                 "field", "shots", "mean", "std", "n_seeds", "seeds", "values", "fewer_seeds", "seedless", "derived",
+                 "config_hash", "paper", "provenance", "delta", "kind", "ci_low", "ci_high", "p_value", "significant",
+                 # issue 26 (appended, so that earlier columns keep their places)
+                 "precision", "ci_kind", "test", "df", "p_adjusted", "mcnemar_p", "mcnemar_a_only", "mcnemar_b_only"]
 
 
 def record(t: Table, c: Cell) -> dict:
