@@ -27,11 +27,12 @@ datasets or targets, A − B of any of them) would move for two independent reas
   times, ν = (10·se_seed² + se_img²)² / Σ_G (10·v_G)²/(S_G − 1) (the standard error itself is not
   changed). Plain Welch–Satterthwaite is liberal with 1-2 seed degrees of freedom: a seed variance
   that is small by chance (likely with 1 df) also sends ν up and the multiplier down together, and
-  its 95 % intervals covered 87-93 % (1 df) and 92-95 % (2 df) of the time when the seed part
-  is 1-100 times the image part. Weighted, the coverage is at least 94.3 % (1 df) and 95 % (2 or
-  more) for every ratio, while an image-dominated interval stays within 1.0-1.5 times the normal
-  one (numerical check in ``benchmarks/report/README.md``); with the image part negligible the
-  weight cancels and ν is the seeds' own Welch–Satterthwaite df.
+  its 95 % intervals covered 87-93 % (1 df) and 92-94 % (2 df) of the time when the seed part
+  is 1-100 times the image part. Weighted, the coverage is at least 94.4 % (1 df) and 95 % (2 or
+  more) for every ratio, while an image-dominated interval (seed part ≤ 0.1 of the image part)
+  stays within 1.0-1.5 times the normal one (``benchmarks/report/df_calibration.py``, table in
+  its README); with the image part negligible the weight cancels and ν is the seeds' own
+  Welch–Satterthwaite df.
 
 Why this and not the percentile bootstrap over seeds that cpbench used before: drawing S of S seeds
 with replacement has (S − 1)/S of the seed mean's variance and, with 2 seeds, only three distinct
@@ -52,7 +53,9 @@ as a bound, "< 2/R" (the smallest non-zero value R replicates can give).
 
 **Many datasets.** In a paired table the Average is the primary result (what the papers claim) and
 is not adjusted; the per-dataset cells of each field are a family of tests, Holm-adjusted (a
-dataset called significant holds with a 5 % family-wise error over the table's datasets).
+dataset called significant holds with a 5 % family-wise error over the table's datasets). Holm
+rather than Benjamini–Hochberg: a reader takes each "significant" cell as a claim of its own,
+which the family-wise error protects; BH would only bound the share of false ones among them.
 
 **McNemar, combined over seeds.** The Cochran–Mantel–Haenszel test with every (seed, image) pair
 as a stratum: with b_s images only A gets right and c_s only B gets right on seed s,
