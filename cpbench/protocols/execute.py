@@ -37,7 +37,7 @@ from cpbench.protocols.gather import scorer_for
 from cpbench.protocols.jobs import Job, Reporter, RunSettings, SilentReporter, job_config
 from cpbench.protocols.keys import job_key, training_key
 from cpbench.results import curves, predictions
-from cpbench.results.schema import environment, now
+from cpbench.results.schema import device_name, environment, now
 from cpbench.results.store import ResultStore
 
 
@@ -245,6 +245,7 @@ def run_fields(job: Job, key: str, cfg: ResolvedConfig, s: RunSettings, run_id: 
         "feature_cache": ("test" if (cache and not method.image_prompted) else "off"),
         "train_features": (f"cached-aug:{cfg.train.feature_views}" if cfg.train.feature_views else "images"),
         "train_seconds": train_seconds, "device": str(s.device), "imported": imported,
+        "device_name": device_name(s.device),  # the GPU model for the cost view (issue 26)
         "started_at": started_at, **env,
     }
 
