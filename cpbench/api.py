@@ -62,9 +62,15 @@ def _backbone(meta: dict, given: Any, weights: str | None, where: Path):
         bb = load_backbone(name, rec["pretrained"], weights)
     elif isinstance(given, Backbone):
         bb = given
-    elif isinstance(given, nn.Module) and hasattr(given, "encode_image") and hasattr(given, "token_embedding"):
+    elif isinstance(given, nn.Module) and hasattr(given, "encode_image") and hasattr(given, "encode_text"):
+        from cpbench.models import tokenizers
+        from cpbench.models.backbone import local_folder, model_config_or_none
+
         ctx = int(getattr(given, "context_length", rec.get("context_length") or 77))
-        bb = Backbone(given, ctx, _preprocess(meta), BackboneSpec(rec["name"], rec["pretrained"]))
+        cfg = model_config_or_none(rec["name"])   # the file's backbone names its tokenizer (SigLIP's, CLIPA's ...)
+        tok = tokenizers.load(rec["name"], cfg, local_folder(rec["name"])) if cfg else None
+        bb = Backbone(given, ctx, _preprocess(meta), BackboneSpec(rec["name"], rec["pretrained"]), tokenizer=tok,
+                      config=cfg)
     else:
         raise UserError(f"backbone must be None, a name, a cpbench Backbone or an open_clip CLIP model; got "
                         f"{type(given).__name__}")
@@ -76,7 +82,8 @@ def _preprocess(meta: dict):
     from cpbench.models.backbone import Preprocess
 
     p = meta["preprocess"]
-    return Preprocess(int(p["image_size"]), tuple(p["mean"]), tuple(p["std"]), p.get("interpolation", "bicubic"))
+    return Preprocess(int(p["image_size"]), tuple(p["mean"]), tuple(p["std"]), p.get("interpolation", "bicubic"),
+                      resize_mode=p.get("resize_mode", "shortest"), fill_color=int(p.get("fill_color", 0)))
 
 
 def check_classes(meta: dict, classnames: Sequence[str]) -> None:
@@ -90,8 +97,8 @@ def check_classes(meta: dict, classnames: Sequence[str]) -> None:
     cls = get_method_class(meta["method"])
     if not cls.takes_new_classes(ResolvedConfig.from_dict(meta["config"], cls.Options).options):
         raise UserError(f"{meta['method']} with these options cannot score classes it was not trained on (it holds "
-                        f"one learned entry per trained class: a class-specific context, a linear probe); use its "
-                        f"{len(trained)} trained classes")
+                        f"one learned entry per trained class: a class-specific context, a linear probe, a cache "
+                        f"model); use its {len(trained)} trained classes")
 
 
 def _fork_rng(device: torch.device):

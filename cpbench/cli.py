@@ -255,12 +255,24 @@ def predict(
 
 
 @app.command("list")
-def list_(root: Optional[Path] = typer.Option(None, "--root", help="data root")) -> None:
+def list_(root: Optional[Path] = typer.Option(None, "--root", help="data root"),
+          backbones: bool = typer.Option(False, "--backbones", help="open_clip's models by family, with the "
+                                         "methods each runs")) -> None:
     """Datasets (and which are prepared), methods and backbones."""
     from cpbench.data import catalog
-    from cpbench.methods.registry import method_names
+    from cpbench.methods.registry import get_method_class, method_names
     from cpbench.paths import data_root
 
+    if backbones:
+        from cpbench.models.families import table
+
+        t = Table(title="open_clip backbones by family (--backbone NAME; also toy, tiny, local-dir:PATH)")
+        for col in ("family", "models", "text tower", "image tower", "methods"):
+            t.add_column(col)
+        for r in table({m: get_method_class(m) for m in method_names()}):
+            t.add_row(r["family"], ", ".join(r["models"]), r["text"], r["image"], r["methods"])
+        out.print(t)
+        return
     root_path = data_root(root)
     t = Table(title=f"datasets (root: {root_path})")
     for col in catalog.LIST_COLUMNS:
@@ -269,8 +281,9 @@ def list_(root: Optional[Path] = typer.Option(None, "--root", help="data root"))
         t.add_row(*row)
     out.print(t)
     out.print("methods: " + ", ".join(method_names()))
-    out.print("backbones: toy (embedded, offline), ViT-B-16 (default, --pretrained openai), any open_clip model "
-              "name, local-dir:PATH; --weights PATH for a local checkpoint")
+    out.print("backbones: toy (embedded, offline), ViT-B-16 (default, --pretrained openai), open_clip model names "
+              "(by family, with the methods each runs: cpbench list --backbones), local-dir:PATH; --weights PATH for a "
+              "local checkpoint")
 
 
 def main() -> None:

@@ -7,12 +7,13 @@ apply to some jobs only::
     train: {...}                      method: {...}
     protocols:  <protocol>: {train, method, shots: {<k>: {train, method}}}
     shots:      <k>: {train, method}                    # every protocol run with k shots
-    datasets:   <dataset>: {train, method, protocols: {<protocol>: {train, method}}}
+    datasets:   <dataset>: {train, method, protocols: {...}, shots: {...}}   # the same, for one dataset
 
 Resolution, later wins:
   TrainConfig defaults
   < the method's YAML: train/method < protocols.<p> < protocols.<p>.shots.<k> < shots.<k>
-    < datasets.<d> < datasets.<d>.protocols.<p>
+    < datasets.<d> (inside it the same order: train/method < protocols.<p> < protocols.<p>.shots.<k>
+      < shots.<k>)
   < the settings an imported state was learned with (``imported``: ``cpbench run --from-export``)
   < ``--config FILE``, the same layering inside it
   < ``--set key=value`` (``epochs=1``, ``train.lr=0.01``, ``method.n_ctx=8``; a bare key is looked
@@ -25,7 +26,10 @@ training; one checkpoint serves both; ``protocols/registry.py``), so a ``protoco
 never be read: none ships, and one in a file is refused.
 
 The config hash covers the method name, the resolved train settings and method options, so a
-results row says exactly which hyperparameters produced it.
+results row says exactly which hyperparameters produced it. Train settings added after results
+were first written (``LATER_TRAIN``: the optimiser, schedule and iteration count the adapter and
+LoRA baselines need) are left out of the resolved dict while at their defaults, so a configuration
+that does not use them keeps its hash, its rows' ``config_json`` and its report entry.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import copy
 import functools
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +48,8 @@ from cpbench.errors import UserError
 
 CONFIG_DIR = Path(__file__).parent / "configs" / "methods"
 PRECISIONS = ("fp16", "amp", "bf16", "fp32")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("epoch_cosine", "iter_cosine")
 
 
 @dataclass
@@ -63,6 +69,28 @@ class TrainConfig:
     # Opt-in approximation (off = paper-faithful): train on K cached augmented views of each
     # image's frozen features instead of fresh augmentations; only for unprompted-image methods.
     feature_views: int = 0
+    # Optimiser and schedule. Defaults: Dassl's SGD (momentum, weight_decay above), warm-up epochs,
+    # then cosine stepped per epoch (``epoch_cosine``), as every prompt method's official code.
+    # Tip-Adapter-F and CLIP-LoRA: torch AdamW (betas, eps, weight_decay) and ``iter_cosine``:
+    # CosineAnnealingLR stepped every iteration, T_max = all iterations, down to ``min_lr``, no
+    # warm-up. ``iterations`` > 0 counts optimiser steps instead of epochs (CLIP-LoRA: 500 x
+    # shots); the last epoch is then cut where the count is reached (``epochs`` must be 0).
+    # ``iterations_per_shot`` > 0 (with ``iterations`` 0) sets iterations = it x the job's shots.
+    optimizer: str = "sgd"
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    schedule: str = "epoch_cosine"
+    min_lr: float = 0.0
+    iterations: int = 0
+    iterations_per_shot: int = 0
+    # Dassl drops the last incomplete batch (when the set has >= batch_size images); Tip-Adapter-F
+    # and CLIP-LoRA's loaders keep it (drop_last=False)
+    drop_last: bool = True
+    # > 0: RandomResizedCrop's area range is (crop_scale_min, 1) instead of the backbone's (Dassl's
+    # 0.08); Tip-Adapter's cache and -F training use 0.5. A backbone without a random crop (the toy)
+    # keeps none.
+    crop_scale_min: float = 0.0
 
     def validate(self) -> "TrainConfig":
         if self.epochs < 0:
@@ -75,7 +103,39 @@ class TrainConfig:
             raise UserError("feature_views must be >= 0 (0 = off)")
         if self.precision not in PRECISIONS:
             raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.iterations < 0 or self.iterations_per_shot < 0:
+            raise UserError("iterations and iterations_per_shot must be >= 0 (0 = count epochs)")
+        if self.iterations and self.epochs:
+            raise UserError(f"set epochs or iterations, not both (epochs={self.epochs}, iterations={self.iterations}): "
+                            "--set epochs=0 iterations=N counts iterations, --set iterations=0 iterations_per_shot=0 "
+                            "epochs=N counts epochs")
+        if self.iterations and self.schedule != "iter_cosine":
+            raise UserError("iterations go with the per-iteration schedule: add --set schedule=iter_cosine")
+        if self.schedule == "iter_cosine" and self.warmup_epochs:
+            raise UserError("schedule=iter_cosine has no warm-up: set warmup_epochs=0")
+        if not 0.0 <= self.crop_scale_min <= 1.0:
+            raise UserError(f"crop_scale_min must be between 0 and 1 (0 = the backbone's crop), got {self.crop_scale_min}")
         return self
+
+    def trains(self) -> bool:
+        """Whether these settings train at all (some epochs or some iterations)."""
+        return self.epochs > 0 or self.iterations > 0
+
+
+# Train settings added after results were first written, with their defaults: left out of the
+# resolved dict (hash, config_json) while at the default, so older configurations keep their hash.
+LATER_TRAIN = ("optimizer", "adam_beta1", "adam_beta2", "adam_eps", "schedule", "min_lr", "iterations",
+               "iterations_per_shot", "drop_last", "crop_scale_min")
+
+
+def train_dict(train: TrainConfig) -> dict:
+    """``asdict(train)`` without the ``LATER_TRAIN`` settings that are at their defaults."""
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    return {k: v for k, v in asdict(train).items() if not (k in LATER_TRAIN and v == defaults[k])}
 
 
 def coerce(value: Any, typ: Any, where: str) -> Any:
@@ -145,7 +205,7 @@ SETTINGS = ("train", "method")
 # the blocks each block of a config file may hold
 SECTIONS = ("train", "method", "protocols", "shots", "datasets")
 PROTOCOL_BLOCK = ("train", "method", "shots")
-DATASET_BLOCK = ("train", "method", "protocols")
+DATASET_BLOCK = ("train", "method", "protocols", "shots")
 
 
 def _merge(dst: dict, src: dict) -> None:
@@ -182,50 +242,58 @@ def _check_block(block, where: str, allowed: tuple[str, ...], options_cls: type)
     return block
 
 
-def _protocol_blocks(parent: dict, where: str) -> dict:
+def _join(*path: str) -> str:
+    return ".".join(p for p in path if p)
+
+
+def _at(file: str, *path: str) -> str:
+    """Where a block stands, for messages: ``config my.yaml datasets.dtd.protocols.few_shot``."""
+    inside = _join(*path)
+    return f"{file} {inside}" if inside else file
+
+
+def _protocol_blocks(parent: dict, file: str, path: str) -> dict:
     from cpbench.protocols.registry import check_protocol_name, config_protocol
 
-    blocks = _mapping(parent.get("protocols"), f"{where} protocols")
+    blocks = _mapping(parent.get("protocols"), _at(file, path, "protocols"))
     for p in blocks:
-        check_protocol_name(p, f"{where} protocols: ")
+        check_protocol_name(p, f"{_at(file, path, 'protocols')}: ")
         if config_protocol(p) != p:
-            raise UserError(f"{where}: protocols.{p} is never read ({p} evaluates the {config_protocol(p)} "
-                            f"training); put those settings under protocols.{config_protocol(p)}")
+            raise UserError(f"{_at(file, path)}: protocols.{p} is never read ({p} evaluates the "
+                            f"{config_protocol(p)} training); put those settings under protocols.{config_protocol(p)}")
     return blocks
 
 
-def _shot_blocks(parent: dict, where: str) -> dict[int, dict]:
-    blocks = _mapping(parent.get("shots"), f"{where} shots")
-    return {_shots_key(k, f"{where} shots"): v for k, v in blocks.items()}
+def _shot_blocks(parent: dict, file: str, path: str) -> dict[int, dict]:
+    where = _at(file, path, "shots")
+    return {_shots_key(k, where): v for k, v in _mapping(parent.get("shots"), where).items()}
 
 
-def layers(data: dict, where: str, options_cls: type, protocol: str, dataset: str | None,
-           shots: int | None) -> list[dict]:
+def layers(data: dict, file: str, options_cls: type, protocol: str, dataset: str | None, shots: int | None,
+           path: str = "") -> list[dict]:
     """The blocks of one config file that apply to a job, in precedence order (later wins): the
-    file's train/method < protocols.<p> < protocols.<p>.shots.<k> < shots.<k> < datasets.<d> <
-    datasets.<d>.protocols.<p>. The whole file is checked first, blocks that do not apply too."""
-    _check_block(data, where, SECTIONS, options_cls)
-    protocols = _protocol_blocks(data, where)
+    file's train/method < protocols.<p> < protocols.<p>.shots.<k> < shots.<k> < datasets.<d>, whose
+    block is read the same way (``path``: where that block stands). The whole file is checked first,
+    blocks that do not apply too."""
+    _check_block(data, _at(file, path), DATASET_BLOCK if path else SECTIONS, options_cls)
+    protocols = _protocol_blocks(data, file, path)
     per_shots = {}
     for p, blk in protocols.items():
-        _check_block(blk, f"{where} protocols.{p}", PROTOCOL_BLOCK, options_cls)
-        per_shots[p] = _shot_blocks(blk, f"{where} protocols.{p}")
+        _check_block(blk, _at(file, path, f"protocols.{p}"), PROTOCOL_BLOCK, options_cls)
+        per_shots[p] = _shot_blocks(blk, file, _join(path, f"protocols.{p}"))
         for k, sblk in per_shots[p].items():
-            _check_block(sblk, f"{where} protocols.{p}.shots.{k}", SETTINGS, options_cls)
-    top_shots = _shot_blocks(data, where)
+            _check_block(sblk, _at(file, path, f"protocols.{p}.shots.{k}"), SETTINGS, options_cls)
+    top_shots = _shot_blocks(data, file, path)
     for k, sblk in top_shots.items():
-        _check_block(sblk, f"{where} shots.{k}", SETTINGS, options_cls)
-    datasets = _mapping(data.get("datasets"), f"{where} datasets")
-    for d, dblk in datasets.items():
-        _check_block(dblk, f"{where} datasets.{d}", DATASET_BLOCK, options_cls)
-        for p, pblk in _protocol_blocks(dblk, f"{where} datasets.{d}").items():
-            _check_block(pblk, f"{where} datasets.{d}.protocols.{p}", SETTINGS, options_cls)
+        _check_block(sblk, _at(file, path, f"shots.{k}"), SETTINGS, options_cls)
     out = [data, protocols.get(protocol) or {}]
     if shots is not None:
         out += [per_shots.get(protocol, {}).get(shots) or {}, top_shots.get(shots) or {}]
-    if dataset is not None:
-        dblk = datasets.get(dataset) or {}
-        out += [dblk, _mapping(dblk.get("protocols"), "").get(protocol) or {}]
+    for d, dblk in (_mapping(data.get("datasets"), _at(file, "datasets")) if not path else {}).items():
+        inner = layers(_mapping(dblk, _at(file, f"datasets.{d}")), file, options_cls, protocol, dataset, shots,
+                       f"datasets.{d}")
+        if d == dataset:
+            out += inner
     return out
 
 
@@ -250,7 +318,7 @@ class ResolvedConfig:
     options: Any  # the method's Options dataclass
 
     def as_dict(self) -> dict:
-        return {"method": self.method, "train": asdict(self.train), "options": asdict(self.options)}
+        return {"method": self.method, "train": train_dict(self.train), "options": asdict(self.options)}
 
     @classmethod
     def from_dict(cls, d: dict, options_cls: type) -> "ResolvedConfig":
@@ -290,5 +358,7 @@ def resolve(method: str, options_cls: type, protocol: str = "base2new", dataset:
             valid = sorted(train_keys | option_keys)
             raise UserError(f"--set {key}: unknown setting for {method}; valid: {', '.join(valid)}")
     train = _train_from_dict(copy.deepcopy(merged["train"]))
+    if train.iterations_per_shot and not train.iterations and shots:  # CLIP-LoRA: n_iters x shots
+        train = replace(train, iterations=train.iterations_per_shot * shots).validate()
     options = options_cls.from_dict(merged["method"], f"{method} option")
     return ResolvedConfig(method, train, options)

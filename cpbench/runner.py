@@ -220,6 +220,9 @@ def validate(req: RunRequest) -> tuple[RunSettings, list, ThreadPlan]:
         why = get_method_class(job.method).unsupported(job.protocol, cfg.options)
         if why:
             raise UserError(why)
+    from cpbench.models.families import check_methods   # e.g. maple on a ResNet: from the model config, no weights
+
+    check_methods(req.backbone, [get_method_class(m) for m in dict.fromkeys(j.method for j in jobs)])
     if not req.dry_run:
         check_backbone(req.backbone, req.pretrained, req.weights)
     return settings, jobs, plan

@@ -1,9 +1,10 @@
-"""The CoCoOp family against the official code (tests/golden/, see its README): how each of CoCoOp
-(KaiyangZhou/CoOp ff61507), MaPLe and IVLP (multimodal-prompt-learning 69bce21), PromptSRC
-(PromptSRC bb95c77) and KgCoOp (htyao89/KgCoOp c43ccc3) is built with the case's official config,
-its official parameter names, and ``check_against_official``: eval logits, every loss term and the
-gradients of every trainable tensor, at 2 layers and (deep prompts, depth 9) 9 layers. Used by
-test_golden_<method>.py, test_golden_deviations.py and test_official_checkpoints.py."""
+"""Methods built as the official code builds them, on a golden case (tests/golden/, see its README),
+with their official parameter names: CoCoOp (KaiyangZhou/CoOp ff61507), MaPLe and IVLP
+(multimodal-prompt-learning 69bce21), PromptSRC (PromptSRC bb95c77), KgCoOp (htyao89/KgCoOp
+c43ccc3), ProGrad (BeierZhu/Prompt-align 1b76203) and CLIP-Adapter's names; and
+``check_against_official``: eval logits, every loss term and the gradients of every trainable
+tensor, at 2 layers and (deep prompts, depth 9) 9 layers. Used by test_golden_<method>.py,
+test_golden_deviations.py and test_official_checkpoints.py."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ def ivlp_map(layers: int) -> dict:
 
 
 def maple_map(layers: int) -> dict:
-    m = {"prompt_learner.ctx": "ctx", "prompt_learner.proj.weight": "proj.weight", "prompt_learner.proj.bias": "proj.bias"}
+    m = {"prompt_learner.ctx": "ctx", "prompt_learner.proj.weight": "proj.weight",
+         "prompt_learner.proj.bias": "proj.bias"}
     for j in range(8):
         used = j + 1 < layers
         m[f"prompt_learner.compound_prompts_text.{j}"] = f"compound_prompts_text.{j}" if used else None
@@ -88,3 +90,27 @@ def check_against_official(case_name: str) -> None:
     assert_close(compare_losses(terms, expected_losses(name, official_losses(case), case), case), LOSS_RTOL,
                  "loss terms")
     assert_close(compare_grads(method, case, name_map), GRAD_RTOL, "gradients")
+
+
+# ----------------------------------------------------------------------------- ProGrad, CLIP-Adapter
+PROGRAD_MAP = {"prompt_learner.ctx": "ctx"}
+
+
+ADAPTER_MAP = {"adapter.fc.0.weight": "adapter.fc.0.weight", "adapter.fc.2.weight": "adapter.fc.2.weight"}
+
+
+def official_template(case) -> str:
+    # the cfg's DATASET.NAME is ImageNet in these cases; its CUSTOM_TEMPLATES entry is the CoOp one
+    assert case["cfg_set"]["DATASET.NAME"] == "ImageNet"
+    return "a photo of a {}."
+
+
+def prograd_method(case):
+    from cpbench.methods.prograd import ProGrad, ProGradOptions
+
+    c = case["cfg_set"]
+    _, _, names = golden_inputs(case)
+    return ProGrad(golden_backbone(case), names, ProGradOptions(
+        n_ctx=c["TRAINER.COOP.N_CTX"], init_from_template=bool(c["TRAINER.COOP.CTX_INIT"]), csc=c["TRAINER.COOP.CSC"],
+        class_token_position=c["TRAINER.COOP.CLASS_TOKEN_POSITION"], template=official_template(case),
+        prograd_lambda=c["LOSS.LAMBDA"], temperature=c["LOSS.T"]))

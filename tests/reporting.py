@@ -29,13 +29,14 @@ def config(method: str, protocol: str, dataset: str, shots: int, sets=()) -> tup
 
 def row(protocol: str, method: str, train: str, eval_: str, subset: str, shots: int, seed: int, acc: float, *,
         backbone: str = "ViT-B-16", pretrained: str = "openai", weights: str = "", sets=(), imported: str = "",
-        finished: str | None = None) -> dict:
+        finished: str | None = None, **columns) -> dict:
+    """One row; ``columns``: more columns as they are (``precision="fp16"``, ``cpbench_version=...``)."""
     h, js = config(method, protocol, train, shots, sets)
     return {"run_id": f"r{seed}", "job_key": "k", "method": method, "protocol": protocol, "train_dataset": train,
             "eval_dataset": eval_, "subset": subset, "shots": shots, "seed": seed, "backbone": backbone,
             "pretrained": pretrained, "weights": weights, "config_hash": h, "config_json": js, "accuracy": float(acc),
             "n_test": 100, "n_classes": 10, "imported": imported,
-            "finished_at": finished or f"2026-01-{seed:02d}T00:00:00"}
+            "finished_at": finished or f"2026-01-{seed:02d}T00:00:00", **columns}
 
 
 def b2n(method: str, dataset: str, base: list[float], new: list[float], **kw) -> list[dict]:

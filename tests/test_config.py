@@ -1,7 +1,7 @@
 """Config layering (cpbench/config.py): every block a config file may hold is read, from the shipped
 YAML and from a --config file alike, in the documented order (later wins), or refused in one line;
 the default configuration of every (method, protocol, dataset, shots) keeps the hash it had before
-the layering was made whole (tests/fixtures/config_hashes.json, recorded from main at f544a46); and
+the layering was made whole (tests/fixtures/config_hashes.json, recorded from main at 865e372); and
 the two configs of issue 28's acceptance train what they say, through the CLI on the toy world."""
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def test_every_default_configuration_keeps_its_hash():
                         changed.append(f"{method} {protocol} {want['datasets'][d]} {k}-shot")
     assert not changed, f"{len(changed)} default configurations changed, e.g. {changed[:5]}"
     assert sum(len(rows) * len(want["shots"]) for w in want["methods"].values() for rows in w["index"].values()) \
-        == 15 * 6 * 22 * 5
+        >= 20 * 6 * 22 * 5
 
 
 def test_the_shipped_per_shot_epochs_stay_few_shot_only():
@@ -116,10 +116,13 @@ ALL_BLOCKS = {
                                "shots": {4: {"train": {"epochs": 3}, "method": {"n_ctx": 5}}}}},
     "shots": {4: {"train": {"epochs": 4}, "method": {"n_ctx": 6}}},
     "datasets": {"dtd": {"train": {"epochs": 5}, "method": {"n_ctx": 7},
-                         "protocols": {"few_shot": {"train": {"epochs": 6}, "method": {"n_ctx": 8}}}}},
+                         "protocols": {"few_shot": {"train": {"epochs": 6}, "method": {"n_ctx": 8},
+                                                    "shots": {4: {"train": {"epochs": 7}, "method": {"n_ctx": 9}}}}},
+                         "shots": {4: {"train": {"epochs": 8}, "method": {"n_ctx": 10}}}}},
 }
 # dropping the block that wins shows the one below it, down to the top-level train/method
-ORDER = [(None, 6, 8), (("datasets", "dtd", "protocols"), 5, 7), (("datasets",), 4, 6), (("shots",), 3, 5),
+ORDER = [(None, 8, 10), (("datasets", "dtd", "shots"), 7, 9),
+         (("datasets", "dtd", "protocols", "few_shot", "shots"), 6, 8), (("datasets", "dtd", "protocols"), 5, 7), (("datasets",), 4, 6), (("shots",), 3, 5),
          (("protocols", "few_shot", "shots"), 2, 3), (("protocols",), 1, 2)]
 
 
@@ -137,6 +140,7 @@ def test_every_block_of_a_user_file_is_read_in_the_documented_order(tmp_path):
 
 def test_blocks_for_other_jobs_do_not_apply(tmp_path):
     assert _resolve(tmp_path, ALL_BLOCKS, protocol="base2new", shots=16).train.epochs == 5      # datasets.dtd
+    assert _resolve(tmp_path, ALL_BLOCKS, protocol="base2new", shots=4).train.epochs == 8       # datasets.dtd.shots.4
     assert _resolve(tmp_path, ALL_BLOCKS, protocol="base2new", dataset="eurosat", shots=4).train.epochs == 4
     assert _resolve(tmp_path, ALL_BLOCKS, protocol="base2new", dataset="eurosat", shots=16).train.epochs == 1
 
@@ -171,8 +175,11 @@ def test_the_user_file_is_above_the_shipped_file_and_imported_settings(tmp_path)
     ("protocols: {few_shot: {epochs: 5}}", "protocols.few_shot: unknown section(s) epochs"),
     ("shots: {1: {train: {epoch: 5}}}", "shots.1 train: unknown train setting(s) epoch"),
     ("datasets: {eurosat: {method: {n_ctxx: 2}}}", "datasets.eurosat method: unknown method option(s) n_ctxx"),
-    ("datasets: {dtd: {protocols: {few_shot: {shots: {1: {train: {epochs: 1}}}}}}}",
-     "datasets.dtd.protocols.few_shot: unknown section(s) shots"),
+    ("datasets: {dtd: {datasets: {eurosat: {train: {epochs: 1}}}}}",
+     "datasets.dtd: unknown section(s) datasets; use train, method, protocols, shots"),
+    ("datasets: {dtd: {protocols: {few_shot: {shots: {1: {shots: {}}}}}}}",
+     "datasets.dtd.protocols.few_shot.shots.1: unknown section(s) shots"),
+    ("datasets: {imagenet: {shots: {x: {}}}}", "datasets.imagenet.shots: 'x' is not a shot count"),
     ("protocols: {few_shot: {shots: {1: {shots: {}}}}}", "protocols.few_shot.shots.1: unknown section(s) shots"),
     ("datasets: [dtd]", "datasets must be a mapping"),
     ("shots: {16: {train: [1]}}", "shots.16 train must be a mapping"),

@@ -28,10 +28,12 @@ IMPORT_RTOL = 1e-5
 
 MODULES = {"coop": "prompt_learner", "cocoop": "prompt_learner", "kgcoop": "prompt_learner", "pre": "prompt_learner",
            "coop_lamm": "prompt_learner", "coopvpt": "prompt_learner", "maple": "MultiModalPromptLearner",
-           "ivlp": "VLPromptLearner", "promptsrc": "VLPromptLearner"}
+           "ivlp": "VLPromptLearner", "promptsrc": "VLPromptLearner", "prograd": "prompt_learner",
+           "clip_adapter": "clip_adapter"}
 CASES = {"coop_L2": "coop", "cocoop_L2": "cocoop", "kgcoop_L2": "kgcoop", "pre_L2": "pre", "lamm_L2": "coop_lamm",
          "bpl_L2": "coopvpt", "maple_L2": "maple", "maple_L9": "maple", "ivlp_L2": "ivlp", "ivlp_L9": "ivlp",
-         "promptsrc_L2": "promptsrc", "promptsrc_L9": "promptsrc"}
+         "promptsrc_L2": "promptsrc", "promptsrc_L9": "promptsrc", "prograd_L2": "prograd",
+         "clip_adapter_L2": "clip_adapter"}
 
 
 # ----------------------------------------------------------------------------- official files
@@ -57,6 +59,8 @@ def official_state_dict(case, method_name: str, method) -> collections.OrderedDi
     g = torch.Generator().manual_seed(0)
     n_cls = len(case["inputs"]["classnames"])
     sd = collections.OrderedDict()
+    if MODULES[method_name] == "clip_adapter":   # CustomCLIP.adapter's own state dict
+        return collections.OrderedDict((k[len("adapter."):], v) for k, v in values.items())
     if MODULES[method_name] == "prompt_learner":
         for k, v in values.items():
             sd[k[len("prompt_learner."):]] = v
@@ -112,6 +116,14 @@ def build(case_name: str):
         from cpbench.methods.bpl import BPLOptions, CoOpVPT
 
         return CoOpVPT(bb, classnames, BPLOptions(n_ctx=4, ctx_init="a photo of a", mc_samples=10)), name
+    if name == "prograd":
+        from golden_methods import prograd_method
+
+        return prograd_method(case), name
+    if name == "clip_adapter":
+        from cpbench.methods.clip_adapter import CLIPAdapter, CLIPAdapterOptions
+
+        return CLIPAdapter(bb, classnames, CLIPAdapterOptions(template="a photo of a {}.")), name
     return build_method(name, case)[0], name
 
 
@@ -152,8 +164,12 @@ def test_official_file_imports_to_the_golden_logits(case_name, tmp_path):
     assert_golden(got, case)
     # exactly the golden test's path (set_learnables with the official names)
     ref_method, _ = build(case_name)
-    maps = {"coop": {"prompt_learner.ctx": "ctx"}, "cocoop": COCOOP_MAP}
-    name_map = maps.get(name) or (build_method(name, case)[1] if name in ("maple", "ivlp", "promptsrc", "kgcoop") else None)
+    from golden_methods import ADAPTER_MAP, PROGRAD_MAP
+
+    maps = {"coop": {"prompt_learner.ctx": "ctx"}, "cocoop": COCOOP_MAP, "prograd": PROGRAD_MAP,
+            "clip_adapter": ADAPTER_MAP}
+    name_map = maps.get(name) or (build_method(name, case)[1] if name in ("maple", "ivlp", "promptsrc", "kgcoop")
+                                  else None)
     if name_map is not None:
         set_learnables(ref_method, case, name_map)
         assert torch.equal(eval_logits(ref_method, images, case), got)
@@ -266,7 +282,8 @@ _cli = run_main
 
 
 CLI_CASES = [("coop_L2", ()), ("cocoop_L2", ()), ("maple_L2", ()), ("promptsrc_L2", ()), ("lamm_L2", ()),
-             ("ivlp_L2", ("--set", "method.n_ctx_text=2", "method.n_ctx_vision=2"))]
+             ("ivlp_L2", ("--set", "method.n_ctx_text=2", "method.n_ctx_vision=2")), ("prograd_L2", ()),
+             ("clip_adapter_L2", ())]
 
 
 @pytest.mark.slow

@@ -5,7 +5,8 @@ split index, true and predicted label and true-class probability, keyed to its r
 - a real run (tiny backbone, miniature Caltech) writes one predictions file per shard whose
   accuracies equal the rows' exactly; a run skipped as done keeps the file untouched; a forced
   re-run gives identical accuracies and predictions; the rows record the job's peak memory;
-- ``report --ci``, ``--per-class`` and ``--cost`` work on those real files.
+- ``report --ci``, ``--per-class`` and ``--cost`` work on those real files (the rows name the
+  device model the cost view groups by).
 """
 
 from __future__ import annotations
@@ -140,4 +141,7 @@ def test_report_views_work_on_real_predictions(ran, monkeypatch, capsys, tmp_pat
         "per_class_caltech101_base_base2new_4-shot.png", "per_class_caltech101_new_base2new_4-shot.png"]
     code, out, err = run_cli(monkeypatch, capsys, "report", "--results", res, "--cost")
     assert code == 0, err
-    assert "| coop | cpu | fp32 (asked fp16) | 2 |" in out and "| zeroshot | cpu |" in out
+    # the rows name the CPU (schema.device_name, recorded by run): one row per method and training dataset
+    coop = [x for x in out.splitlines() if x.startswith("| coop | caltech101 | cpu: ")]
+    assert len(coop) == 1 and "unknown" not in coop[0] and "| fp32 (asked fp16) | 2 |" in coop[0]
+    assert "| zeroshot | caltech101 | cpu: " in out

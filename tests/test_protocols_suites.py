@@ -25,6 +25,13 @@ def test_shipped_suites_are_valid(name):
     st = load_suite(BENCH / f"{name}.yaml")
     assert st["protocol"] in PROTOCOLS
     assert set(st["methods"]) <= set(method_names())
+    from cpbench.config import resolve
+    from cpbench.methods.registry import get_method_class
+
+    for m in st["methods"]:  # no listed method refuses the suite's protocol (the run would stop before training)
+        cls = get_method_class(m)
+        protocol = "cross_dataset" if st["protocol"] == "dg" else st["protocol"]
+        assert not cls.unsupported(st["protocol"], resolve(m, cls.Options, protocol, shots=st["shots"][0]).options), m
     assert set(st["datasets"]) <= KNOWN | set(all_specs())
     if name == "base2new":
         assert len(st["datasets"]) == 11 and st["seeds"] == [1, 2, 3]

@@ -1,11 +1,13 @@
 """The per-class and cost views of ``cpbench report`` (issue 20), on hand-made rows and predictions.
 
 - ``--per-class DATASET``: per-class accuracies weighted by class size give back each entry's
-  accuracy (the table's seed mean); the "differ most" table is ordered by spread; confusions
-  count (true, predicted) pairs over all seeds; rows without predictions say so.
-- ``--cost``: one row per entry and protocol: jobs, learnable parameters, train seconds per job
-  (a job's rows counted once), eval seconds per evaluation, the largest peak memory; old rows
-  without peak memory print "–".
+  accuracy (the table's seed mean); the "differ most" table is ordered by the lower end of the
+  difference's interval, so a big spread on a few images ranks below a clear one on many;
+  confusions count (true, predicted) pairs over all seeds; rows without predictions say so.
+- ``--cost``: one row per entry, training dataset, device model and precision: jobs, learnable
+  parameters, train seconds per job (a job's rows counted once), eval seconds per 1,000 test
+  images, the largest peak memory; jobs on two GPUs are two rows; old rows without peak memory or
+  device model print "–" / "unknown".
 """
 
 from __future__ import annotations
@@ -57,8 +59,10 @@ def test_per_class_weighted_by_class_size_gives_back_the_rows(two_methods):
             assert np.sum(per_class * sizes) / sizes.sum() == pytest.approx(mean[("toy_shapes", label, subset)])
             assert weighted.cells[j].value == pytest.approx(mean[("toy_shapes", label, subset)])
     top = next(t for t in rep.tables if t.kind == "per_class_top" and "/base" in t.key)
-    spreads = [r.cells[-1].value for r in top.rows]
-    assert spreads == sorted(spreads, reverse=True) and top.rows[0].labels == ("base-c5",)
+    assert top.columns[-2:] == ["spread", "difference [95 %]"]
+    lows = [r.cells[-1].ci[0] for r in top.rows]
+    assert lows == sorted(lows, reverse=True) and top.rows[0].labels == ("base-c5",)
+    assert all(r.cells[-1].value == r.cells[-2].value for r in top.rows)  # the interval is the spread's
     conf = next(t for t in rep.tables if t.kind == "confusions" and "/base" in t.key)
     zs = [r for r in conf.rows if r.labels[0] == "zeroshot"]
     assert zs[0].labels[1:] == ("base-c5", "base-c0")
@@ -75,13 +79,40 @@ def test_per_class_cli_errors_and_rows_without_predictions(two_methods, monkeypa
     assert "No per-image predictions for zeroshot." in out and "add --plots DIR for the PNG" in err
 
 
-def test_cost_counts_each_job_once(tmp_path, monkeypatch, capsys):
+def test_per_class_ranks_by_a_size_aware_difference(tmp_path):
+    """Class 0 (6 images): A 5/6, B 2/6, a 50-point spread; class 1 (400 images): A 70 %, B 55 %, a
+    15-point spread. Ranked by spread, class 0 would come first; its interval reaches below 0, so
+    the clear difference on 400 images ranks first."""
     root = tmp_path / "res"
-    for s, (train, peak) in enumerate(((10.0, 900.0), (20.0, 1100.0)), start=1):
-        rows = outcome_job(root, "coop", "toy_shapes", s, {"base": outcomes_at(60), "new": outcomes_at(50)})
+    labels = np.array([0] * 6 + [1] * 400)
+    a = labels.copy()
+    a[5] = 2
+    a[6 + 280:] = 2  # class 1: 280 of 400 right
+    b = labels.copy()
+    b[2:6] = 2
+    b[6 + 220:] = 2  # class 1: 220 of 400
+    outcome_job(root, "coop", "toy_shapes", 1, {"base": (labels, a), "new": outcomes_at(60, 30, 3)})
+    outcome_job(root, "zeroshot", "toy_shapes", 1, {"base": (labels, b), "new": outcomes_at(60, 30, 3)})
+    rep = _build(root, per_class="toy_shapes")
+    top = next(t for t in rep.tables if t.kind == "per_class_top" and "/base" in t.key)
+    assert [r.labels[0] for r in top.rows[:2]] == ["base-c1", "base-c0"]
+    spread = {r.labels[0]: r.cells[-2].value for r in top.rows}
+    assert spread["base-c0"] == pytest.approx(50.0) and spread["base-c1"] == pytest.approx(15.0)
+    low0 = next(r for r in top.rows if r.labels[0] == "base-c0").cells[-1].ci[0]
+    assert low0 < 0 < top.rows[0].cells[-1].ci[0]
+    assert "1 of 2 classes have an interval above 0" in " ".join(top.notes)
+
+
+def test_cost_counts_each_job_once_per_dataset_and_device(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "res"
+    jobs = (("toy_shapes", 1, 10.0, 900.0, "cpu: Test CPU"), ("toy_shapes", 2, 20.0, 1100.0, "cpu: Test CPU"),
+            ("toy_shapes", 3, 5.0, 3000.0, "NVIDIA H100 80GB HBM3"), ("toy_scenes", 1, 50.0, 800.0, "cpu: Test CPU"))
+    for dataset, s, train, peak, name in jobs:
+        rows = outcome_job(root, "coop", dataset, s, {"base": outcomes_at(60), "new": outcomes_at(50, n=200)})
         for r, ev in zip(rows, (1.0, 3.0)):
-            r.update(train_seconds=train, eval_seconds=ev, n_learnable=2048, device="cpu", precision="fp32",
-                     precision_requested="fp16", peak_memory_mb=peak, peak_memory_source="process maxrss")
+            r.update(train_seconds=train, eval_seconds=ev, n_learnable=2048, device="cpu" if "cpu" in name else
+                     "cuda:0", device_name=name, precision="fp32", precision_requested="fp16", peak_memory_mb=peak,
+                     peak_memory_source="process maxrss")
         ResultStore(root).write(rows[0]["job_key"], rows)
     outcome_job(root, "zeroshot", "toy_shapes", 1, {"base": outcomes_at(50), "new": outcomes_at(50)})  # old rows
     code, out, err = run_cli(monkeypatch, capsys, "report", "--results", root, "--cost", "--format", "json")
@@ -89,12 +120,16 @@ def test_cost_counts_each_job_once(tmp_path, monkeypatch, capsys):
     import json
 
     (t,) = json.loads(out)["tables"]
-    assert t["kind"] == "cost" and t["row_header"] == ["Method", "Device", "Precision"]
-    coop = {c["field"]: c for c in t["rows"][1]["cells"]}
-    assert t["rows"][1]["labels"] == ["coop", "cpu", "fp32 (asked fp16)"]
-    assert coop["jobs"]["mean"] == 2 and coop["learnable params"]["mean"] == 2048
-    assert coop["train s / job"]["mean"] == 15.0 and coop["train s / job"]["std"] == 5.0
-    assert coop["eval s / evaluation"]["mean"] == 2.0 and coop["peak memory MiB"]["mean"] == 1100.0
+    assert t["kind"] == "cost" and t["row_header"] == ["Method", "Trained on", "Device", "Precision"]
+    rows = {tuple(r["labels"][:3]): {c["field"]: c for c in r["cells"]} for r in t["rows"]}
+    assert ["coop", "toy_shapes", "NVIDIA H100 80GB HBM3", "fp32 (asked fp16)"] in [r["labels"] for r in t["rows"]]
+    cpu = rows[("coop", "toy_shapes", "cpu: Test CPU")]
+    assert cpu["jobs"]["mean"] == 2 and cpu["learnable params"]["mean"] == 2048
+    assert cpu["train s / job"]["mean"] == 15.0 and cpu["train s / job"]["std"] == 5.0  # H100 and toy_scenes apart
+    # eval seconds per 1,000 test images: 1 s / 400 images and 3 s / 200 images -> 2.5 and 15
+    assert cpu["eval s / 1k images"]["mean"] == pytest.approx(8.75) and cpu["peak memory MiB"]["mean"] == 1100.0
+    assert rows[("coop", "toy_shapes", "NVIDIA H100 80GB HBM3")]["train s / job"]["mean"] == 5.0
+    assert rows[("coop", "toy_scenes", "cpu: Test CPU")]["train s / job"]["mean"] == 50.0
     code, out, err = run_cli(monkeypatch, capsys, "report", "--results", root, "--cost")
-    assert "| zeroshot | ? | ? | 1 | – | – | – | – |" in out
+    assert "| zeroshot | toy_shapes | unknown (?) | ? | 1 | – | – | – | – |" in out
     assert "rows from before cpbench recorded it" in out

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from crashing import Crash, crash_after_epoch  # noqa: E402
 from minidata import make_caltech  # noqa: E402
 
 from cpbench.engine import checkpoint  # noqa: E402
@@ -33,10 +34,6 @@ from cpbench.results.store import ResultStore  # noqa: E402
 
 SETS = ["epochs=3", "batch_size=2", "test_batch_size=4"]
 COLS = ["job_key", "subset", "accuracy", "correct", "n_test", "epochs"]
-
-
-class Crash(Exception):
-    pass
 
 
 @pytest.fixture(scope="module")
@@ -65,18 +62,6 @@ def _rows(s: RunSettings):
     return read.frame[COLS].sort_values(["job_key", "subset"]).reset_index(drop=True)
 
 
-def _crash_after_epoch(monkeypatch, n: int):
-    """Make training die right after epoch ``n``'s checkpoint was written."""
-    import cpbench.engine.train as tr
-
-    real = tr.checkpoint.save
-
-    def save(ckpt_dir, tag, tensors, meta):
-        real(ckpt_dir, tag, tensors, meta)
-        if tag == "epoch" and meta["epoch"] == n:
-            raise Crash()
-
-    monkeypatch.setattr(tr.checkpoint, "save", save)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +76,7 @@ def test_resume_after_any_epoch_is_bitwise_identical(crash_epoch, data, tiny_bac
     base_s, base_rows, base_final, base_epoch = baseline
     s = _s(data, tmp_path / "res")
     with monkeypatch.context() as m:
-        _crash_after_epoch(m, crash_epoch)
+        crash_after_epoch(m, crash_epoch)
         with pytest.raises(Crash):
             run_job(_job(), tiny_backbone, s, ResultStore(s.results_root))
     assert not ResultStore(s.results_root).has(_rows(base_s)["job_key"][0])
@@ -122,7 +107,7 @@ def test_a_resume_without_momentum_would_differ(data, tiny_backbone, baseline, t
     _, _, base_final, _ = baseline
     s = _s(data, tmp_path / "res")
     with monkeypatch.context() as m:
-        _crash_after_epoch(m, 0)
+        crash_after_epoch(m, 0)
         with pytest.raises(Crash):
             run_job(_job(), tiny_backbone, s, ResultStore(s.results_root))
     monkeypatch.setattr(tr, "_load_optimizer_state", lambda *a: None)
@@ -260,7 +245,7 @@ def test_promptsrc_gpa_buffers_resume_bitwise(data, tiny_backbone, tmp_path, mon
     first = run_job(job, tiny_backbone, a, ResultStore(a.results_root))
     b = _s(data, tmp_path / "b", sets)
     with monkeypatch.context() as m:
-        _crash_after_epoch(m, 1)
+        crash_after_epoch(m, 1)
         with pytest.raises(Crash):
             run_job(job, tiny_backbone, b, ResultStore(b.results_root))
     second = run_job(job, tiny_backbone, b, ResultStore(b.results_root))

@@ -25,7 +25,18 @@ _INTERP = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMo
 
 
 def _resize_center(pre: Preprocess) -> list:
+    """open_clip's test-time geometry for the backbone's ``resize_mode`` (``image_transform``):
+    shortest = resize the short side, center crop; squash = resize to a square (SigLIP's);
+    longest = fit the long side, center crop-or-pad with ``fill_color``."""
     interpolation = _INTERP.get(pre.interpolation, T.InterpolationMode.BICUBIC)
+    mode = getattr(pre, "resize_mode", "shortest")
+    if mode == "squash":
+        return [T.Resize((pre.image_size, pre.image_size), interpolation=interpolation)]
+    if mode == "longest":
+        from open_clip.transform import CenterCropOrPad, ResizeKeepRatio
+
+        return [ResizeKeepRatio(pre.image_size, interpolation=interpolation, longest=1),
+                CenterCropOrPad(pre.image_size, fill=pre.fill_color)]
     return [T.Resize(pre.image_size, interpolation=interpolation), T.CenterCrop(pre.image_size)]
 
 
@@ -49,7 +60,8 @@ def _train_geometry(pre: Preprocess) -> list:
 
 
 def test_transform(pre: Preprocess) -> T.Compose:
-    """Resize the short side (bicubic), center crop, normalise."""
+    """open_clip's test transform for the backbone: its resize mode and interpolation (bicubic:
+    resize the short side, center crop), normalise with its mean and std."""
     return T.Compose(_resize_center(pre) + [T.ToTensor(), T.Normalize(pre.mean, pre.std)])
 
 

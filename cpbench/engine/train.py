@@ -1,10 +1,16 @@
 """One training loop for every method, as Dassl's: SGD (momentum 0.9, wd 5e-4), one constant
 warm-up epoch at 1e-5, then cosine over the epochs, stepped per epoch; last-epoch model.
 
+The loops of the adapter and LoRA baselines differ and are settings (``TrainConfig``): torch's
+AdamW instead of SGD; ``iter_cosine``, CosineAnnealingLR stepped every iteration with T_max = all
+iterations (Tip-Adapter-F: epochs x batches per epoch; CLIP-LoRA: its iteration count, down to
+``min_lr``), no warm-up; an iteration count instead of epochs (the last epoch is cut where the
+count is reached); the last incomplete batch kept (``drop_last=False``); another crop scale.
+
 Each epoch's shuffling and augmentation draw from generators seeded by (seed, epoch), and a
-checkpoint (learned state + optimiser buffers) is written after every epoch, so a run killed
-at any point resumes from its last finished epoch and ends with the same parameters as an
-uninterrupted run.
+checkpoint (learned state + every optimiser buffer: SGD's momentum, AdamW's step, exp_avg and
+exp_avg_sq; the fp16 loss scaler) is written after every epoch, so a run killed at any point
+resumes from its last finished epoch and ends with the same parameters as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from cpbench.data.images import ImageList, to_model_input, train_pixels
 from cpbench.data.splits import Item
 from cpbench import faults
 from cpbench.engine import checkpoint
-from cpbench.engine.precision import Precision
+from cpbench.engine.features import cached_views, image_dtype, train_preprocess
+from cpbench.engine.precision import Precision, epoch_seed
 from cpbench.methods.base import Method
 from cpbench.threads import loader_worker_init
 
@@ -71,24 +78,54 @@ def lr_at(epoch: int, cfg: TrainConfig) -> float:
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * t / max(1, cfg.epochs)))
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    return (seed * 1_000_003 + epoch * 7919) % (2**31)
+def lr_at_step(step: int, total: int, cfg: TrainConfig) -> float:
+    """``iter_cosine``: the learning rate of (0-based) iteration ``step`` of ``total``, torch's
+    CosineAnnealingLR (T_max = total, eta_min = min_lr) after ``step`` scheduler steps, in closed form."""
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * step / max(1, total)))
+
+
+def batches_per_epoch(n_items: int, cfg: TrainConfig) -> int:
+    """Batches of one epoch over ``n_items`` images (the last incomplete one dropped when
+    ``drop_last`` and the set holds at least one full batch, as Dassl)."""
+    if cfg.drop_last and n_items >= cfg.batch_size:
+        return n_items // cfg.batch_size
+    return -(-n_items // cfg.batch_size)
+
+
+def planned_epochs(cfg: TrainConfig, n_items: int) -> int:
+    """Epochs a training runs: ``epochs``, or as many as ``iterations`` need (the last one cut)."""
+    if cfg.iterations:
+        return -(-cfg.iterations // max(1, batches_per_epoch(n_items, cfg))) if n_items else 0
+    return cfg.epochs
+
+
+def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
+                                 weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def _optimizer_state(opt: torch.optim.Optimizer, params: list[torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+    """Every tensor of the optimiser's per-parameter state (SGD: momentum_buffer; AdamW: step,
+    exp_avg, exp_avg_sq), as ``__optim__.<param index>.<name>``."""
     out = {}
     for i, p in enumerate(params):
-        buf = opt.state.get(p, {}).get("momentum_buffer")
-        if buf is not None:
-            out[f"__optim__.{i}.momentum_buffer"] = buf
+        for name, buf in opt.state.get(p, {}).items():
+            if torch.is_tensor(buf):
+                out[f"__optim__.{i}.{name}"] = buf
     return out
 
 
 def _load_optimizer_state(opt, params, tensors: dict[str, torch.Tensor]) -> None:
-    for i, p in enumerate(params):
-        buf = tensors.get(f"__optim__.{i}.momentum_buffer")
-        if buf is not None:
-            opt.state[p]["momentum_buffer"] = buf.to(p.device, p.dtype).clone()
+    prefix = "__optim__."
+    for key, buf in tensors.items():
+        if not key.startswith(prefix):
+            continue
+        i, name = key[len(prefix):].split(".", 1)
+        p = params[int(i)]
+        # AdamW keeps ``step`` as a float32 CPU tensor (torch's own load_state_dict leaves it as is)
+        opt.state[p][name] = buf.clone() if name == "step" else buf.to(p.device, p.dtype).clone()
 
 
 def _scaler_state(scaler) -> dict[str, torch.Tensor]:
@@ -127,32 +164,6 @@ def _unscaled(loss: torch.Tensor) -> torch.Tensor:
     return loss
 
 
-def _image_dtype(precision: Precision) -> torch.dtype:
-    return torch.float16 if precision.param_dtype == torch.float16 else torch.float32
-
-
-@torch.no_grad()
-def cached_views(method: Method, dataset: ImageList, cfg: TrainConfig, device: torch.device,
-                 precision: Precision, seed: int) -> torch.Tensor:
-    """[K, N, E] frozen features of K augmented views per training image (Tip-Adapter style).
-    An approximation of fresh per-epoch augmentation, recorded as such in the results row."""
-    out = []
-    was_training = method.training
-    method.eval()
-    for v in range(cfg.feature_views):
-        torch.manual_seed(epoch_seed(seed, 100_000 + v))
-        loader = DataLoader(dataset, batch_size=cfg.test_batch_size, shuffle=False, num_workers=cfg.num_workers,
-                            worker_init_fn=loader_worker_init)
-        feats = []
-        for pixels, _, _ in loader:
-            images = to_model_input(pixels, method.backbone.preprocess, device, _image_dtype(precision))
-            with precision.autocast(device):
-                feats.append(method.encode_images(images).float())
-        out.append(torch.cat(feats))
-    method.train(was_training)
-    return torch.stack(out).to(device)
-
-
 def _correct(logits, labels: torch.Tensor) -> int | None:
     """Training samples the logits classify right (no extra forward pass); None if the method's
     first output is not [batch, classes] logits."""
@@ -178,9 +189,10 @@ def train(method: Method, items: Sequence[Item], image_root: Path, cfg: TrainCon
           on_epoch: EpochCallback | None = None, on_batch: BatchCallback | None = None) -> TrainResult:
     params = [p for p in method.parameters() if p.requires_grad]
     started = time.time()
-    if not params or cfg.epochs == 0:
+    epochs = planned_epochs(cfg, len(items))
+    if not params or epochs == 0:
         return TrainResult(0, 0.0, None, None, 0)
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(params, cfg)
     scaler = torch.amp.GradScaler(device.type) if precision.grad_scaler else None
     start, resumed, before = 0, None, 0.0
     history: list[dict] = []
@@ -194,17 +206,20 @@ def train(method: Method, items: Sequence[Item], image_root: Path, cfg: TrainCon
             start = resumed = int(meta["epoch"]) + 1
             before = float(meta.get("train_seconds", 0.0))  # training time spent before the interruption
             history = list(meta.get("history", []))          # the epochs before the interruption
-    dataset = ImageList(items, image_root, train_pixels(method.backbone.preprocess), keep_decoded=DECODED_BUDGET)
-    drop_last = len(dataset) >= cfg.batch_size
+    dataset = ImageList(items, image_root, train_pixels(train_preprocess(method, cfg)), keep_decoded=DECODED_BUDGET)
+    drop_last = cfg.drop_last and len(dataset) >= cfg.batch_size
+    per_epoch = batches_per_epoch(len(items), cfg)
+    total_steps = cfg.iterations or epochs * per_epoch  # iter_cosine's T_max
     use_features = cfg.feature_views > 0 and method.feature_training and not method.image_prompted
     views = cached_views(method, dataset, cfg, device, precision, seed) if use_features else None
     labels_all = torch.tensor([it.label for it in items])
     last_loss = None
     seen = 0
     method.train()
-    for epoch in range(start, cfg.epochs):
+    for epoch in range(start, epochs):
         t_epoch = time.time()
-        lr = lr_at(epoch, cfg)
+        step = epoch * per_epoch   # optimiser steps before this epoch (every earlier epoch is whole)
+        lr = lr_at(epoch, cfg) if cfg.schedule == "epoch_cosine" else lr_at_step(step, total_steps, cfg)
         for group in opt.param_groups:
             group["lr"] = lr
         eseed = epoch_seed(seed, epoch)
@@ -212,7 +227,7 @@ def train(method: Method, items: Sequence[Item], image_root: Path, cfg: TrainCon
         gen = torch.Generator().manual_seed(eseed)
         if views is not None:
             batches = _feature_batches(views, labels_all, cfg.batch_size, drop_last, gen)
-            n_batches = len(items) // cfg.batch_size if drop_last else -(-len(items) // cfg.batch_size)
+            n_batches = per_epoch
         else:
             loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=RandomSampler(dataset, generator=gen),
                                 drop_last=drop_last, num_workers=cfg.num_workers,
@@ -220,12 +235,19 @@ def train(method: Method, items: Sequence[Item], image_root: Path, cfg: TrainCon
                                 worker_init_fn=loader_worker_init)
             batches = ((x, y) for x, y, _ in loader)
             n_batches = len(loader)
+        n_batches = min(n_batches, total_steps - step)  # the last epoch of an iteration count is cut
         total, count, samples = 0.0, 0, 0
         terms: dict[str, float] = {}
         correct: int | None = 0
         for b, (inputs, labels) in enumerate(batches):
+            if b == n_batches:
+                break
+            if cfg.schedule == "iter_cosine":
+                lr = lr_at_step(step + b, total_steps, cfg)
+                for group in opt.param_groups:
+                    group["lr"] = lr
             if views is None:   # uint8 pixels -> normalised images on the device (bit-identical)
-                inputs = to_model_input(inputs, method.backbone.preprocess, device, _image_dtype(precision))
+                inputs = to_model_input(inputs, method.backbone.preprocess, device, image_dtype(precision))
             else:
                 inputs = inputs.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
@@ -254,20 +276,20 @@ def train(method: Method, items: Sequence[Item], image_root: Path, cfg: TrainCon
             if on_batch:
                 on_batch(epoch, b + 1, n_batches, total / count, lr)
             faults.point("batch")  # test hook (inert unless CPBENCH_FAULT_AT is set)
-        method.on_epoch_end(epoch, cfg.epochs)
+        method.on_epoch_end(epoch, epochs)
         last_loss = total / max(1, count)
-        stats = EpochStats(epoch, cfg.epochs, lr, last_loss, {k: v / max(1, count) for k, v in terms.items()},
+        stats = EpochStats(epoch, epochs, lr, last_loss, {k: v / max(1, count) for k, v in terms.items()},
                            None if correct is None or not samples else 100.0 * correct / samples,
                            time.time() - t_epoch)
         history.append(stats.as_row())
         if ckpt_dir is not None and cfg.checkpoint:
             checkpoint.save(ckpt_dir, "epoch",
                             {**method.learned_state(), **_optimizer_state(opt, params), **_scaler_state(scaler)},
-                            {"epoch": epoch, "epochs": cfg.epochs, "loss": last_loss, "lr": lr,
+                            {"epoch": epoch, "epochs": epochs, "loss": last_loss, "lr": lr,
                              "train_seconds": before + time.time() - started, "history": history})
         if on_epoch:
             on_epoch(stats, history)
     method.on_train_end()
     method.eval()
     # seconds: total training time of the run, including the time spent before a resume
-    return TrainResult(cfg.epochs - start, before + time.time() - started, resumed, last_loss, seen, history)
+    return TrainResult(epochs - start, before + time.time() - started, resumed, last_loss, seen, history)

@@ -25,7 +25,8 @@ Every hook the engine calls is declared here, with its default:
   state from the training data (the linear probe's logistic regression, a training-free cache);
 - evaluation: ``eval_context``, ``encode_images``, ``logits_from_features``;
 - classes: ``set_classnames``, ``set_training_subset``, ``takes_new_classes``,
-  ``options_for_classes``; capabilities: the class flags below and ``unsupported``.
+  ``options_for_classes``; capabilities: the class flags below, ``unsupported`` (a protocol) and
+  ``backbone_unsupported`` (a backbone's towers, with ``models/families.py``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from torch import nn
 
 from cpbench.config import coerce
 from cpbench.errors import UserError
+from cpbench.models import families
 from cpbench.models.backbone import Backbone
 
 if TYPE_CHECKING:
@@ -111,12 +113,26 @@ class Method(nn.Module):
     # few-shot image-text retrieval (protocols/retrieval.py): every caption is a "class name", so
     # the class prompts must be built from the name alone plus shared learned state
     retrieval: ClassVar[bool] = False
+    # what it needs from the backbone's towers, checked from the model config before anything loads
+    # (cpbench/models/families.py; `cpbench list --backbones`): learned token embeddings fed to the
+    # text transformer (not a Hugging Face text model), prompts replacing tokens before the text
+    # layers, prompts inserted into the image tower's layers (a ViT, not a ResNet/ConvNeXt/FastViT)
+    text_prompts: ClassVar[bool] = False
+    deep_text_prompts: ClassVar[bool] = False
+    vision_prompts: ClassVar[bool] = False
     # the learned state is fitted by ``fit`` (closed form, or a loop of the method's own), not by
     # the generic training loop: the linear probe, training-free caches
     closed_form: ClassVar[bool] = False
+    # learned-state entries whose first axis holds one row per training image (Tip-Adapter's cache
+    # keys and values): their length comes from the training data, not from the options, so a
+    # method built on the class names alone takes it from the state it loads
+    data_rows: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, backbone: Backbone, classnames: list[str], options: Options, template: str = "a photo of a {}."):
         super().__init__()
+        why = families.unsupported(type(self), backbone.facts, backbone.spec.name)
+        if why:  # validation refuses this before loading; a backbone built by hand gets the same line
+            raise UserError(why)
         self.backbone = backbone
         self.options = options
         self.template = template
@@ -132,6 +148,14 @@ class Method(nn.Module):
         if protocol == "retrieval" and not cls.retrieval:
             return (f"{cls.name} has no image-text retrieval mode (its prompts are not built from a caption and "
                     "shared learned state alone); use zeroshot, coop, cocoop or cpl")
+        return ""
+
+    @classmethod
+    def backbone_unsupported(cls, facts: "families.Facts", backbone: str = "this backbone") -> str:
+        """Why this method cannot run on a backbone with these tower facts beyond what its
+        ``text_prompts`` / ``deep_text_prompts`` / ``vision_prompts`` flags say (one line, from the model
+        config before anything loads: ``models/families.py``); "" if it can. Default: nothing more
+        (CLIP-LoRA needs CLIP's causal text transformer and open_clip's ViT)."""
         return ""
 
     @classmethod

@@ -119,6 +119,7 @@ class CoOpVPT(Method):
     name = "coopvpt"
     Options = BPLOptions
     conditional = False
+    text_prompts = True
     rebuild_on_target_classes = True   # a softmax average over MC samples: no column subsetting
 
     def __init__(self, backbone, classnames, options: BPLOptions, template="a photo of a {}."):

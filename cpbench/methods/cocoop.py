@@ -39,6 +39,7 @@ class CoCoOp(Method):
     name = "cocoop"
     Options = CoCoOpOptions
     retrieval = True  # captions as class names, instance-conditioned context prepended (CPL's ITR baseline)
+    text_prompts = True
 
     def __init__(self, backbone, classnames, options: CoCoOpOptions, template="a photo of a {}."):
         super().__init__(backbone, classnames, options, template)

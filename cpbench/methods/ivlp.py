@@ -41,6 +41,9 @@ class IVLP(OfficialFloat32, Method):
     name = "ivlp"
     Options = IVLPOptions
     image_prompted = True
+    text_prompts = True
+    deep_text_prompts = True
+    vision_prompts = True
     fp32_prefixes = ("VPT", "deep_text", "deep_vision")   # official VPT / VPT_shallow: fp32 under fp16
 
     def __init__(self, backbone, classnames, options: IVLPOptions, template="a photo of a {}."):

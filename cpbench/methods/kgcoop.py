@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cpbench.methods.base import clean
 from cpbench.methods.coop import CoOp, CoOpOptions
+from cpbench.methods.prompts import TemplateTeacher
 
 
 @dataclass
@@ -31,24 +31,13 @@ class KgCoOpOptions(CoOpOptions):
     template: str = ""  # hand-crafted prompt of the teacher; empty = the dataset's template
 
 
-class KgCoOp(CoOp):
+class KgCoOp(TemplateTeacher, CoOp):
     name = "kgcoop"
     Options = KgCoOpOptions
 
     def __init__(self, backbone, classnames, options: KgCoOpOptions, template="a photo of a {}."):
         super().__init__(backbone, classnames, options, template)
         self.register_buffer("teacher", torch.zeros(0), persistent=False)
-
-    def set_classnames(self, classnames):
-        super().set_classnames(classnames)
-        self.teacher = torch.zeros(0, device=self.ctx.device)
-
-    @torch.no_grad()
-    def teacher_features(self) -> torch.Tensor:
-        if self.teacher.numel() == 0:
-            t = self.options.template or self.template
-            self.teacher = F.normalize(self.backbone.encode_text([t.format(clean(c)) for c in self.classnames]).float(), dim=-1)
-        return self.teacher
 
     def _terms(self, logits, text, labels):
         score = 1.0 - F.cosine_similarity(text, self.teacher_features(), dim=1, eps=1e-7).mean()

@@ -130,7 +130,8 @@ class LabelRows:
             raise UserError(f"label_len must be between 1 and the shortest class name ({min(lens)} tokens); 0 = that minimum")
         ids = backbone.tokenize(self.label_names)
         with torch.no_grad():
-            emb = backbone.token_embedding(ids)[:, 1: 1 + self.label_len].float().clone()
+            s = backbone.text_start
+            emb = backbone.token_embedding(ids)[:, s: s + self.label_len].float().clone()
         if random_init:
             emb = torch.randn_like(emb) * 0.02
         self.token_classes = nn.Parameter(emb.to(backbone.dtype))
@@ -154,7 +155,7 @@ class LabelRows:
 
     def shared_prefix(self) -> int:
         """The encoder's shared prefix stops before the (per-class) label rows."""
-        return min(super().shared_prefix(), 1 + self.n_ctx)
+        return min(super().shared_prefix(), self.backbone.text_start + self.n_ctx)
 
     def with_label_rows(self, base: torch.Tensor) -> torch.Tensor:
         """Assembled prompts [C, L, D] with tokens 1+n_ctx .. +L_lab replaced by the learned label
@@ -162,7 +163,7 @@ class LabelRows:
         rows = self.label_row
         if not bool((rows >= 0).any()):
             return base
-        s = 1 + self.n_ctx
+        s = self.backbone.text_start + self.n_ctx
         e = s + self.label_len
         labels = self.token_classes[rows.clamp(min=0)].to(base.dtype)
         mid = torch.where((rows >= 0).view(-1, 1, 1), labels, base[:, s:e])

@@ -41,6 +41,9 @@ class MaPLe(OfficialFloat32, Method):
     name = "maple"
     Options = MaPLeOptions
     image_prompted = True
+    text_prompts = True
+    deep_text_prompts = True
+    vision_prompts = True
     fp32_prefixes = ("compound_prompts_text", "compound_prompt_projections")  # fp32 under fp16, as official
 
     def __init__(self, backbone, classnames, options: MaPLeOptions, template="a photo of a {}."):

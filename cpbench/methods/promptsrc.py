@@ -42,7 +42,6 @@ import torch.nn.functional as F
 from cpbench.errors import UserError
 from cpbench.methods.base import clean
 from cpbench.methods.ivlp import IVLP, IVLPOptions
-from cpbench.models.text import common_prefix
 
 # PromptSRC trainers/imagenet_templates.py IMAGENET_TEMPLATES (bb95c77), in its order: CLIP's 80
 # ImageNet templates without the last 20, with "a photo of a {}." moved to the front.
@@ -127,7 +126,7 @@ class PromptSRC(IVLP):
             total = None
             for t in TEMPLATES:
                 ids = bb.tokenize([t.replace("{}", n) for n in names])
-                f = enc(bb.token_embedding(ids).float(), ids.argmax(dim=-1), shared=common_prefix(ids)).float()
+                f = bb.encode_ids(ids, enc, torch.float32).float()
                 total = f if total is None else total + f
             self.fixed_embeddings = total / len(TEMPLATES)
         return self.fixed_embeddings

@@ -23,6 +23,11 @@ METHODS: dict[str, str] = {
     "promptsrc": "cpbench.methods.promptsrc:PromptSRC",
     "kgcoop": "cpbench.methods.kgcoop:KgCoOp",
     "linear_probe": "cpbench.methods.linear_probe:LinearProbe",
+    "prograd": "cpbench.methods.prograd:ProGrad",
+    "clip_adapter": "cpbench.methods.clip_adapter:CLIPAdapter",
+    "tip_adapter": "cpbench.methods.tip_adapter:TipAdapter",
+    "tip_adapter_f": "cpbench.methods.tip_adapter_f:TipAdapterF",
+    "clip_lora": "cpbench.methods.clip_lora:CLIPLoRA",
 }
 
 
@@ -43,10 +48,13 @@ def get_method_class(name: str):
 
 
 # The order of methods in reports (rows and column groups): zero-shot CLIP first, then the order
-# the papers' tables use (CoOp, CoCoOp, KgCoOp, MaPLe, IVLP, PromptSRC, the LAMM variants, PRE,
-# Bayesian PL, CPL), linear-probe CLIP last. A method not listed here follows, alphabetically.
-REPORT_ORDER = ("zeroshot", "coop", "cocoop", "kgcoop", "maple", "ivlp", "promptsrc", "lamm", "coop_lamm",
-                "maple_lamm", "pre", "coopvpt", "cocoopvpt", "cpl", "linear_probe")
+# the papers' tables use (CoOp, CoCoOp, ProGrad, KgCoOp, MaPLe, IVLP, PromptSRC, the LAMM variants,
+# PRE, Bayesian PL, CPL), then the few-shot adapter baselines in the order of the CLIP-LoRA paper's
+# table (CLIP-Adapter, Tip-Adapter, Tip-Adapter-F, CLIP-LoRA), linear-probe CLIP last. A method not
+# listed here follows, alphabetically.
+REPORT_ORDER = ("zeroshot", "coop", "cocoop", "prograd", "kgcoop", "maple", "ivlp", "promptsrc", "lamm", "coop_lamm",
+                "maple_lamm", "pre", "coopvpt", "cocoopvpt", "cpl", "clip_adapter", "tip_adapter", "tip_adapter_f",
+                "clip_lora", "linear_probe")
 
 
 def report_rank(name: str) -> tuple[int, str]:

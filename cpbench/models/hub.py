@@ -104,6 +104,19 @@ def hub_offline() -> Iterator[None]:
         constants.HF_HUB_OFFLINE = before
 
 
+def repo_plan(repo_id: str, filenames: tuple[str, ...], probe=reachable) -> str:
+    """``cache`` | ``download`` | ``unavailable: why`` for files of a Hugging Face repository (a
+    tokenizer, a text tower's config): cached when any of ``filenames`` is."""
+    if any(_hub_cached(repo_id, f) for f in filenames):
+        return "cache"
+    if offline_flag():
+        return "unavailable: HF_HUB_OFFLINE is set"
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    return "download" if probe(host) else f"unavailable: {host} cannot be reached"
+
+
 def plan(cfg: dict, probe=reachable) -> str:
     """``download`` | ``cache`` (load from the cache, hub offline) | ``unavailable: why``."""
     if not cfg or "file" in cfg:

@@ -18,7 +18,7 @@ from cpbench.data import prepare as prep
 from cpbench.engine import checkpoint
 from cpbench.engine.cache import FeatureCache
 from cpbench.engine.precision import Precision, resolve_precision, seed_everything
-from cpbench.engine.train import epoch_seed, train
+from cpbench.engine.train import epoch_seed, planned_epochs, train
 from cpbench.errors import UserError
 from cpbench.methods.base import Method, TrainingData
 from cpbench.methods.registry import get_method_class
@@ -26,7 +26,7 @@ from cpbench.models.backbone import Backbone
 from cpbench.protocols.jobs import Job, Reporter, RunSettings, default_config
 from cpbench.protocols.keys import training_key
 from cpbench.results import curves
-from cpbench.results.schema import now
+from cpbench.results.schema import device_name, now
 
 
 def evaluation_seed(seed: int, target_index: int) -> int:
@@ -87,7 +87,7 @@ def learn(job: Job, cfg: ResolvedConfig, backbone: Backbone, s: RunSettings, rep
         shutil.rmtree(ckpt_dir)
     final = checkpoint.load(ckpt_dir, "final")
     train_seconds = 0.0
-    epochs = cfg.train.epochs if cls.trainable else 0
+    epochs = planned_epochs(cfg.train, len(train_items)) if cls.trainable else 0
     cache = FeatureCache(s.data_root / ".cache" / "features") if s.feature_cache else None
     if s.state_from:  # imported, not trained here (cpbench/state/imports.py)
         from cpbench.state import imports
@@ -103,7 +103,8 @@ def learn(job: Job, cfg: ResolvedConfig, backbone: Backbone, s: RunSettings, rep
         checkpoint.save(ckpt_dir, "final", method.learned_state(), {"epoch": 0, "train_seconds": train_seconds})
     else:
         train_seconds = train_or_load(method, cfg, s, precision, job.seed, train_items, ds.image_root, ckpt_dir,
-                                      reporter, f"{job.method} on {ds.name}", history_ident(job, cfg, s), final=final)
+                                      reporter, f"{job.method} on {ds.name}", history_ident(job, cfg, s), final=final,
+                                      val_items=va, cache=cache, dataset=ds.cache_tag)
     return Learned(method, ds, list(names), precision, epochs, train_seconds, cache)
 
 
@@ -123,20 +124,25 @@ def history_ident(job: Job, cfg: ResolvedConfig, s: RunSettings, **extra) -> dic
 
 def train_or_load(method: Method, cfg: ResolvedConfig, s: RunSettings, precision: Precision, seed: int,
                   train_items, image_root: Path, ckpt_dir: Path, reporter: Reporter, what: str, ident: dict,
-                  final: tuple | None = None) -> float:
+                  final: tuple | None = None, val_items=(), cache: FeatureCache | None = None,
+                  dataset: str = "") -> float:
     """Give ``method`` its learned state from ``ckpt_dir``'s final checkpoint, or train it there
     (resuming from the last epoch checkpoint; the per-epoch history goes to ``ckpt_dir/history.parquet``
     with the columns ``ident``) and save the final one; returns the training seconds (including time
     trained before an interruption). ``final``: the final checkpoint, when the caller already loaded
-    it. Nothing is trained for a non-trainable method or 0 epochs."""
+    it. Nothing is trained for a non-trainable method or 0 epochs. ``val_items``, ``cache`` and
+    ``dataset`` reach the method's ``prepare_training`` (Tip-Adapter-F searches its α/β there)."""
     final = final if final is not None else checkpoint.load(ckpt_dir, "final")
     if final is not None:
         method.load_learned_state(final[0])
         return float(final[1].get("train_seconds", 0.0))
-    if not (method.trainable and cfg.train.epochs > 0):
+    epochs = planned_epochs(cfg.train, len(train_items))
+    if not (method.trainable and epochs > 0):
         return 0.0
-    reporter.phase(f"training {what} ({len(train_items)} images, {cfg.train.epochs} epochs)", cfg.train.epochs)
-    method.prepare_training(TrainingData(train_items, (), image_root, s.device, precision, cfg.train, seed))
+    length = f"{cfg.train.iterations} iterations" if cfg.train.iterations else f"{epochs} epochs"
+    reporter.phase(f"training {what} ({len(train_items)} images, {length})", epochs)
+    method.prepare_training(TrainingData(train_items, tuple(val_items), image_root, s.device, precision, cfg.train,
+                                         seed, cache, dataset))
 
     def on_epoch(stats, history):
         curves.write_history(ckpt_dir, history, ident)
@@ -146,7 +152,7 @@ def train_or_load(method: Method, cfg: ResolvedConfig, s: RunSettings, precision
                    on_epoch=on_epoch, on_batch=reporter.batch)
     if result.history:  # also when the run resumed after its last epoch
         curves.write_history(ckpt_dir, result.history, ident)
-    checkpoint.save(ckpt_dir, "final", method.learned_state(), {"epoch": cfg.train.epochs, "train_seconds": result.seconds})
+    checkpoint.save(ckpt_dir, "final", method.learned_state(), {"epoch": epochs, "train_seconds": result.seconds})
     return result.seconds
 
 
@@ -165,5 +171,6 @@ def run_fields(job: Job, key: str, cfg: ResolvedConfig, s: RunSettings, run_id: 
         "feature_cache": ("test" if (cache and not method.image_prompted) else "off"),
         "train_features": (f"cached-aug:{cfg.train.feature_views}" if cfg.train.feature_views else "images"),
         "train_seconds": train_seconds, "device": str(s.device), "imported": imported,
+        "device_name": device_name(s.device),  # the GPU model for the cost view (issue 26)
         "started_at": started_at, **env,
     }

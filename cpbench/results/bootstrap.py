@@ -1,38 +1,28 @@
-"""Seeded, vectorised bootstrap over seeds and test images, and the paired tests built on it.
+"""The test-image part of every interval and paired test: a seeded, vectorised bootstrap over the
+test images, with the seeds held fixed (the seed part and how the two combine:
+``significance.py``).
 
-The resampling scheme (the same for intervals and paired differences):
+Every replicate draws n of the n images of a test set (one dataset's base, new or full test split)
+with replacement. The draw is shared by every seed and every method evaluated on that test set:
+all of them saw the same images, so the test set's sampling error is common to them (it does not
+average out over seeds) and differences are paired image by image. Images are pooled by their
+correctness pattern across the evaluations sharing the test set, so one replicate is one
+multinomial draw over at most min(n, 2^k) patterns (exact, fast). A cell's replicate is the mean
+over its seeds of their replicate accuracies; HM and Average cells are recomputed from their
+parts in every replicate (never by formula on the means' intervals).
 
-- **Test images.** Every replicate draws n of the n images of a test set (one dataset's base,
-  new or full test split) with replacement. The draw is shared by every seed and every method
-  evaluated on that test set: all of them saw the same images, so the test set's sampling error
-  is common to them (it does not average out over seeds) and differences are paired image by
-  image. Images are pooled by their correctness pattern across the evaluations sharing the test
-  set, so one replicate is one multinomial draw over at most min(n, 2^k) patterns (exact, fast).
-- **Seeds.** Every replicate then draws S of a cell's S seeds with replacement and averages
-  their accuracies. The draw is keyed by (protocol, training dataset, shots, the seed list), so
-  Base and New of one training use the same seeds, and two methods with the same seeds are paired
-  seed by seed. A cell with one seed gets an interval over test images only.
-- HM and Average cells are recomputed from their parts in every replicate (never by formula on
-  the means' intervals).
-
-Intervals are percentile intervals (2.5 and 97.5 percentiles of ``REPLICATES`` replicates). The
-generator of every draw is seeded by ``SEED`` and the draw's key, so the same rows and options
-give the same intervals. A paired difference A − B is *significant* when its 95 % interval
-excludes 0; its two-sided p is twice the smaller share of replicates on either side of 0.
-McNemar's test (exact binomial on the images exactly one of the two gets right) is given per
-seed for cells of one test set.
+The generator of every draw is seeded by ``SEED`` and the draw's key, so the same rows and options
+give the same intervals.
 """
 
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
 
 import numpy as np
 
 REPLICATES = 2000
 SEED = 0
-LEVEL = 0.95
 BLOCK_CELLS = 4_000_000   # replicates x patterns drawn at once (memory bound)
 
 
@@ -60,64 +50,6 @@ def image_replicates(correct: np.ndarray, key, replicates: int = REPLICATES) -> 
     return out
 
 
-def seed_draws(n_seeds: int, key, replicates: int = REPLICATES) -> np.ndarray:
-    """(replicates, n_seeds) seed positions drawn with replacement (all zeros for one seed)."""
-    if n_seeds <= 1:
-        return np.zeros((replicates, max(1, n_seeds)), dtype=np.int64)
-    return rng("seeds", key).integers(0, n_seeds, size=(replicates, n_seeds))
-
-
-def seed_mean(per_seed: np.ndarray, draws: np.ndarray) -> np.ndarray:
-    """(replicates, S) per-seed accuracies and seed draws -> (replicates,) means of the drawn seeds."""
-    return np.take_along_axis(per_seed, draws, axis=1).mean(axis=1)
-
-
 def hm(b: np.ndarray, n: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(b + n == 0, 0.0, 2 * b * n / (b + n))
-
-
-def interval(reps: np.ndarray, level: float = LEVEL) -> tuple[float, float] | None:
-    if reps is None or not np.all(np.isfinite(reps)):
-        return None
-    tail = 100 * (1 - level) / 2
-    low, high = np.percentile(reps, [tail, 100 - tail])
-    return float(low), float(high)
-
-
-@dataclass
-class Paired:
-    """A paired difference A − B: point estimate, interval, two-sided bootstrap p, significance."""
-    delta: float
-    low: float
-    high: float
-    p: float
-    significant: bool
-
-
-def paired(delta: float, reps: np.ndarray, level: float = LEVEL) -> Paired | None:
-    ci = interval(reps, level)
-    if ci is None or not np.isfinite(delta):
-        return None
-    p = float(min(1.0, 2 * min(np.mean(reps <= 0), np.mean(reps >= 0))))
-    return Paired(delta, ci[0], ci[1], p, bool(ci[0] > 0 or ci[1] < 0))
-
-
-@dataclass
-class McNemar:
-    seed: int
-    a_only: int    # images A gets right and B wrong
-    b_only: int
-    p: float       # exact two-sided binomial p (1.0 without discordant images)
-
-
-def mcnemar(seed: int, a_correct: np.ndarray, b_correct: np.ndarray) -> McNemar:
-    """McNemar's exact test on one seed's paired outcomes: the discordant images are
-    Binomial(a_only + b_only, 1/2) under 'no difference'."""
-    from scipy.stats import binomtest
-
-    a_only = int(np.sum(a_correct & ~b_correct))
-    b_only = int(np.sum(~a_correct & b_correct))
-    total = a_only + b_only
-    p = 1.0 if total == 0 else float(binomtest(a_only, total, 0.5).pvalue)
-    return McNemar(seed, a_only, b_only, p)

@@ -87,5 +87,5 @@ def continual_tables(cells: Cells, agg: pd.DataFrame, entries: list[Entry]) -> l
                 "their final accuracy (Chaudhry et al., RWalk, ECCV 2018), from seed means; within tasks: the same "
                 "with each task's test images classified among that task's classes only." + _order_note(order))
         tables.append(Table("continual", PROTOCOL_TITLES["continual"], ["Method"], cols, rows,
-                            notes=_flag_and_notes(rows, note), key=f"{dataset}, {shots}-shot, {T} tasks"))
+                            notes=_flag_and_notes(rows, note, cells), key=f"{dataset}, {shots}-shot, {T} tasks"))
     return tables

@@ -2,7 +2,9 @@
 
 Rows are comparable (one *entry*) when they agree on the method, the backbone (name, pretrained
 tag, ``--weights`` file), where the learned state came from (``imported``: trained by cpbench, or
-loaded from the authors' checkpoints / an export) and the configuration. The configuration is
+loaded from the authors' checkpoints / an export), the effective precision (``precision``: a CPU
+fp32 fallback and a GPU fp16 run are different numbers; rows without the column share "") and
+the configuration. The configuration is
 what the run changed relative to the method's defaults (``cpbench/configs/methods/<m>.yaml`` for
 that protocol, dataset and shot count), read from each row's ``config_json``: CoOp's defaults
 train ImageNet for 50 epochs and the other datasets for 200, so its rows carry two config hashes
@@ -15,8 +17,8 @@ readable ``config_json`` are grouped by ``config_hash`` alone. Within one datase
 has exactly one config hash, so two settings never share a cell.
 
 Labels say what distinguishes entries of one method (``coop (epochs=1)`` / ``coop (epochs=2)``,
-``coop (defaults)``), the backbone when the report holds several, and ``imported`` for rows not
-trained by cpbench. ``--config-hash`` and ``--latest`` select configurations (``select``).
+``coop (defaults)``, ``coop (fp32)`` / ``coop (fp16)``), the backbone when the report holds
+several, and ``imported`` for rows not trained by cpbench. ``--config-hash`` and ``--latest`` select configurations (``select``).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import pandas as pd
 from cpbench.errors import UserError
 from cpbench.results.table import Entry
 
-IDENTITY = ("method", "backbone", "pretrained", "weights", "imported")
+IDENTITY = ("method", "backbone", "pretrained", "weights", "imported", "precision")
 # the same (protocol, shots, datasets, subset, seed) in one entry is one cell's seed
 CELL = ("protocol", "train_dataset", "eval_dataset", "subset", "shots",
         # continual: the task evaluated after, of how many, in which class order; retrieval: K of R@K
@@ -48,8 +50,8 @@ def normalise(frame: pd.DataFrame) -> pd.DataFrame:
     """Columns old shards (or hand-made rows) lack get neutral values; re-runs (``--force``)
     replace earlier rows of the same seed, setting and cell."""
     df = frame.copy()
-    for col in ("backbone", "pretrained", "weights", "imported", "config_hash", "config_json", "defaults_json",
-                "finished_at"):
+    for col in ("backbone", "pretrained", "weights", "imported", "precision", "config_hash", "config_json",
+                "defaults_json", "finished_at"):
         if col not in df.columns:
             df[col] = ""
         df[col] = df[col].fillna("").astype(str)
@@ -223,7 +225,8 @@ def _setting_part(e: Entry, siblings: list[Entry]) -> str:
 
 def assign_labels(entries: list[Entry]) -> list[Entry]:
     """Labels unique within the list: method + what distinguishes it (backbone if the report holds
-    several, ``imported …`` for imported rows, the settings that differ among its configurations)."""
+    several, ``imported …`` for imported rows, the precision when its entries differ in it, the
+    settings that differ among its configurations)."""
     backbones = {(e.backbone, e.pretrained, e.weights) for e in entries}
     by_method: dict[str, list[Entry]] = {}
     for e in entries:
@@ -238,6 +241,8 @@ def assign_labels(entries: list[Entry]) -> list[Entry]:
             kind, _, ident = e.imported.partition(":")
             several = len({s.imported for s in sib if s.imported.partition(":")[0] == kind}) > 1
             parts.append(f"imported {kind}" + (f":{ident[:8]}" if several else ""))
+        if len({s.precision for s in sib}) > 1:
+            parts.append(e.precision or "precision unknown")
         setting = _setting_part(e, sib)
         if setting:
             parts.append(setting)

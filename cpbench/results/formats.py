@@ -2,10 +2,12 @@
 decimals; ``±`` std where a cell has more than one seed (not for seed-less methods, whose seeds
 repeat one result); ``†`` flags fewer seeds than the table's most; with the paper comparison a
 cell also shows the published number, its provenance label and the delta (ours − paper); with
-``--ci`` the 95 % interval in brackets; a paired difference prints signed, with its interval, p,
-``n.s.`` when not significant and McNemar's p per seed. The report's notes (backbone, what the
-labels stand for, selections, what was compared) come first; csv has no place for them, so the
-CLI prints them on stderr. ``html`` is the self-contained leaderboard page (``leaderboard.py``)."""
+``--ci`` the 95 % interval in brackets (``‡``: over the test images only, one seed); a paired
+difference prints signed, with its interval, p, Holm p (per-dataset cells), ``significant`` /
+``n.s.`` or ``untestable against seed noise (1 seed)``, and McNemar's p combined over the seeds.
+A p known only as a bound prints ``p < …`` (in csv/json the text ``"< 0.001"``, never 0). The
+report's notes (backbone, what the labels stand for, selections, what was compared) come first;
+csv has no place for them, so the CLI prints them on stderr. ``html`` is the self-contained leaderboard page (``leaderboard.py``)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import math
 
 import pandas as pd
 
+from cpbench.results.significance import IMAGES_ONLY, ONE_SEED, p_text
 from cpbench.results.table import RECORD_FIELDS, Cell, Report, Table, record, records
 
 FORMATS = ("markdown", "csv", "latex", "html", "json")
@@ -21,10 +24,6 @@ FORMATS = ("markdown", "csv", "latex", "html", "json")
 
 def _num(x, digits: int = 2) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
-
-
-def p_text(p: float) -> str:
-    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
 def _signed(x: float) -> str:
@@ -35,11 +34,17 @@ def _difference_text(c: Cell) -> str:
     if c.value is None or math.isnan(c.value):
         return "–"
     t = _signed(c.value)
-    if c.paired is not None:
-        t += f" [{_signed(c.paired.low)}, {_signed(c.paired.high)}], {p_text(c.paired.p)}" + ("" if c.paired.significant
-                                                                                     else ", n.s.")
-    if c.mcnemar:
-        t += "; McNemar " + ", ".join(f"s{m.seed} {p_text(m.p)} ({m.a_only}/{m.b_only})" for m in c.mcnemar)
+    p = c.paired
+    if p is not None and not p.testable:
+        t += f", untestable against seed noise (1 seed); test images only [{_signed(p.low)}, {_signed(p.high)}]"
+    elif p is not None:
+        t += f" [{_signed(p.low)}, {_signed(p.high)}], {p_text(p.p, p.p_floor)}"
+        if p.p_adjusted is not None:
+            t += f" (Holm {p_text(p.p_adjusted, p.adjusted_floor)})"
+        t += ", significant" if p.significant else ", n.s."
+    if c.mcnemar is not None:
+        m = c.mcnemar
+        t += f"; McNemar {p_text(m.p, m.p_floor)} ({m.a_only}/{m.b_only})"
     return t
 
 
@@ -50,7 +55,7 @@ def _cell_text(c: Cell, std: bool, pm: str = "±", dagger: str = "†", delta: s
     if std and not c.derived and not c.seedless and c.n > 1 and not math.isnan(c.std):
         t += f" {pm} {c.std:.2f}"
     if c.ci is not None:
-        t += f" [{c.ci[0]:.2f}, {c.ci[1]:.2f}]"
+        t += f" [{c.ci[0]:.2f}, {c.ci[1]:.2f}]" + (IMAGES_ONLY if c.ci_kind == ONE_SEED else "")
     if c.flag:
         t += f" {dagger}"
     if c.paper is not None:
@@ -118,8 +123,8 @@ _TEX = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", 
 
 def tex_escape(s: str) -> str:
     s = "".join(_TEX.get(ch, ch) for ch in s)
-    for a, b in (("±", r"$\pm$"), ("†", r"$^\dagger$"), ("Δ", r"$\Delta$"), ("–", "--"), ("·", r"$\cdot$"),
-                 ("−", "-")):
+    for a, b in (("±", r"$\pm$"), ("†", r"$^\dagger$"), ("‡", r"$^\ddagger$"), ("Δ", r"$\Delta$"), ("–", "--"),
+                 ("·", r"$\cdot$"), ("−", "-")):
         s = s.replace(a, b)
     return s
 

@@ -1,13 +1,14 @@
-"""The report's cells with their per-image predictions behind them: bootstrap replicates of every
+"""The report's cells with their per-image predictions behind them: the two error parts of every
 cell (measured and derived), the ``--ci`` intervals, and what cannot be shown.
 
 ``Samples`` maps each measured cell (an entry and the cell's rows: protocol, training dataset,
 evaluation dataset, subset, shots) to its per-seed outcomes (``predictions.Outcome``), checked
-against the rows (same number of correct images). It draws the bootstrap of ``bootstrap.py``:
-one shared image draw per test set for all evaluations on it, one seed draw per (protocol,
-training dataset, shots, seed list). ``replicates(cell)`` recomputes a derived cell (HM, an
-Average) from its parts' replicates; ``replicates(a, b)`` restricts both to their common seeds
-(paired seed by seed) unless one of them does not depend on the seed.
+against the rows (same number of correct images). ``estimate(cell)`` gives the cell's value with
+its test-image part (the bootstrap of ``bootstrap.py``, one shared image draw per test set for
+all evaluations on it, the seeds held fixed; a derived cell, HM or an Average, recomputed from its
+parts per replicate) and its seed part (the delta-method pseudo-values of ``significance.py``).
+``estimate(a, b)`` and ``difference(a, b)`` restrict both to their common seeds (paired seed by
+seed) unless one of them does not depend on the seed.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from cpbench.results import bootstrap
+from cpbench.results import bootstrap, significance
 from cpbench.results.entries import CELL
 from cpbench.results.predictions import Outcome
+from cpbench.results.significance import IMAGES_ONLY, Estimate
 from cpbench.results.table import Cell, Report, isnan
 
 Key = tuple  # (entry key, *entries.CELL): protocol, train/eval dataset, subset, shots, task, n_tasks, ...
@@ -33,6 +35,38 @@ def cell_key(c: Cell) -> Key | None:
 def row_key(entry: str, values) -> Key:
     """The key of a group of rows (``entry`` and the ``CELL`` columns), typed as ``Cell.key``."""
     return (entry, *(int(v) if f in INT_FIELDS else v for f, v in zip(CELL, values)))
+
+
+def seeds_used(c: Cell, other: Cell | None = None) -> tuple[int, ...] | None:
+    """The seeds behind a measured cell: its own, or (paired with ``other``) those both ran, unless
+    one of them does not depend on the seed (it then pairs with every seed of the other)."""
+    if not c.seeds:
+        return None
+    if other is None or c.seedless or other.seedless:
+        return c.seeds
+    common = tuple(s for s in c.seeds if s in other.seeds)
+    return common or None
+
+
+def _pairs(c: Cell, other: Cell | None) -> list[tuple[Cell, Cell | None]]:
+    return list(zip(c.parts, other.parts if other is not None else [None] * len(c.parts)))
+
+
+def point(c: Cell, other: Cell | None = None) -> float:
+    """The cell's value from its rows' per-seed values, on the seeds ``seeds_used`` gives (the
+    table's value without ``other``); HM and Averages recomputed from their parts."""
+    if c.derived and not c.combine:
+        return float("nan")
+    if c.combine:
+        parts = [point(p, o) for p, o in _pairs(c, other)]
+        if not parts or any(isnan(p) for p in parts):
+            return float("nan")
+        return float(bootstrap.hm(np.array(parts[0]), np.array(parts[1]))) if c.combine == "hm" \
+            else float(np.mean(parts))
+    seeds = seeds_used(c, other)
+    if seeds is None:
+        return float("nan")
+    return float(np.mean([c.values[c.seeds.index(s)] for s in seeds]))
 
 
 @dataclass
@@ -102,54 +136,78 @@ class Samples:
         k = cell_key(c)
         return self.cells.get(k) if k else None
 
-    def _seeds(self, c: Cell, other: Cell | None) -> tuple[int, ...] | None:
-        m = self.measured(c)
-        if m is None:
-            return None
-        if other is None or not c.entry.seed_dependent or not other.entry.seed_dependent:
-            return m.seeds
-        o = self.measured(other)
-        common = tuple(s for s in m.seeds if o is not None and s in o.seeds)
-        return common or None
-
-    def seeds_used(self, c: Cell, other: Cell | None = None) -> tuple[int, ...] | None:
-        return self._seeds(c, other)
-
-    def replicates(self, c: Cell, other: Cell | None = None) -> np.ndarray | None:
-        """(replicates,) bootstrap values of ``c`` (paired with ``other``'s seeds when given)."""
+    def image_replicates(self, c: Cell, other: Cell | None = None) -> np.ndarray | None:
+        """(replicates,) values of ``c`` over the image bootstrap, its seeds held fixed (paired with
+        ``other``'s seeds when given); HM and Averages recomputed per replicate."""
         if c.derived and not c.combine:
             return None
         if c.combine:
-            parts = [self.replicates(p, o) for p, o in zip(c.parts, other.parts if other is not None
-                                                          else [None] * len(c.parts))]
+            parts = [self.image_replicates(p, o) for p, o in _pairs(c, other)]
             if not parts or any(p is None for p in parts):
                 return None
             return bootstrap.hm(parts[0], parts[1]) if c.combine == "hm" else np.mean(parts, axis=0)
-        seeds = self._seeds(c, other)
+        seeds = seeds_used(c, other)
         if seeds is None:
             return None
+        m = self.measured(c)
+        if m is None or any(s not in m.seeds for s in seeds):
+            return None
         self._draw_images()
-        m = self.measured(c)
-        pos = [m.seeds.index(s) for s in seeds]
-        draws = bootstrap.seed_draws(len(pos), (c.key[0], c.key[1], c.key[4], seeds), self.n_replicates)
-        return bootstrap.seed_mean(m.reps[:, pos], draws)
+        return m.reps[:, [m.seeds.index(s) for s in seeds]].mean(axis=1)
 
-    def point(self, c: Cell, other: Cell | None = None) -> float:
-        """The cell's value on the seeds ``replicates`` uses (the table's value without ``other``)."""
+    def _terms(self, c: Cell, other: Cell | None, w: float) -> list[tuple[float, Cell, tuple[int, ...]]]:
+        """The delta-method linearisation of ``c`` in its measured cells' seed means: (weight, cell,
+        seeds used) of every seed-dependent measured cell behind it (significance.py)."""
+        if c.combine == "mean":
+            return [t for p, o in _pairs(c, other) for t in self._terms(p, o, w / len(c.parts))]
+        if c.combine == "hm":
+            (pb, ob), (pn, on) = _pairs(c, other)
+            b, n = point(pb, ob), point(pn, on)
+            gb, gn = (2 * n * n / (b + n) ** 2, 2 * b * b / (b + n) ** 2) if b + n > 0 else (0.0, 0.0)
+            return self._terms(pb, ob, w * gb) + self._terms(pn, on, w * gn)
+        if c.seedless:
+            return []
+        return [(w, c, seeds_used(c, other))]
+
+    @staticmethod
+    def _seed_groups(terms) -> list[np.ndarray]:
+        """Pseudo-values per group of cells trained together (one training per seed: protocol,
+        training dataset, shots; continual: task count and class order), on the seeds every cell of
+        the group has. Weights of A's and B's cells of one group add up seed by seed (paired)."""
+        groups: dict[tuple, list] = {}
+        for w, c, seeds in terms:
+            groups.setdefault((c.key[0], c.key[1], c.key[4], c.key[6], c.key[7]), []).append((w, c, seeds))
+        out = []
+        for members in groups.values():
+            common = sorted(set.intersection(*(set(s) for _, _, s in members)))
+            if not common:  # no seed every cell of the training has: its seed part cannot be estimated
+                out.append(np.zeros(1))
+                continue
+            y = np.zeros(len(common))
+            for w, c, _ in members:
+                y += w * np.array([c.values[c.seeds.index(s)] for s in common])
+            out.append(y)
+        return out
+
+    def _estimate(self, value: float, images: np.ndarray | None, terms) -> Estimate | None:
+        if images is None or isnan(value):
+            return None
+        var, term, fewest = significance.seed_part(self._seed_groups(terms))
+        return Estimate(value, images, var, term, fewest)
+
+    def estimate(self, c: Cell, other: Cell | None = None) -> Estimate | None:
+        """``c`` (on the seeds it shares with ``other`` when given) with its image and seed parts."""
         if c.derived and not c.combine:
-            return float("nan")
-        if c.combine:
-            parts = [self.point(p, o) for p, o in zip(c.parts, other.parts if other is not None
-                                                     else [None] * len(c.parts))]
-            if not parts or any(isnan(p) for p in parts):
-                return float("nan")
-            return float(bootstrap.hm(np.array(parts[0]), np.array(parts[1]))) if c.combine == "hm" \
-                else float(np.mean(parts))
-        seeds = self._seeds(c, other)
-        if seeds is None:
-            return float("nan")
-        m = self.measured(c)
-        return float(np.mean([m.accuracies[m.seeds.index(s)] for s in seeds]))
+            return None
+        return self._estimate(point(c, other), self.image_replicates(c, other), self._terms(c, other, 1.0))
+
+    def difference(self, a: Cell, b: Cell) -> Estimate | None:
+        """A − B on the seeds both ran: image replicates paired image by image, seed terms seed by seed."""
+        ra, rb = self.image_replicates(a, b), self.image_replicates(b, a)
+        if ra is None or rb is None:
+            return None
+        return self._estimate(point(a, b) - point(b, a), ra - rb,
+                              self._terms(a, b, 1.0) + self._terms(b, a, -1.0))
 
     def why_missing(self, c: Cell) -> str:
         """Why ``c`` has no replicates ("" if it has)."""
@@ -163,11 +221,24 @@ class Samples:
         return self.missing.get(k, "" if k in self.cells else "no per-image predictions")
 
 
-def scheme_note(replicates: int) -> str:
-    return (f"95 % intervals: percentile bootstrap, {replicates} replicates (seed {bootstrap.SEED}); each replicate "
-            "resamples the test images (n of n with replacement, one draw per test set shared by every seed and "
-            "method) and then the seeds (S of S with replacement; Base and New of a training share the draw); HM and "
-            "Average are recomputed in every replicate. One seed: an interval over test images only.")
+def scheme_note(replicates: int, one_seed: bool) -> str:
+    return (f"95 % intervals (cpbench/results/significance.py): the test images' part from a bootstrap ({replicates} "
+            f"replicates, seed {bootstrap.SEED}; n of n images with replacement, one draw per test set shared by every "
+            "seed and method, HM and Average recomputed in every replicate) plus the seeds' part from the spread of "
+            "the per-seed values (S − 1 degrees of freedom; Base and New of a training together), combined as "
+            "value ± t·sqrt(seed² + images²) with Welch–Satterthwaite degrees of freedom; it covers what another "
+            "set of seeds and another test sample would give. Seed-independent methods: the bootstrap's percentile "
+            "interval." + (f" {IMAGES_ONLY} one seed: the seed-to-seed variation cannot be estimated, so the interval "
+                           "covers the test images only (too narrow for a new training)." if one_seed else ""))
+
+
+def cell_interval(samples: Samples, c: Cell, other: Cell | None = None, into: Cell | None = None) -> None:
+    """Sets the interval of ``c`` (``ci``, ``ci_kind``; on ``into`` when given) from ``samples``,
+    paired with ``other``'s seeds when given."""
+    est = samples.estimate(c, other)
+    into = c if into is None else into
+    into.ci = significance.interval(est)
+    into.ci_kind = est.kind if into.ci is not None else ""
 
 
 def attach(report: Report, samples: Samples) -> None:
@@ -179,11 +250,12 @@ def attach(report: Report, samples: Samples) -> None:
             for c in r.cells:
                 if isnan(c.value) or c.entry is None:
                     continue
-                c.ci = bootstrap.interval(samples.replicates(c))
+                cell_interval(samples, c)
                 if c.ci is None:
                     missing.setdefault(samples.why_missing(c) or "no interval", set()).add(
                         f"{c.entry.label} on {c.dataset}")
-        t.notes.append(scheme_note(samples.n_replicates))
+        t.notes.append(scheme_note(samples.n_replicates, any(c.ci_kind == significance.ONE_SEED
+                                                             for r in t.rows for c in r.cells)))
     for why, where in sorted(missing.items()):
         names = sorted(where)
         more = f" and {len(names) - 6} more" if len(names) > 6 else ""

@@ -68,7 +68,20 @@ class Cells:
         if r is not None:
             c.value, c.std, c.n = float(r.mean), float(r.std), int(r.n_seeds)
             c.seeds, c.values, c.config_hash = tuple(r.seeds), tuple(r.values), r.config_hash
+            c.versions = tuple(getattr(r, "versions", ()) or ())
         return c
+
+    def why_missing(self, c: Cell) -> str:
+        """Why a measured cell has no rows: another shot count, another subset, or the dataset."""
+        protocol, train, eval_, subset, shots = c.key[:5]
+        mine = [k for k in self.by_key if k[0] == c.entry.key and k[1:4] == (protocol, train, eval_)]
+        where = eval_ if protocol == "base2new" or train == eval_ else f"{eval_} (trained on {train})"
+        other_shots = sorted({k[5] for k in mine if k[5] != shots})
+        if any(k[5] == shots for k in mine):
+            return f"no {subset} rows for {where} at {shots} shots"
+        if other_shots:
+            return f"no {shots}-shot rows for {where} (it has {', '.join(map(str, other_shots))}-shot)"
+        return f"no rows for {where}"
 
 
 def _derived(value: float, parts: Sequence[Cell], entry: Entry, dataset: str, field: str, shots: int,
@@ -76,7 +89,7 @@ def _derived(value: float, parts: Sequence[Cell], entry: Entry, dataset: str, fi
     """A number computed from ``parts`` (its seed count: the fewest of theirs). ``combine="mean"``
     says it is their mean, so a bootstrap can recompute it (``intervals``)."""
     return Cell(value, derived=True, n=min((c.n for c in parts), default=0), entry=entry, dataset=dataset,
-                field=field, shots=shots, combine=combine, parts=tuple(parts) if combine else ())
+                field=field, shots=shots, combine=combine, parts=tuple(parts))
 
 
 def _hm(b: Cell, n: Cell, entry: Entry, dataset: str, shots: int) -> Cell:
@@ -89,23 +102,74 @@ def _mean(cells: Sequence[Cell]) -> float:
     return sum(vals) / len(vals) if vals and not any(isnan(v) for v in vals) else float("nan")
 
 
-def _flag_and_notes(rows: list[Row], extra: str) -> list[str]:
-    """Flags cells with fewer seeds than the table's most (seed-dependent entries only)."""
+def _fewer(c: Cell, most: int) -> bool:
+    """``c``, or a cell it is computed from, has fewer seeds than ``most`` (seed-dependent only)."""
+    if c.derived:
+        return any(_fewer(p, most) for p in c.parts)
+    return not c.seedless and 0 < c.n < most
+
+
+def flag_fewer_seeds(rows: list[Row]) -> tuple[int, bool, set[str]]:
+    """Flags (†) measured cells with fewer seeds than the table's most (seed-dependent entries
+    only) and every derived cell (HM, Average) computed from such a cell. Returns (the most seeds,
+    whether any cell is flagged, labels of seed-independent entries left unflagged)."""
     cells = [c for r in rows for c in r.cells if not c.derived and c.n > 0]
     most = max((c.n for c in cells if not c.seedless), default=0)
-    flagged, unflagged = False, set()
-    for c in cells:
-        if c.n < most:
-            if c.seedless:
-                unflagged.add(c.label)
-            else:
+    unflagged = {c.label for c in cells if c.seedless and c.n < most}
+    flagged = False
+    for r in rows:
+        for c in r.cells:
+            if not isnan(c.value) and _fewer(c, most):
                 c.flag = flagged = True
+    return most, flagged, unflagged
+
+
+def dash_note(rows: list[Row], cells: Cells | None = None) -> str:
+    """Why each "–" of the table is there (every cell of an entry without a value)."""
+    measured: dict[str, list[str]] = {}
+    derived = False
+    for r in rows:
+        for c in r.cells:
+            if c.entry is None or not isnan(c.value):
+                continue
+            if c.derived:
+                derived = True
+            elif c.key:
+                why = cells.why_missing(c) if cells is not None else f"no rows for {c.dataset} {c.field}"
+                measured.setdefault(c.label, [])
+                if why not in measured[c.label]:
+                    measured[c.label].append(why)
+    if not measured and not derived:
+        return ""
+    parts = [f"{label}: {'; '.join(why)}" for label, why in measured.items()]
+    text = "– = no result" + (": " + ". ".join(parts) + "." if parts else ":")
+    if derived:
+        text += (" HM, averages and other derived numbers are – where one of their parts is (or, like the "
+                 "forgetting of one task, where they are not defined).")
+    return text
+
+
+def versions_note(rows: list[Row]) -> str:
+    """Names the cells whose rows come from different cpbench versions."""
+    mixed = [f"{c.label} on {c.dataset} {c.field} ({', '.join(c.versions)})" for r in rows for c in r.cells
+             if not c.derived and len(c.versions) > 1]
+    if not mixed:
+        return ""
+    more = f" and {len(mixed) - 6} more" if len(mixed) > 6 else ""
+    return ("Rows of different cpbench versions in one cell: " + "; ".join(mixed[:6]) + more
+            + " (and the HM and averages built on them).")
+
+
+def _flag_and_notes(rows: list[Row], extra: str, cells: Cells | None = None) -> list[str]:
+    """Flags cells with fewer seeds (``flag_fewer_seeds``); the table's notes: ``extra``, seeds,
+    what † means, why each "–", and cells that mix cpbench versions."""
+    most, flagged, unflagged = flag_fewer_seeds(rows)
     notes = [extra, f"Mean over seeds ± population std (ddof=0); seeds per cell: up to {most}."]
     if flagged:
-        notes.append("† fewer seeds than the other cells.")
+        notes.append("† fewer seeds than the other cells (HM and averages: one of their parts has).")
     if unflagged:
         notes.append(f"{', '.join(sorted(unflagged))}: the result does not depend on the seed (never flagged).")
-    return notes
+    return notes + [n for n in (dash_note(rows, cells), versions_note(rows)) if n]
 
 
 def base2new_tables(cells: Cells, agg: pd.DataFrame, entries: list[Entry], layout: str = "auto",
@@ -139,7 +203,8 @@ def base2new_tables(cells: Cells, agg: pd.DataFrame, entries: list[Entry], layou
             t = Table("base2new", PROTOCOL_TITLES["base2new"], ["Dataset", "Method"], ["Base", "New", "HM"], rows)
         t.key, t.layout, t.average_over = f"{shots}-shot", chosen, tuple(datasets)
         t.notes = _flag_and_notes(rows, "Base/New: seed means; HM = 2·B·N/(B+N) of the means; Average: Base and New "
-                                  "averaged over the datasets, HM of those averages (not the mean of per-dataset HMs).")
+                                  "averaged over the datasets, HM of those averages (not the mean of per-dataset HMs).",
+                                  cells)
         if layout == "auto" and chosen == "long":
             t.notes.append(f"Layout: one row per dataset and method ({len(ents)} methods × Base/New/HM would be "
                            f"{3 * len(ents)} columns); --layout wide keeps the dataset × method grid.")
@@ -171,7 +236,8 @@ def transfer_tables(cells: Cells, agg: pd.DataFrame, entries: list[Entry], proto
                 "source excluded." + (" ImageNet-A/R: 200-class problems, logits gathered from the source class bank."
                                       if protocol == "dg" else ""))
         tables.append(Table(protocol, PROTOCOL_TITLES[protocol], ["Method"],
-                            [f"{source} (source)"] + targets + ["Average"], rows, notes=_flag_and_notes(rows, note),
+                            [f"{source} (source)"] + targets + ["Average"], rows,
+                            notes=_flag_and_notes(rows, note, cells),
                             key=f"{source}, {shots}-shot", average_over=tuple(targets), trained_on=source))
     return tables
 
@@ -189,6 +255,6 @@ def few_shot_tables(cells: Cells, agg: pd.DataFrame, entries: list[Entry]) -> li
                                     "mean"))
         tables.append(Table("few_shot", PROTOCOL_TITLES["few_shot"], ["Method"], datasets + ["Average"], rows,
                             notes=_flag_and_notes(rows, f"{shots} shots per class, all classes; Average over the "
-                                                        "datasets."),
+                                                        "datasets.", cells),
                             key=f"{shots}-shot", average_over=tuple(datasets)))
     return tables

@@ -7,7 +7,11 @@ subset and shots: base2new gives a base and a new view), from the stored per-ima
   so this is the mean over seeds of each class's accuracy), with each class's test images and
   the spread (largest − smallest accuracy among the entries). The last row weighs the classes by
   their test images and gives back the table's accuracy (the seed mean of the results rows);
-- **the classes where the entries differ most** (largest spread first);
+- **the classes where the entries differ most**: ranked by the lower end of a 95 % interval of
+  the difference between the best and the worst entry on the class (Agresti–Caffo: one success and
+  one failure added to each side, the class's test images as the sample size; the seeds repeat
+  the same images, so they do not add to it). A 30-point spread on a 10-image class is mostly
+  noise and ranks below a 10-point difference on 200 images;
 - **top confusions** of each entry: the (true class, predicted class) pairs with the most images
   over all seeds, and their share of the true class's images.
 
@@ -25,6 +29,7 @@ from cpbench.results.intervals import Samples, row_key
 from cpbench.results.table import Cell, Entry, Row, Table
 
 MOST_DIFFERENT = 10
+Z95 = 1.959963984540054
 TOP_CONFUSIONS = 5
 
 
@@ -39,6 +44,13 @@ def _view_name(protocol: str, train: str, eval_: str, subset: str, shots: int, t
     source = f", trained on {train}" if train != eval_ else ""
     after = f", after task {task}/{n_tasks} ({class_order})" if n_tasks else ""
     return f"{eval_}/{subset}, {protocol}{source}, {shots}-shot{after}"
+
+
+def difference_interval(p_hi: np.ndarray, p_lo: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Agresti–Caffo 95 % interval (points) of p_hi − p_lo, proportions each of ``n`` images."""
+    a, b = (p_hi * n + 1) / (n + 2), (p_lo * n + 1) / (n + 2)
+    half = Z95 * np.sqrt(a * (1 - a) / (n + 2) + b * (1 - b) / (n + 2))
+    return 100 * (a - b - half), 100 * (a - b + half)
 
 
 def _counts(samples: Samples, key: tuple, n_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -97,7 +109,8 @@ def tables(df: pd.DataFrame, outcomes: dict, entries: dict[str, Entry], dataset:
         weighted += [Cell(float(np.sum(acc[i, present] * size[present]) / size[present].sum()), entry=e, dataset="All",
                           field="accuracy", derived=True, n=seeds[i], shots=shots) for i, e in enumerate(ents)]
         if spread is not None:
-            weighted.append(Cell(float("nan"), derived=True, dataset="All", field="spread"))
+            all_acc = [c.value for c in weighted[1:]]
+            weighted.append(Cell(max(all_acc) - min(all_acc), derived=True, dataset="All", field="spread"))
         notes = [f"Per-class accuracy pooled over each entry's seeds ({', '.join(f'{e.label}: {s}' for e, s in zip(ents, seeds))});"
                  " All = classes weighted by their test images (the table's accuracy)."
                  + (" spread = largest − smallest accuracy among the entries." if spread is not None else "")]
@@ -107,10 +120,22 @@ def tables(df: pd.DataFrame, outcomes: dict, entries: dict[str, Entry], dataset:
                          [class_row(c) for c in present] + [Row(("All (weighted)",), weighted, average=True)],
                          notes=notes, key=name, kind="per_class", trained_on=train if train != eval_ else ""))
         if spread is not None:
-            top = sorted(present, key=lambda c: (-spread[c], c))[:MOST_DIFFERENT]
-            out.append(Table(protocol, "Classes where the entries differ most", ["Class"], cols,
-                             [class_row(c) for c in top], key=name, kind="per_class_top",
-                             notes=[f"The {len(top)} classes with the largest spread of per-class accuracy."]))
+            low, high = difference_interval(acc.max(axis=0) / 100, acc.min(axis=0) / 100, size.astype(float))
+            top = sorted(present, key=lambda c: (-low[c], c))[:MOST_DIFFERENT]
+            clear = sum(1 for c in present if low[c] > 0)
+
+            def top_row(c: int) -> Row:
+                r = class_row(c)
+                r.cells.append(Cell(float(spread[c]), derived=True, dataset=names[c], field="difference",
+                                    ci=(float(low[c]), float(high[c]))))
+                return r
+
+            out.append(Table(protocol, "Classes where the entries differ most", ["Class"],
+                             cols + ["difference [95 %]"], [top_row(c) for c in top], key=name, kind="per_class_top",
+                             notes=[f"The {len(top)} classes whose difference between the best and the worst entry "
+                                    "is largest at the lower end of its 95 % interval (Agresti–Caffo, the class's "
+                                    "test images as the sample size), so small classes need a large difference; "
+                                    f"{clear} of {len(present)} classes have an interval above 0."]))
         conf_rows = []
         for e, (_, _, conf), s in zip(ents, counted, seeds):
             off = conf.copy()

@@ -213,7 +213,8 @@ def per_class(t: Table, path: Path | None = None):
 
 
 def differences(t: Table, path: Path | None = None):
-    """A − B per dataset and field with its 95 % paired interval (filled: significant)."""
+    """A − B per dataset and field with its 95 % paired interval (filled: significant; one shared seed:
+    the test images' interval, hollow, "untestable")."""
     rows = [(" ".join(r.labels), r.cells[-1]) for r in t.rows]
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.0, max(2.2, 0.3 * len(rows) + 1.0)))
@@ -225,7 +226,8 @@ def differences(t: Table, path: Path | None = None):
         if c.paired is not None:
             ax.plot([c.paired.low, c.paired.high], [y, y], color=HM, lw=1.5)
         ax.plot([c.value], [y], "o", ms=6, color=BASE if sig else "white", markeredgecolor=BASE)
-        ax.annotate(f"{c.value:+.2f}" + ("" if sig else " n.s."), (c.paired.high if c.paired else c.value, y),
+        verdict = "" if sig else " untestable (1 seed)" if c.paired is not None and not c.paired.testable else " n.s."
+        ax.annotate(f"{c.value:+.2f}" + verdict, (c.paired.high if c.paired else c.value, y),
                     textcoords="offset points", xytext=(5, 0), va="center", fontsize=7)
     ax.axvline(0, color="#999999", lw=1, ls="--")
     ends = [v for _, c in rows if c.value is not None and not isnan(c.value)
@@ -235,7 +237,8 @@ def differences(t: Table, path: Path | None = None):
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels([n for n, _ in rows], fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel(f"{t.columns[-1]} (points; 95 % paired-bootstrap interval; hollow = not significant)", fontsize=8)
+    ax.set_xlabel(f"{t.columns[-1]} (points; 95 % paired interval, seeds and test images; hollow = not significant)",
+                  fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     ax.set_title(f"{t.title} ({t.key})", fontsize=10)
     fig.tight_layout()

@@ -15,7 +15,9 @@ Columns (one row per number; the key is everything but value, provenance and cit
 - ``field``: base | new | hm for base2new, ``all`` otherwise.
 - ``shots``: training shots per class.
 - ``backbone``, ``pretrained``: as cpbench rows record them (open_clip names: ``ViT-B-16``,
-  ``openai`` for the papers' ViT-B/16 CLIP).
+  ``openai`` for the papers' ViT-B/16 CLIP; Tip-Adapter's and CLIP-Adapter's tables are ``RN50``,
+  CLIP-LoRA's figure also averages ``ViT-B-32`` and ``ViT-L-14``): a number is compared only with
+  rows of its own backbone.
 - ``value``: accuracy in percent.
 - ``provenance``: a key of ``PROVENANCE`` (the label and legend the report prints).
 - ``citation``: where exactly the number comes from (free text).
@@ -40,6 +42,10 @@ KEY = COLUMNS[:9]
 PROVENANCE = {
     "authors-logs": ("authors' logs", "recomputed from the training logs shipped in the official repository"),
     "authors-readme": ("authors' README", "the README or project page of an official repository"),
+    "authors-file": ("authors' results file", "a results file shipped in an official repository, as written "
+                                              "(Tip-Adapter's exp.log)"),
+    "other-readme": ("another method's README", "the README of another method's official repository reporting this "
+                                                "method (KgCoOp's for ProGrad), not checked against its own paper"),
     "authors-figure": ("authors' figure", "read off a results figure of an official repository by pixel measurement "
                                           "(about ±0.1; the citation says how)"),
     "third-party-list": ("third-party list", "a results table collected by others (the Awesome-Prompt-Adapter-"

@@ -4,8 +4,8 @@
 2. the ``--protocol/--methods/--datasets`` filters.
 3. ``entries.annotate``: each row's entry (method, backbone, origin, configuration), so that
    different settings never share a cell; ``entries.select``: ``--config-hash`` / ``--latest``.
-4. ``aggregate``: seed mean, population std (ddof=0, as CoOp's parse_test_res), seeds and
-   per-seed values per (entry, protocol, datasets, subset, shots).
+4. ``aggregate``: seed mean, population std (ddof=0, as CoOp's parse_test_res), seeds,
+   per-seed values and the rows' cpbench versions per (entry, protocol, datasets, subset, shots).
 5. ``layouts``: the protocol tables (HM and Average rows the papers' way).
 6. ``compare.attach`` (``--compare paper``): published numbers of the same setting.
 7. With per-image predictions (``predictions``, read through ``outcomes``): ``intervals``
@@ -63,11 +63,13 @@ def filter_rows(df: pd.DataFrame, protocols=(), methods=(), datasets=()) -> pd.D
 def aggregate(df: pd.DataFrame) -> pd.DataFrame:
     """One row per cell: mean, std (ddof=0), n_seeds, seeds and values (in seed order)."""
     if df.empty:
-        return pd.DataFrame(columns=AGG_COLUMNS + ["mean", "std", "n_seeds", "seeds", "values"])
+        return pd.DataFrame(columns=AGG_COLUMNS + ["mean", "std", "n_seeds", "seeds", "values", "versions"])
     g = df.sort_values("seed").groupby(AGG_COLUMNS, dropna=False, sort=False)
     out = g["accuracy"].agg(mean="mean", std=lambda s: float(s.std(ddof=0)), n_seeds="count").reset_index()
     out["seeds"] = g["seed"].agg(lambda s: tuple(int(x) for x in s)).values
     out["values"] = g["accuracy"].agg(lambda s: tuple(float(x) for x in s)).values
+    out["versions"] = (g["cpbench_version"].agg(lambda s: tuple(sorted({str(x) for x in s.dropna() if str(x)}))).values
+                       if "cpbench_version" in df.columns else [()] * len(out))
     return out
 
 

@@ -26,6 +26,6 @@ def retrieval_tables(cells: Cells, agg: pd.DataFrame, entries: list[Entry]) -> l
                 "its test split: image→text (i2t) ranks all test captions for each image, text→image (t2i) all test "
                 "images for each caption; ties count against the query.")
         tables.append(Table("retrieval", PROTOCOL_TITLES["retrieval"], ["Method"], cols, rows,
-                            groups=[(label, len(KS)) for _, label in DIRECTIONS], notes=_flag_and_notes(rows, note),
+                            groups=[(label, len(KS)) for _, label in DIRECTIONS], notes=_flag_and_notes(rows, note, cells),
                             key=f"{dataset}, {shots} pairs"))
     return tables

@@ -46,6 +46,7 @@ SCHEMA = pa.schema([
     ("train_seconds", pa.float64()),
     ("eval_seconds", pa.float64()),
     ("device", pa.string()),
+    ("device_name", pa.string()),          # the GPU model (torch.cuda.get_device_name) or the CPU's; see device_name()
     ("peak_memory_mb", pa.float64()),      # the job's peak (cpbench/engine/memory.py)
     ("peak_memory_source", pa.string()),   # cuda.max_memory_allocated | process maxrss
     ("imported", pa.string()),         # "" = trained by cpbench; else KIND:IDENTITY (cpbench/imports.py)
@@ -78,3 +79,25 @@ def environment() -> dict:
 
     return {"cpbench_version": cpbench.__version__, "torch_version": torch.__version__,
             "open_clip_version": open_clip.__version__, "host": platform.node()}
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def device_name(device) -> str:
+    """What ran the job, for the cost view (jobs on different hardware are never averaged): the
+    GPU model (``torch.cuda.get_device_name``) for a CUDA device, else ``cpu: <CPU model>``."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return f"{dev.type}: {_cpu_name()}"

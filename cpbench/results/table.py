@@ -10,8 +10,9 @@ formatting here.
   also holds the published number of the same setting, its provenance label and the delta.
   A measured cell knows its rows (``key``); a derived cell knows its ``parts`` and how it
   combines them (``combine``: ``hm`` or ``mean``), so intervals can recompute it per bootstrap
-  replicate. With ``--ci`` it holds its 95 % interval; in a paired comparison (``--compare-methods``)
-  a difference cell also holds the paired test (``paired``) and McNemar's test per seed.
+  replicate. With ``--ci`` it holds its 95 % interval and what the interval covers (``ci_kind``,
+  ``significance.py``); in a paired comparison (``--compare-methods``) a difference cell also holds
+  the paired test (``paired``) and McNemar's test combined over the seeds.
 - ``Row``: one or more row labels (``("dtd",)`` or ``("dtd", "coop")`` in the long layout) and
   its cells, one per column.
 - ``Table``: one protocol table (per shot count / source), its columns, optional column
@@ -24,6 +25,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+
+from cpbench.results.significance import p_record
 
 
 def isnan(x) -> bool:
@@ -38,6 +41,7 @@ class Entry:
     pretrained: str = ""
     weights: str = ""                        # a local checkpoint given with --weights ("" = none)
     imported: str = ""                       # "" = trained by cpbench; else KIND:IDENTITY
+    precision: str = ""                      # the rows' effective precision ("" = rows without the column)
     overrides: tuple[tuple[str, str], ...] = ()  # settings that differ from the method's defaults
     known_config: bool = True                # False: rows without a readable config (old shards)
     config_hashes: tuple[str, ...] = ()      # the rows' config hashes (one per per-dataset default)
@@ -69,9 +73,11 @@ class Cell:
     key: tuple = ()                 # measured: (protocol, train_dataset, eval_dataset, subset, shots) of its rows
     combine: str = ""               # derived: "hm" (of parts[0], parts[1]) or "mean" (of parts)
     parts: tuple = ()               # derived: the cells it is computed from
-    ci: tuple[float, float] | None = None  # --ci: 95 % bootstrap interval (cpbench/results/bootstrap.py)
-    paired: object | None = None    # a difference A − B: bootstrap.Paired (interval, p, significant)
-    mcnemar: tuple = ()             # a difference A − B of one test set: bootstrap.McNemar per seed
+    ci: tuple[float, float] | None = None  # --ci: 95 % interval (cpbench/results/significance.py)
+    ci_kind: str = ""               # significance.SEEDS | IMAGES | ONE_SEED (image-only: one seed)
+    paired: object | None = None    # a difference A − B: significance.Paired (interval, p, Holm p, verdict)
+    mcnemar: object | None = None   # a difference A − B of one test set: significance.McNemar over its seeds
+    versions: tuple[str, ...] = ()  # the cpbench versions of the rows behind a measured cell
     difference: bool = False        # a difference A − B (printed signed)
     digits: int = 2                 # decimals printed (0 for counts)
 
@@ -125,20 +131,29 @@ class Report:
 
 RECORD_FIELDS = ["protocol", "table", "entry", "method", "backbone", "pretrained", "weights", "imported", "dataset",
                  "field", "shots", "mean", "std", "n_seeds", "seeds", "values", "fewer_seeds", "seedless", "derived",
-                 "config_hash", "paper", "provenance", "delta", "kind", "ci_low", "ci_high", "p_value", "significant"]
+                 "config_hash", "paper", "provenance", "delta", "kind", "ci_low", "ci_high", "p_value", "significant",
+                 # issue 26 (appended, so that earlier columns keep their places)
+                 "precision", "ci_kind", "test", "df", "p_adjusted", "mcnemar_p", "mcnemar_a_only", "mcnemar_b_only"]
 
 
 def record(t: Table, c: Cell) -> dict:
-    """One cell as a flat record (the csv/json row; the same in every layout)."""
+    """One cell as a flat record (the csv/json row; the same in every layout). A p value known only
+    as a bound (no bootstrap replicate crossed 0) is the text ``"< 0.001"``, never 0."""
     e = c.entry or Entry(key="", method="")
+    p, m = c.paired, c.mcnemar
     return {"protocol": t.protocol, "table": t.key, "entry": e.label, "method": e.method, "backbone": e.backbone,
-            "pretrained": e.pretrained, "weights": e.weights, "imported": e.imported, "dataset": c.dataset,
-            "field": c.field, "shots": c.shots, "mean": None if isnan(c.value) else c.value,
+            "pretrained": e.pretrained, "weights": e.weights, "imported": e.imported, "precision": e.precision,
+            "dataset": c.dataset, "field": c.field, "shots": c.shots, "mean": None if isnan(c.value) else c.value,
             "std": None if (c.derived or isnan(c.std)) else c.std, "n_seeds": c.n, "seeds": list(c.seeds),
             "values": list(c.values), "fewer_seeds": c.flag, "seedless": c.seedless, "derived": c.derived,
             "config_hash": c.config_hash, "paper": c.paper, "provenance": c.provenance or None, "delta": c.delta,
             "kind": t.kind, "ci_low": c.ci[0] if c.ci else None, "ci_high": c.ci[1] if c.ci else None,
-            "p_value": c.paired.p if c.paired else None, "significant": c.paired.significant if c.paired else None}
+            "ci_kind": c.ci_kind or None, "test": p.kind if p else None,
+            "df": p.df if p and p.p is not None and math.isfinite(p.df) else None,
+            "p_value": p_record(p.p, p.p_floor) if p else None,
+            "p_adjusted": p_record(p.p_adjusted, p.adjusted_floor) if p else None,
+            "significant": p.significant if p else None, "mcnemar_p": p_record(m.p, m.p_floor) if m else None,
+            "mcnemar_a_only": m.a_only if m else None, "mcnemar_b_only": m.b_only if m else None}
 
 
 def records(tables: list[Table]) -> list[dict]:

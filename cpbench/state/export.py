@@ -266,8 +266,9 @@ def fitting_state(state: dict, method, where) -> dict:
     if missing or unexpected:
         raise UserError(f"{where} does not fit {method.name} with these options (missing {missing[:3]}, unexpected "
                         f"{unexpected[:3]}); drop the --set/--config that changes its parameters")
+    rows = set(getattr(method, "data_rows", ()))  # one row per training image: any count fits
     for k, v in state.items():
-        if tuple(v.shape) != tuple(own[k].shape):
+        if tuple(v.shape)[k in rows:] != tuple(own[k].shape)[k in rows:]:
             raise UserError(f"{where}: {k} has shape {list(v.shape)}, {method.name} with these options has "
                             f"{list(own[k].shape)}; drop the --set/--config that changes it")
     return state

@@ -166,7 +166,7 @@ def export(t: Trained, out: Path, device: str = "cpu") -> dict:
         "method": job.method, "config": t.cfg.as_dict(), "config_hash": t.cfg.hash,
         "backbone": fmt.backbone_record(backbone),
         "preprocess": {"image_size": p.image_size, "mean": list(p.mean), "std": list(p.std),
-                       "interpolation": p.interpolation},
+                       "interpolation": p.interpolation, "resize_mode": p.resize_mode, "fill_color": p.fill_color},
         "classnames": list(names), "template": ds.spec.template,
         "job": {"protocol": job.protocol, "train_dataset": job.train_dataset, "train_subset": job.train_subset,
                 "shots": job.shots, "seed": job.seed, "training_key": t.training_key,

@@ -11,7 +11,8 @@ read by each repository's ``load_model``):
   ``checkpoint`` text file naming the last one), holding a torch-pickled dict ``{"state_dict",
   "epoch", "optimizer", "scheduler", "val_result"}``;
 - the model name is what the trainer registers: ``prompt_learner`` (CoOp, CoCoOp, KgCoOp, PRE,
-  LAMM's CoOp trainer, Bayesian PL, CPL: the prompt learner alone, keys without a prefix),
+  LAMM's CoOp trainer, Bayesian PL, CPL, ProGrad: the prompt learner alone, keys without a prefix),
+  ``clip_adapter`` (CLIP-Adapter: its ``CustomCLIP.adapter`` alone, ``fc.0.weight`` / ``fc.2.weight``),
   ``MultiModalPromptLearner`` (MaPLe and LAMM's MaPLe trainer) and ``VLPromptLearner`` (IVLP,
   PromptSRC): the WHOLE model, frozen CLIP included, keys as ``named_parameters`` of the
   official ``CustomCLIP`` (``prompt_learner.ctx``, ``image_encoder.VPT``,
@@ -45,6 +46,11 @@ which differs by some ulps, see ``methods/promptsrc.py``), PromptSRC's frozen ze
 ``prompt_learner.ZS_image_encoder.*``, KgCoOp's unused frozen ``bias_vectors`` / ``meta_net``,
 and MaPLe's deep prompts for layers the backbone does not have (the official forward never uses
 them). cpbench-only bookkeeping (PromptSRC's GPA accumulators) keeps the method's own values.
+
+No format for Tip-Adapter(-F) or CLIP-LoRA: their authors released no checkpoints, and their code
+writes no Dassl files (Tip-Adapter's cache files lack the searched β/α, which are printed, not
+saved; CLIP-LoRA's ``save_lora`` writes its own nested dict); ``--from-official`` refuses them in
+one line. ProGrad's and CLIP-Adapter's code writes the Dassl files above (no released ones either).
 
 Loading never unpickles code: ``torch.load(weights_only=True)`` through ``state/unpickle.py``. The
 official files also hold the optimizer and the LR scheduler; Dassl's scheduler state pickles its successor

@@ -24,6 +24,8 @@ class Format:
     ignore: tuple[str, ...] = ()       # official names (fnmatch) that hold no state to import
     anchors: tuple[str, ...] = ()      # official names every file of this method has (checked early)
     own: tuple[str, ...] = ()          # cpbench keys not in the official file (bookkeeping: keep own)
+    file_prefix: str = PREFIX          # a non-whole-model file's keys are official names after this prefix
+    key_prefix: str = PREFIX           # a cpbench key's official name is this prefix + the key
 
 
 _PL_IGNORE = (PREFIX + "token_prefix", PREFIX + "token_suffix", PREFIX + "token_midfix")
@@ -49,6 +51,10 @@ FORMATS: dict[str, Format] = {
     "maple_lamm": Format(**_MAPLE, anchors=(PREFIX + "ctx", PREFIX + "proj.weight", PREFIX + "token_classes")),
     "ivlp": Format(**_VL, anchors=(PREFIX + "ctx",)),
     "promptsrc": Format(**_VL, anchors=(PREFIX + "ctx",), own=("gpa_*",)),
+    "prograd": Format(**_PL, anchors=(PREFIX + "ctx",)),
+    # CLIP_Adapter registers CustomCLIP.adapter as "clip_adapter": its file holds fc.0/fc.2.weight
+    "clip_adapter": Format(module="clip_adapter", whole_model=False, file_prefix="adapter.", key_prefix="",
+                           anchors=("adapter.fc.0.weight", "adapter.fc.2.weight")),
 }
 
 
@@ -62,7 +68,7 @@ def format_of(method: str) -> Format:
 
 def file_names(fmt: Format, sd: dict) -> dict[str, torch.Tensor]:
     """A file's tensors by official name (``prompt_learner.`` added for prompt-learner files)."""
-    return {(k if fmt.whole_model else PREFIX + k): v for k, v in sd.items()}
+    return {(k if fmt.whole_model else fmt.file_prefix + k): v for k, v in sd.items()}
 
 
 @dataclass
@@ -86,7 +92,7 @@ def official_names(method_name: str, state: dict[str, torch.Tensor]) -> dict[str
                 for i in range(value.shape[0]):
                     out[f"{tower}.transformer.resblocks.{i + 1}.VPT_shallow"] = _Slot(key, i)
             continue
-        out[PREFIX + key] = _Slot(key)
+        out[fmt.key_prefix + key] = _Slot(key)
     return out
 
 
