@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from cpbench import export
+from cpbench.state import export
 from cpbench.errors import UserError
 
 
@@ -202,10 +202,4 @@ class PromptClassifier:
         return [[(names[i], float(v)) for v, i in zip(vr.tolist(), ir.tolist())] for vr, ir in zip(values, idx)]
 
     def __repr__(self) -> str:
-        return f"PromptClassifier({self.name}, {len(self.classnames)} classes, {describe(self.meta)})"
-
-
-def describe(meta: dict) -> str:
-    job = meta.get("job") or {}
-    learned = f"{job.get('train_dataset', '?')}/{job.get('train_subset', '?')} {job.get('shots', '?')}-shot seed {job.get('seed', '?')}"
-    return f"learned on {learned}, backbone {export.describe_backbone(meta['backbone'])}"
+        return f"PromptClassifier({self.name}, {len(self.classnames)} classes, {export.describe(self.meta)})"

@@ -17,6 +17,10 @@ from rich.console import Console
 from rich.table import Table
 
 from cpbench.errors import Interrupted, JobsFailed, UserError
+from cpbench.protocols.registry import DEFAULT as DEFAULT_PROTOCOL
+from cpbench.protocols.registry import protocol_names
+
+PROTOCOLS = protocol_names()
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Reproducible, fast CLIP prompt-learning benchmarks: prepare -> run -> report.")
@@ -80,80 +84,19 @@ def prepare(
 ) -> None:
     """Download (or take --from), verify, extract and split a dataset; draw few-shot files."""
     from cpbench.data import prepare as prep
-    from cpbench.data.catalog import all_specs
     from cpbench.paths import data_root
-    from cpbench.progress import ByteProgress
+    from cpbench.ui.progress import ByteProgress
 
-    root_path = data_root(root)
-    prep.check_draws(shots, seeds)
-    say = lambda m: console.print(f"[dim]{dataset}:[/] {m}", highlight=False)  # noqa: E731
-    if from_folder is not None or csv_file is not None:
-        from cpbench.data.custom import make_custom
-
-        builtin = tuple(n for n, s in all_specs().items())
-        spec = make_custom(dataset, root_path, from_folder, csv_file, classnames_file, template, split_file,
-                           split_seed, builtin=builtin, shots=tuple(shots))
-        ds, info = prep.prepare(dataset, root_path, shots=shots, seeds=seeds, force=True, say=say, spec=spec)
-        _print_prepared(dataset, ds, info)
-        return
-    if dataset == "all":
-        names = [n for n, s in all_specs().items() if s.kind == "download"]
-    elif dataset == "toy":  # every dataset of the embedded toy world
-        names = [n for n, s in all_specs().items() if s.kind == "generated"]
-    else:
-        names = [dataset]
-    for name in names:
-        prep.get_spec(name, root_path)
-    if check:
-        bad = 0
-        for name in names:
-            if dataset == "all" and not prep.is_prepared(prep.get_spec(name, root_path), root_path):
-                continue
-            r = prep.check(name, root_path)
-            c = r["counts"]
-            if r["ok"]:
-                out.print(f"{name}: ok — {_counts_text(c)}", highlight=False)
-                continue
-            bad += 1
-            for p in r["problems"]:
-                out.print(f"{name}: {p}", highlight=False)
-            for kind in ("missing", "unreadable"):
-                for path in r[kind]:
-                    out.print(f"{name}: {kind}: {path}", highlight=False)
-        if bad:
-            raise UserError(f"{bad} dataset(s) failed the check; run `cpbench prepare {dataset} --force` to repair")
-        return
-    failed = []
-    for name in names:
-        try:
-            with ByteProgress(console) as bar:
-                ds, info = prep.prepare(name, root_path, from_dir, shots, seeds, force=force,
-                                        say=lambda m: console.print(f"[dim]{name}:[/] {m}", highlight=False),
-                                        progress=bar)
-        except UserError as exc:
-            if len(names) == 1:
-                raise
-            failed.append(name)  # `all`: go on with the others, report at the end
-            console.print(f"[red]{exc}[/]", highlight=False)
-            continue
-        _print_prepared(name, ds, info)
-    if failed:
-        raise UserError(f"{len(failed)} dataset(s) not prepared ({', '.join(failed)}); see the messages above")
+    own = (prep.OwnData(from_folder, csv_file, classnames_file, template, split_file, split_seed)
+           if from_folder is not None or csv_file is not None else None)
+    prep.prepare_datasets(dataset, data_root(root), from_dir, shots, seeds, force, check, own,
+                          say=lambda name, m: console.print(f"[dim]{name}:[/] {m}", highlight=False),
+                          show=_show, warn=lambda m: console.print(f"[red]{m}[/]", highlight=False),
+                          progress=lambda: ByteProgress(console))
 
 
-def _counts_text(c: dict) -> str:
-    if "captions" in c:  # an image-caption dataset
-        return f"train {c['train']} / test {c['test']} images, {c['captions']} test captions"
-    return f"train {c['train']} / val {c['val']} / test {c['test']}, {c['classes']} classes"
-
-
-def _print_prepared(name, ds, info) -> None:
-    c = info["counts"]
-    state = "already prepared, verified" if info.get("skipped") else "prepared"
-    base_new = f", base {c['base']} / new {c['new']}" if "base" in c else ""
-    out.print(f"{name}: {state} in {ds.dir} — {_counts_text(c)}{base_new}", highlight=False)
-    for key, (ntr, nva) in info.get("fewshot", {}).items():
-        out.print(f"  {key}: train {ntr} / val {nva}", highlight=False)
+def _show(line: str) -> None:
+    out.print(line, highlight=False)
 
 
 # --------------------------------------------------------------------------- run
@@ -164,8 +107,8 @@ def run(
     method: Optional[str] = typer.Argument(None, help="method name (see `cpbench list`); optional with --suite"),
     dataset: List[str] = typer.Option([], "--dataset", "--datasets",
                                       help="datasets (base2new/few_shot: default every prepared one; cross_dataset/dg: the targets)"),
-    protocol: Optional[str] = typer.Option(None, "--protocol", help="base2new (default) | cross_dataset | dg | few_shot "
-                                                                   "| continual | retrieval"),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help=" | ".join(
+                                               f"{p} (default)" if p == DEFAULT_PROTOCOL else p for p in PROTOCOLS)),
     seeds: List[int] = typer.Option([], "--seeds", help="default 1 2 3"),
     shots: List[int] = typer.Option([], "--shots", help="default 16; few_shot: e.g. --shots 1 2 4 8 16; "
                                                          "retrieval: training image-caption pairs"),
@@ -207,62 +150,17 @@ def run(
                                                "instead of training (rows marked imported)"),
 ) -> None:
     """Train and evaluate METHOD under a protocol; one Parquet row per evaluation."""
-    from cpbench.runner import RunRequest, execute
+    from cpbench.launch import slurm
+    from cpbench.runner import Given, RunRequest, run_command
 
-    if from_export is not None and from_official is not None:
-        raise UserError("--from-export and --from-official each give the learned state; pass one")
-    state_from = f"official:{from_official.expanduser().resolve()}" if from_official is not None else None
-    if from_export is not None:  # the file's method, protocol, seed, shots, dataset and backbone by default
-        from cpbench.export import run_defaults
-
-        if suite is not None:
-            raise UserError("--from-export evaluates one file; drop --suite")
-        d = run_defaults(from_export)
-        method, protocol = method or d["method"], protocol or d["protocol"]
-        seeds, shots = list(seeds) or d["seeds"], list(shots) or d["shots"]
-        if protocol in ("cross_dataset", "dg"):
-            source = source or d["dataset"]
-        elif not dataset and d["dataset"]:
-            dataset = [d["dataset"]]
-        backbone, pretrained = backbone or d["backbone"], pretrained or d["pretrained"]
-        state_from = f"export:{from_export.expanduser().resolve()}"
-    from cpbench.models.pretrained import default_pretrained
-
-    backbone = backbone or "ViT-B-16"
-    pretrained = pretrained or default_pretrained(backbone)
-    slurm = {}
-    if launcher == "slurm":
-        from cpbench.launch.slurm import parse_time
-
-        slurm = dict(partition=partition, time_min=parse_time(time_limit), gpus_per_job=gpus_per_job,
-                     cpus_per_job=cpus_per_job, array_parallelism=array_parallelism, account=account)
-    common = dict(backbone=backbone, pretrained=pretrained, weights=weights,
-                  config_file=str(config) if config else None, device=device,
-                  results=results, root=root, force=force, feature_cache=not no_cache,
-                  launcher=launcher, gpus=gpus, jobs_per_gpu=jobs_per_gpu, gpu_headroom=gpu_headroom,
-                  dry_run=dry_run, slurm=slurm, threads=threads, state_from=state_from, tasks=tasks,
-                  class_order=class_order)
-    if suite is None:
-        if not method:
-            raise UserError("missing METHOD; run `cpbench run METHOD` or `cpbench run --suite FILE`")
-        req = RunRequest(method=method, datasets=list(dataset), protocol=protocol or "base2new",
-                         seeds=list(seeds) or [1, 2, 3], shots=list(shots) or [16], source=source or "imagenet",
-                         sets=list(sets), **common)
-        execute(req, console, out)
-        return
-    from cpbench.runner import load_suite
-
-    st = load_suite(suite)  # command-line values, where given, override the suite's
-    methods = [method] if method else st["methods"]
-    reqs = [RunRequest(method=m, datasets=list(dataset) or st["datasets"], protocol=protocol or st["protocol"],
-                       seeds=list(seeds) or st["seeds"], shots=list(shots) or st["shots"],
-                       source=source or st["source"], sets=st["sets"] + list(sets), **common) for m in methods]
-    for r in reqs:  # validate every method before running any
-        from cpbench.methods.registry import get_method_class
-
-        get_method_class(r.method)
-    for r in reqs:
-        execute(r, console, out)
+    template = RunRequest(method="", weights=weights, config_file=str(config) if config else None, device=device,
+                          results=results, root=root, force=force, feature_cache=not no_cache, launcher=launcher,
+                          gpus=gpus, jobs_per_gpu=jobs_per_gpu, gpu_headroom=gpu_headroom, dry_run=dry_run,
+                          slurm=slurm.options(launcher, partition, time_limit, gpus_per_job, cpus_per_job,
+                                              array_parallelism, account),
+                          threads=threads, tasks=tasks, class_order=class_order)
+    run_command(Given(method, list(dataset), protocol, list(seeds), list(shots), source, backbone, pretrained,
+                      list(sets), suite, from_official, from_export), template, console, out)
 
 
 # --------------------------------------------------------------------------- report
@@ -273,8 +171,7 @@ def report(
     format: str = typer.Option("markdown", "--format", help="markdown | csv | latex | html | json"),
     results: Optional[Path] = typer.Option(None, "--results", help="results dir"),
     std: bool = typer.Option(True, "--std/--no-std", help="show the std over seeds"),
-    protocol: List[str] = typer.Option([], "--protocol", help="only these protocols (base2new cross_dataset dg few_shot "
-                                                              "continual retrieval)"),
+    protocol: List[str] = typer.Option([], "--protocol", help=f"only these protocols ({' '.join(PROTOCOLS)})"),
     methods: List[str] = typer.Option([], "--methods", help="only these methods"),
     datasets: List[str] = typer.Option([], "--datasets", "--dataset", help="only these datasets"),
     config_hash: List[str] = typer.Option([], "--config-hash", help="keep only the configurations whose config hash "
@@ -302,62 +199,13 @@ def report(
     """Tables per protocol in the papers' layouts (mean ± std over seeds, HM rules of the papers);
     different methods, backbones and configurations never share a cell."""
     from cpbench.paths import results_root
-    from cpbench.results import formats
     from cpbench.results import report as rep
-    from cpbench.results.store import ResultStore
 
-    if format not in formats.FORMATS:
-        raise UserError(f"--format must be one of {', '.join(formats.FORMATS)}, got {format!r}")
-    if compare not in (None, "paper"):
-        raise UserError(f"--compare takes `paper`, got {compare!r}")
-    if layout not in rep.LAYOUTS:
-        raise UserError(f"--layout must be one of {', '.join(rep.LAYOUTS)}, got {layout!r}")
-    bad = [p for p in protocol if p not in rep.PROTOCOL_ORDER]
-    if bad:
-        raise UserError(f"unknown protocol {bad[0]!r} in --protocol; use {', '.join(rep.PROTOCOL_ORDER)}")
-    if plots is not None and plots.exists() and not plots.is_dir():
-        raise UserError(f"--plots {plots} is a file; pass a folder (it is created if missing)")
-    if curves is not None:
-        from cpbench.results.curves import write_curve_plots
-
-        warn = lambda m: console.print(f"[yellow]warning:[/] {m}", highlight=False, soft_wrap=True)  # noqa: E731
-        for p in write_curve_plots(results_root(results), curves, methods, datasets, warn=warn):
-            console.print(f"wrote {p}", highlight=False, soft_wrap=True)
-    store = ResultStore(results_root(results))
-    read = store.read()
-    for path in read.corrupt:
-        console.print(f"[yellow]warning:[/] skipped unreadable results shard {path} (delete it and re-run its job)",
-                      highlight=False, soft_wrap=True)
-    if read.frame.empty:
-        raise UserError(f"no results under {store.root}; run `cpbench run METHOD` first (or pass --results DIR)")
-    from cpbench.results import predictions
-
-    built = rep.build(read.frame, rep.ReportOptions(protocol, methods, datasets, config_hash, latest, layout,
-                                                    compare == "paper", ci=ci, compare_methods=tuple(compare_methods),
-                                                    per_class=per_class or "", cost=cost),
-                      outcomes=lambda keys: predictions.read(store.root, keys))
-    if plots is not None:
-        try:
-            from cpbench.results.plots import write_plots
-
-            made = write_plots(built.tables, plots)
-        except ModuleNotFoundError as exc:
-            raise UserError(f"--plots needs {exc.name}; pip install matplotlib")
-        for p in made:
-            console.print(f"wrote {p}", highlight=False)
-    if format == "csv":  # csv has no place for the notes
-        for note in built.notes:
-            console.print(note, highlight=False, soft_wrap=True, markup=False)
-    if per_class and plots is None:
-        console.print("--per-class: add --plots DIR for the PNG", highlight=False, soft_wrap=True)
-    page_curves = None
-    if format == "html":  # the leaderboard page embeds the training curves where histories exist
-        from cpbench.results.curves import read_curves
-
-        page_curves = read_curves(store.root)
-        if methods:
-            page_curves = page_curves[page_curves["method"].isin(list(methods))]
-    sys.stdout.write(formats.render(built, format, std, page_curves))
+    opts = rep.ReportOptions(protocol, methods, datasets, config_hash, latest, layout, ci=ci,
+                             compare_methods=tuple(compare_methods), per_class=per_class or "", cost=cost)
+    warn = lambda m: console.print(f"[yellow]warning:[/] {m}", highlight=False, soft_wrap=True)  # noqa: E731
+    say = lambda m: console.print(m, highlight=False, soft_wrap=True, markup=False)  # noqa: E731
+    sys.stdout.write(rep.command(results_root(results), opts, format, std, compare, plots, curves, say=say, warn=warn))
 
 
 # --------------------------------------------------------------------------- export / predict
@@ -379,16 +227,11 @@ def export_(
     device: str = typer.Option("cpu", "--device", help="where to compute the text features: cpu | auto | cuda[:N]"),
 ) -> None:
     """Write one trained job's learned prompts as one self-describing safetensors file."""
-    from cpbench import export_job
-    from cpbench.api import describe
     from cpbench.paths import data_root, results_root
+    from cpbench.state import export_job
 
-    t = export_job.find(results_root(results), data_root(root), method, dataset, seed, shots, backbone, protocol,
-                        checkpoint)
-    meta = export_job.export(t, out, device)
-    extra = ", with text features" if meta["text_features"] else ""
-    out_ = f"wrote {out} ({out.stat().st_size / 1024:.1f} kB): {meta['method']} {describe(meta)}, "
-    console.print(out_ + f"{len(meta['classnames'])} classes{extra}", highlight=False, soft_wrap=True)
+    console.print(export_job.command(results_root(results), data_root(root), out, method, dataset, seed, shots, backbone,
+                                     protocol, checkpoint, device), highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -403,7 +246,7 @@ def predict(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N]"),
 ) -> None:
     """The top-k classes of images under learned prompts."""
-    from cpbench.predict import run as run_predict
+    from cpbench.ui.predict import run as run_predict
 
     sys.stdout.write(run_predict(prompts, list(images), top_k, classes, format, backbone, weights, device))
 
@@ -416,8 +259,7 @@ def list_(root: Optional[Path] = typer.Option(None, "--root", help="data root"),
           backbones: bool = typer.Option(False, "--backbones", help="open_clip's models by family, with the "
                                          "methods each runs")) -> None:
     """Datasets (and which are prepared), methods and backbones."""
-    from cpbench.data import prepare as prep
-    from cpbench.data.catalog import all_specs
+    from cpbench.data import catalog
     from cpbench.methods.registry import get_method_class, method_names
     from cpbench.paths import data_root
 
@@ -433,19 +275,10 @@ def list_(root: Optional[Path] = typer.Option(None, "--root", help="data root"),
         return
     root_path = data_root(root)
     t = Table(title=f"datasets (root: {root_path})")
-    for col in ("name", "prepared", "classes", "images", "disk", "template"):
+    for col in catalog.LIST_COLUMNS:
         t.add_column(col)
-    for name, spec in all_specs(root_path).items():
-        ddir = prep.dataset_dir(spec, root_path)
-        ready = prep.is_prepared(spec, root_path)
-        images = disk = classes = ""
-        if ready:
-            info = prep.read_marker(ddir)
-            c = info.get("counts", {})
-            classes = str(c.get("classes", ""))
-            images = str(sum(c.get(k, 0) for k in ("train", "val", "test")))
-            disk = info.get("disk") or prep.human_size(prep.disk_usage(ddir))
-        t.add_row(name, "yes" if ready else "", classes or (str(spec.expected.classes or "")), images, disk, spec.template)
+    for row in catalog.listing(root_path):
+        t.add_row(*row)
     out.print(t)
     out.print("methods: " + ", ".join(method_names()))
     out.print("backbones: toy (embedded, offline), ViT-B-16 (default, --pretrained openai), open_clip model names "

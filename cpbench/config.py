@@ -1,16 +1,29 @@
 """Typed run configuration: per-method YAML defaults, ``--config`` files and ``--set`` overrides.
 
-Resolution, later wins:
-  TrainConfig defaults < ``configs/methods/<method>.yaml`` (train:, method:)
-  < its ``protocols.<protocol>`` block < its ``shots.<k>`` block < its ``datasets.<name>`` block
-  (and, inside it, ``protocols.<protocol>`` then ``shots.<k>``)
-  < the settings an imported state was learned with (``imported``: ``cpbench run --from-export``)
-  < ``--config FILE`` (same shape) < ``--set key=value`` (``epochs=1``, ``train.lr=0.01``,
-  ``method.n_ctx=8``; a bare key is looked up in train first, then method options).
+A config file (``configs/methods/<method>.yaml`` as shipped, or ``--config FILE``) holds ``train:``
+(``TrainConfig``) and ``method:`` (the method's ``Options``) settings, at the top and in blocks that
+apply to some jobs only::
 
-``dg`` jobs resolve as ``cross_dataset`` (DG evaluates the cross-dataset training; one checkpoint
-serves both), so a ``protocols.dg`` block would never be read: none ships, and a ``--config`` file
-with one is refused.
+    train: {...}                      method: {...}
+    protocols:  <protocol>: {train, method, shots: {<k>: {train, method}}}
+    shots:      <k>: {train, method}                    # every protocol run with k shots
+    datasets:   <dataset>: {train, method, protocols: {...}, shots: {...}}   # the same, for one dataset
+
+Resolution, later wins:
+  TrainConfig defaults
+  < the method's YAML: train/method < protocols.<p> < protocols.<p>.shots.<k> < shots.<k>
+    < datasets.<d> (inside it the same order: train/method < protocols.<p> < protocols.<p>.shots.<k>
+      < shots.<k>)
+  < the settings an imported state was learned with (``imported``: ``cpbench run --from-export``)
+  < ``--config FILE``, the same layering inside it
+  < ``--set key=value`` (``epochs=1``, ``train.lr=0.01``, ``method.n_ctx=8``; a bare key is looked
+    up in train first, then method options).
+
+Every block above is read from both files; anything else in a file (an unknown section, block,
+protocol, shot count or setting) is refused in one line, wherever it stands, so a setting is never
+silently ignored. ``dg`` jobs resolve as ``cross_dataset`` (DG evaluates the cross-dataset
+training; one checkpoint serves both; ``protocols/registry.py``), so a ``protocols.dg`` block would
+never be read: none ships, and one in a file is refused.
 
 The config hash covers the method name, the resolved train settings and method options, so a
 results row says exactly which hyperparameters produced it. Train settings added after results
@@ -22,6 +35,7 @@ that does not use them keeps its hash, its rows' ``config_json`` and its report 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass, fields, replace
@@ -124,14 +138,40 @@ def train_dict(train: TrainConfig) -> dict:
     return {k: v for k, v in asdict(train).items() if not (k in LATER_TRAIN and v == defaults[k])}
 
 
-def _train_from_dict(d: dict) -> TrainConfig:
-    from cpbench.methods.base import _coerce
+def coerce(value: Any, typ: Any, where: str) -> Any:
+    """``value`` as the dataclass field type ``typ`` (int, float, bool, str; YAML and ``--set`` give
+    strings and numbers), or one line naming ``where`` and the type."""
+    t = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
+    try:
+        if t in ("int",):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if t in ("float",):
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if t in ("bool",):
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.lower() in ("true", "1", "yes")
+            raise ValueError
+        if t in ("str",):
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+    except (TypeError, ValueError):
+        raise UserError(f"{where} must be {t}, got {value!r}") from None
+    return value
 
+
+def _train_from_dict(d: dict) -> TrainConfig:
     known = {f.name: f for f in fields(TrainConfig)}
     unknown = sorted(set(d) - set(known))
     if unknown:
         raise UserError(f"unknown train setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
-    return TrainConfig(**{k: _coerce(v, known[k].type, f"train.{k}") for k, v in d.items()}).validate()
+    return TrainConfig(**{k: coerce(v, known[k].type, f"train.{k}") for k, v in d.items()}).validate()
 
 
 def _read_yaml(path: Path) -> dict:
@@ -151,18 +191,110 @@ def _read_yaml(path: Path) -> dict:
 
 
 def method_defaults(method: str) -> dict:
+    """The method's shipped config file (``configs/methods/<method>.yaml``; {} if it has none)."""
+    return copy.deepcopy(_shipped(method))
+
+
+@functools.lru_cache(maxsize=None)
+def _shipped(method: str) -> dict:  # read once per process: resolving is per job (and per report cell)
     path = CONFIG_DIR / f"{method}.yaml"
     return _read_yaml(path) if path.exists() else {}
 
 
-def _merge(dst: dict, src: dict, where: str) -> None:
-    for section in ("train", "method"):
-        block = src.get(section)
-        if block is None:
-            continue
-        if not isinstance(block, dict):
-            raise UserError(f"{where}: '{section}' must be a mapping")
-        dst[section].update(block)
+SETTINGS = ("train", "method")
+# the blocks each block of a config file may hold
+SECTIONS = ("train", "method", "protocols", "shots", "datasets")
+PROTOCOL_BLOCK = ("train", "method", "shots")
+DATASET_BLOCK = ("train", "method", "protocols", "shots")
+
+
+def _merge(dst: dict, src: dict) -> None:
+    for section in SETTINGS:
+        dst[section].update(src.get(section) or {})
+
+
+def _mapping(value, where: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UserError(f"{where} must be a mapping")
+    return value
+
+
+def _shots_key(key, where: str) -> int:
+    k = key if isinstance(key, int) and not isinstance(key, bool) else int(key) if str(key).isdigit() else 0
+    if k < 1:
+        raise UserError(f"{where}: {key!r} is not a shot count; use a positive integer such as 16")
+    return k
+
+
+def _check_block(block, where: str, allowed: tuple[str, ...], options_cls: type) -> dict:
+    """``block`` is a mapping of ``allowed`` sections whose train/method settings exist."""
+    block = _mapping(block, where)
+    unknown = [str(k) for k in block if k not in allowed]
+    if unknown:
+        raise UserError(f"{where}: unknown section(s) {', '.join(unknown)}; use {', '.join(allowed)}")
+    for section, known, what in (("train", {f.name for f in fields(TrainConfig)}, "train setting(s)"),
+                                 ("method", {f.name for f in fields(options_cls)}, "method option(s)")):
+        bad = sorted(str(k) for k in _mapping(block.get(section), f"{where} {section}") if k not in known)
+        if bad:
+            raise UserError(f"{where} {section}: unknown {what} {', '.join(bad)}; valid: {', '.join(sorted(known))}")
+    return block
+
+
+def _join(*path: str) -> str:
+    return ".".join(p for p in path if p)
+
+
+def _at(file: str, *path: str) -> str:
+    """Where a block stands, for messages: ``config my.yaml datasets.dtd.protocols.few_shot``."""
+    inside = _join(*path)
+    return f"{file} {inside}" if inside else file
+
+
+def _protocol_blocks(parent: dict, file: str, path: str) -> dict:
+    from cpbench.protocols.registry import check_protocol_name, config_protocol
+
+    blocks = _mapping(parent.get("protocols"), _at(file, path, "protocols"))
+    for p in blocks:
+        check_protocol_name(p, f"{_at(file, path, 'protocols')}: ")
+        if config_protocol(p) != p:
+            raise UserError(f"{_at(file, path)}: protocols.{p} is never read ({p} evaluates the "
+                            f"{config_protocol(p)} training); put those settings under protocols.{config_protocol(p)}")
+    return blocks
+
+
+def _shot_blocks(parent: dict, file: str, path: str) -> dict[int, dict]:
+    where = _at(file, path, "shots")
+    return {_shots_key(k, where): v for k, v in _mapping(parent.get("shots"), where).items()}
+
+
+def layers(data: dict, file: str, options_cls: type, protocol: str, dataset: str | None, shots: int | None,
+           path: str = "") -> list[dict]:
+    """The blocks of one config file that apply to a job, in precedence order (later wins): the
+    file's train/method < protocols.<p> < protocols.<p>.shots.<k> < shots.<k> < datasets.<d>, whose
+    block is read the same way (``path``: where that block stands). The whole file is checked first,
+    blocks that do not apply too."""
+    _check_block(data, _at(file, path), DATASET_BLOCK if path else SECTIONS, options_cls)
+    protocols = _protocol_blocks(data, file, path)
+    per_shots = {}
+    for p, blk in protocols.items():
+        _check_block(blk, _at(file, path, f"protocols.{p}"), PROTOCOL_BLOCK, options_cls)
+        per_shots[p] = _shot_blocks(blk, file, _join(path, f"protocols.{p}"))
+        for k, sblk in per_shots[p].items():
+            _check_block(sblk, _at(file, path, f"protocols.{p}.shots.{k}"), SETTINGS, options_cls)
+    top_shots = _shot_blocks(data, file, path)
+    for k, sblk in top_shots.items():
+        _check_block(sblk, _at(file, path, f"shots.{k}"), SETTINGS, options_cls)
+    out = [data, protocols.get(protocol) or {}]
+    if shots is not None:
+        out += [per_shots.get(protocol, {}).get(shots) or {}, top_shots.get(shots) or {}]
+    for d, dblk in (_mapping(data.get("datasets"), _at(file, "datasets")) if not path else {}).items():
+        inner = layers(_mapping(dblk, _at(file, f"datasets.{d}")), file, options_cls, protocol, dataset, shots,
+                       f"datasets.{d}")
+        if d == dataset:
+            out += inner
+    return out
 
 
 def parse_set(items: list[str]) -> list[tuple[str, Any]]:
@@ -202,44 +334,15 @@ class ResolvedConfig:
 def resolve(method: str, options_cls: type, protocol: str = "base2new", dataset: str | None = None,
             shots: int | None = None, config_file: str | Path | None = None,
             sets: list[str] | None = None, imported: dict | None = None) -> ResolvedConfig:
-    base = method_defaults(method)
     merged: dict = {"train": {}, "method": {}}
-    _merge(merged, base, f"{method}.yaml")
-    blk = (base.get("protocols") or {}).get(protocol)
-    if blk:
-        _merge(merged, blk, f"{method}.yaml protocols.{protocol}")
-    if shots is not None:
-        sblk = (base.get("shots") or {}).get(shots) or (base.get("shots") or {}).get(str(shots))
-        if sblk and protocol == "few_shot":
-            _merge(merged, sblk, f"{method}.yaml shots.{shots}")
-    if dataset is not None:
-        dblk = (base.get("datasets") or {}).get(dataset)
-        if dblk:
-            _merge(merged, dblk, f"{method}.yaml datasets.{dataset}")
-            pblk = (dblk.get("protocols") or {}).get(protocol)
-            if pblk:
-                _merge(merged, pblk, f"{method}.yaml datasets.{dataset}.protocols.{protocol}")
-            dsblk = (dblk.get("shots") or {}).get(shots) or (dblk.get("shots") or {}).get(str(shots))
-            if dsblk and protocol == "few_shot":  # as the top-level shots blocks: few-shot schedules
-                _merge(merged, dsblk, f"{method}.yaml datasets.{dataset}.shots.{shots}")
+    for block in layers(method_defaults(method), f"{method}.yaml", options_cls, protocol, dataset, shots):
+        _merge(merged, block)
     if imported:
-        _merge(merged, imported, "the imported settings")
+        _merge(merged, imported)
     if config_file:
         user = _read_yaml(Path(config_file))
-        unknown = sorted(set(user) - {"train", "method", "protocols", "datasets", "shots"})
-        if unknown:
-            raise UserError(f"config {config_file}: unknown section(s) {', '.join(unknown)}; use train: and method:")
-        if "dg" in (user.get("protocols") or {}):
-            raise UserError(f"config {config_file}: protocols.dg is never read (dg evaluates the cross_dataset "
-                            "training); put those settings under protocols.cross_dataset")
-        _merge(merged, user, str(config_file))
-        ublk = (user.get("protocols") or {}).get(protocol)
-        if ublk:
-            _merge(merged, ublk, f"{config_file} protocols.{protocol}")
-        if dataset is not None:
-            udb = (user.get("datasets") or {}).get(dataset)
-            if udb:
-                _merge(merged, udb, f"{config_file} datasets.{dataset}")
+        for block in layers(user, f"config {config_file}", options_cls, protocol, dataset, shots):
+            _merge(merged, block)
     train_keys = {f.name for f in fields(TrainConfig)}
     option_keys = {f.name for f in fields(options_cls)}
     for key, value in parse_set(sets or []):

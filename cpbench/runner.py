@@ -10,19 +10,18 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from cpbench.errors import Interrupted, JobsFailed, StorageError, UserError
+from cpbench.protocols import registry
 
 if TYPE_CHECKING:
-    from cpbench.protocols.jobs import RunSettings
+    from cpbench.protocols.jobs import PlanRequest, RunSettings
     from cpbench.threads import ThreadPlan
-
-PROTOCOLS = ("base2new", "cross_dataset", "dg", "few_shot", "continual", "retrieval")
 
 
 @dataclass
 class RunRequest:
     method: str
     datasets: list[str] = field(default_factory=list)
-    protocol: str = "base2new"
+    protocol: str = registry.DEFAULT
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
     shots: list[int] = field(default_factory=lambda: [16])
     backbone: str = "ViT-B-16"
@@ -44,7 +43,7 @@ class RunRequest:
     slurm: dict = field(default_factory=dict)   # SlurmOptions fields: partition, time_min, gpus_per_job, ...
     # cross_dataset / dg: the training dataset (a miniature or toy one can stand in for ImageNet)
     source: str = "imagenet"
-    # learned state imported instead of trained: "official:DIR" | "export:FILE" (cpbench/imports.py)
+    # learned state imported instead of trained: "official:DIR" | "export:FILE" (cpbench/state/imports.py)
     state_from: str | None = None
     # CPU threads: a number or "auto" (cpbench/threads.py); None = $CPBENCH_THREADS / auto
     threads: str | None = None
@@ -52,39 +51,89 @@ class RunRequest:
     tasks: int = 2
     class_order: str = "labels"
 
+    def plan_request(self) -> PlanRequest:
+        from cpbench.protocols.jobs import PlanRequest
 
-def default_targets(req: RunRequest, prepared: list[str]) -> list[str]:
-    """Datasets a protocol evaluates when --datasets is not given."""
-    from cpbench.protocols import cross_dataset, domain_generalization
-
-    if req.protocol == "cross_dataset":
-        return list(cross_dataset.TARGETS)
-    if req.protocol == "dg":
-        return list(domain_generalization.TARGETS)
-    return prepared  # the prepared datasets of the protocol's task type
+        return PlanRequest(self.method, self.protocol, tuple(self.seeds), tuple(self.shots), self.source, self.tasks,
+                           self.class_order)
 
 
-def plan_jobs(req: RunRequest, datasets: list[str]):
-    """``datasets``: trained-and-evaluated datasets (base2new, few_shot) or targets (cross_dataset,
-    dg, trained on ``req.source``)."""
-    from cpbench.protocols import base2new, continual, cross_dataset, domain_generalization, few_shot, retrieval
+@dataclass
+class Given:
+    """What ``cpbench run`` was given of the settings that a suite (``--suite``) or an export file
+    (``--from-export``) also give: None / empty = not given."""
+    method: str | None = None
+    datasets: list[str] = field(default_factory=list)
+    protocol: str | None = None
+    seeds: list[int] = field(default_factory=list)
+    shots: list[int] = field(default_factory=list)
+    source: str | None = None
+    backbone: str | None = None
+    pretrained: str | None = None
+    sets: list[str] = field(default_factory=list)
+    suite: Path | None = None
+    from_official: Path | None = None
+    from_export: Path | None = None
 
-    if req.protocol in ("base2new", "cross_dataset", "dg", "continual") and len(req.shots) != 1:
-        raise UserError(f"{req.protocol} takes one --shots value (16 in the papers); "
-                        "use --protocol few_shot for several")
-    if req.protocol == "base2new":
-        return base2new.plan(req.method, datasets, req.seeds, req.shots[0])
-    if req.protocol == "cross_dataset":
-        return cross_dataset.plan(req.method, datasets, req.seeds, req.shots[0], req.source)
-    if req.protocol == "dg":
-        return domain_generalization.plan(req.method, datasets, req.seeds, req.shots[0], req.source)
-    if req.protocol == "few_shot":
-        return few_shot.plan(req.method, datasets, req.seeds, list(dict.fromkeys(req.shots)))
-    if req.protocol == "continual":
-        return continual.plan(req.method, datasets, req.seeds, req.shots[0], req.tasks, continual.parse_order(req.class_order))
-    if req.protocol == "retrieval":
-        return retrieval.plan(req.method, datasets, req.seeds, list(dict.fromkeys(req.shots)))
-    raise UserError(f"unknown protocol {req.protocol!r}; use one of {', '.join(PROTOCOLS)}")
+
+def requests(given: Given, template: RunRequest) -> list[RunRequest]:
+    """The runs of one ``cpbench run``: ``template`` holds the options taken as they are (paths,
+    device, launcher, ...), ``given`` the others. What is not given comes from the export file
+    (``--from-export``: its method, protocol, seed, shots, dataset and backbone), else from the suite
+    (one run per method; command-line values override the suite's), else the defaults."""
+    from dataclasses import replace
+
+    g = replace(given, datasets=list(given.datasets), seeds=list(given.seeds), shots=list(given.shots),
+                sets=list(given.sets))
+    if g.from_export is not None and g.from_official is not None:
+        raise UserError("--from-export and --from-official each give the learned state; pass one")
+    state_from = f"official:{g.from_official.expanduser().resolve()}" if g.from_official is not None else None
+    if g.from_export is not None:
+        from cpbench.state.export import run_defaults
+
+        if g.suite is not None:
+            raise UserError("--from-export evaluates one file; drop --suite")
+        d = run_defaults(g.from_export)
+        g.method, g.protocol = g.method or d["method"], g.protocol or d["protocol"]
+        g.seeds, g.shots = g.seeds or d["seeds"], g.shots or d["shots"]
+        trained_on = registry.PROTOCOLS.get(g.protocol)
+        if trained_on is not None and trained_on.trains_on_source:
+            g.source = g.source or d["dataset"]
+        elif not g.datasets and d["dataset"]:
+            g.datasets = [d["dataset"]]
+        g.backbone, g.pretrained = g.backbone or d["backbone"], g.pretrained or d["pretrained"]
+        state_from = f"export:{g.from_export.expanduser().resolve()}"
+    from cpbench.models.pretrained import default_pretrained
+
+    backbone = g.backbone or "ViT-B-16"
+    common = replace(template, backbone=backbone, pretrained=g.pretrained or default_pretrained(backbone),
+                     state_from=state_from)
+    if g.suite is None:
+        if not g.method:
+            raise UserError("missing METHOD; run `cpbench run METHOD` or `cpbench run --suite FILE`")
+        return [replace(common, method=g.method, datasets=g.datasets, protocol=g.protocol or registry.DEFAULT,
+                        seeds=g.seeds or [1, 2, 3], shots=g.shots or [16], source=g.source or "imagenet", sets=g.sets)]
+    st = load_suite(g.suite)  # command-line values, where given, override the suite's
+    reqs = [replace(common, method=m, datasets=g.datasets or st["datasets"], protocol=g.protocol or st["protocol"],
+                    seeds=g.seeds or st["seeds"], shots=g.shots or st["shots"], source=g.source or st["source"],
+                    sets=st["sets"] + g.sets) for m in ([g.method] if g.method else st["methods"])]
+    from cpbench.methods.registry import check_method_name
+
+    for r in reqs:  # every method is known before any runs
+        check_method_name(r.method)
+    return reqs
+
+
+def run_command(given: Given, template: RunRequest, console: Console, out: Console) -> None:
+    """``cpbench run``: every run of ``requests(given, template)``, one after another."""
+    for req in requests(given, template):
+        execute(req, console, out)
+
+
+def plan_jobs(req: RunRequest, datasets: list[str]) -> list:
+    """The protocol's jobs: ``datasets`` are trained and evaluated, or evaluated only (targets) for a
+    protocol that trains on ``req.source`` (``registry.Protocol.trains_on_source``)."""
+    return registry.module(req.protocol).plan_jobs(req.plan_request(), datasets)
 
 
 def _check_datasets(req: RunRequest, root: Path, datasets: list[str]) -> None:
@@ -93,12 +142,22 @@ def _check_datasets(req: RunRequest, root: Path, datasets: list[str]) -> None:
     from cpbench.data import checks
     from cpbench.data import prepare as prep
 
-    trained = [req.source] if req.protocol in ("cross_dataset", "dg") else datasets
+    protocol = registry.get(req.protocol)
+    trained = [req.source] if protocol.trains_on_source else datasets
     for d in dict.fromkeys([*trained, *datasets]):
         ds = prep.load(d, root)  # unknown or unprepared -> one clear line
         checks.require_classes(ds.name, ds.split, trained=d in trained)
         if d in trained and not req.state_from:  # imported state is not trained here
-            checks.require_shots(ds.name, ds.split, req.shots, "base" if req.protocol == "base2new" else "all")
+            checks.require_shots(ds.name, ds.split, req.shots, protocol.train_subset)
+
+
+def _check_request(req: RunRequest, protocol: registry.Protocol) -> None:
+    """What the protocol's registry line says it takes (no dataset read, no import)."""
+    if protocol.one_shots and len(req.shots) != 1:
+        raise UserError(f"{req.protocol} takes one --shots value (16 in the papers); "
+                        "use --protocol few_shot for several")
+    if req.state_from and protocol.own_runner:
+        raise UserError(f"--protocol {req.protocol} trains its own state; it cannot start from imported state")
 
 
 def validate(req: RunRequest) -> tuple[RunSettings, list, ThreadPlan]:
@@ -106,6 +165,7 @@ def validate(req: RunRequest) -> tuple[RunSettings, list, ThreadPlan]:
     # the cheap checks (names, numbers, prepared datasets) come before anything that imports torch,
     # so a typo costs about a second, not the ~6 s of torch + torchvision imports
     from cpbench import threads
+    from cpbench.data import catalog
     from cpbench.data import prepare as prep
     from cpbench.methods.registry import check_method_name
     from cpbench.paths import check_folder, data_root, results_root
@@ -113,19 +173,19 @@ def validate(req: RunRequest) -> tuple[RunSettings, list, ThreadPlan]:
     check_method_name(req.method)
     if req.launcher not in ("none", "local", "slurm"):
         raise UserError(f"unknown launcher {req.launcher!r}; use none, local or slurm")
-    if req.protocol not in PROTOCOLS:
-        raise UserError(f"unknown protocol {req.protocol!r}; use one of {', '.join(PROTOCOLS)}")
+    protocol = registry.get(req.protocol)
     prep.check_draws(req.shots, req.seeds)
     if not req.seeds:
         raise UserError("--seeds needs at least one seed")
+    _check_request(req, protocol)
     plan = threads.plan(req.threads)
     root = data_root(req.root)
-    task = "retrieval" if req.protocol == "retrieval" else "classification"
-    datasets = list(dict.fromkeys(req.datasets)) or default_targets(req, prep.prepared_names(root, task))
+    datasets = (list(dict.fromkeys(req.datasets))
+                or registry.module(req.protocol).default_targets(catalog.prepared_names(root, protocol.task)))
     if not datasets:
-        what = "image-caption datasets" if task == "retrieval" else "datasets"
+        what = "image-caption datasets" if protocol.task == "retrieval" else "datasets"
         raise UserError(f"no prepared {what} under {root}; run `cpbench prepare DATASET` first (or pass --root)")
-    if task == "retrieval":
+    if protocol.task == "retrieval":
         from cpbench.data import captions
 
         for d in datasets:  # unknown or unprepared -> one clear line
@@ -135,7 +195,7 @@ def validate(req: RunRequest) -> tuple[RunSettings, list, ThreadPlan]:
                     raise UserError(f"--shots for retrieval is the number of training image-caption pairs: 1 to "
                                     f"{pool} for {d}, got {k}")
     else:
-        if req.protocol == "continual":
+        if protocol.tasks:
             for d in datasets:
                 if not 2 <= req.tasks <= len(prep.load(d, root).split.classnames):
                     raise UserError(f"--tasks must be between 2 and the number of classes of {d}, got {req.tasks}")
@@ -151,10 +211,8 @@ def validate(req: RunRequest) -> tuple[RunSettings, list, ThreadPlan]:
                            feature_cache=req.feature_cache, state_from=req.state_from)
     check_folder(settings.results_root, "--results")
     jobs = plan_jobs(req, datasets)
-    if req.state_from and req.protocol in ("continual", "retrieval"):
-        raise UserError(f"--protocol {req.protocol} trains its own state; it cannot start from imported state")
     if req.state_from:  # an imported state that does not fit this run fails before the backbone loads
-        from cpbench import imports
+        from cpbench.state import imports
 
         imports.check(req.state_from, req, jobs, root)
     for job in jobs:
@@ -183,7 +241,7 @@ def execute(req: RunRequest, console: Console, out: Console) -> list[dict]:
 
         return launch_run(req, settings, jobs, console, out, plan)
     from cpbench.models.backbone import describe_weights, load_backbone
-    from cpbench.progress import make_reporter
+    from cpbench.ui.progress import make_reporter
     from cpbench.protocols.execute import run_job, saved_progress
     from cpbench.results.store import ResultStore
 
@@ -250,9 +308,8 @@ def load_suite(path: Path) -> dict:
     unknown = sorted(set(data) - SUITE_KEYS)
     if unknown:
         raise UserError(f"suite {path}: unknown key(s) {', '.join(map(str, unknown))}; use {', '.join(sorted(SUITE_KEYS))}")
-    protocol = data.get("protocol", "base2new")
-    if protocol not in PROTOCOLS:
-        raise UserError(f"suite {path}: unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
+    protocol = data.get("protocol", registry.DEFAULT)
+    registry.check_protocol_name(protocol, f"suite {path}: ")
 
     def strs(key):
         v = data.get(key) or []

@@ -13,7 +13,7 @@ import numpy as np
 from cpbench.config import resolve
 from cpbench.errors import UserError
 from cpbench.methods.registry import get_method_class
-from cpbench.protocols.jobs import CONFIG_PROTOCOL
+from cpbench.protocols.registry import config_protocol
 
 
 def config(method: str, protocol: str, dataset: str, shots: int, sets=()) -> tuple[str, str]:
@@ -22,7 +22,7 @@ def config(method: str, protocol: str, dataset: str, shots: int, sets=()) -> tup
         cls = get_method_class(method)
     except UserError:
         return "h", ""
-    cfg = resolve(method, cls.Options, CONFIG_PROTOCOL.get(protocol, protocol), dataset=dataset, shots=shots,
+    cfg = resolve(method, cls.Options, config_protocol(protocol), dataset=dataset, shots=shots,
                   sets=list(sets))
     return cfg.hash, json.dumps(cfg.as_dict(), sort_keys=True)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -187,13 +186,18 @@ def test_hub_plan_decides_without_open_clips_retries(monkeypatch):
     assert constants.HF_HUB_OFFLINE is True  # restored to what it was
 
 
-def test_unreachable_host_is_found_in_seconds():
+def test_unreachable_host_is_found_within_the_probe_limit(monkeypatch):
+    """``reachable`` gives up after its limit even when the connection (DNS included) never
+    answers; how long that takes on a real network: benchmarks/latency/."""
+    import threading
+
     from cpbench.models import hub
 
-    t = time.time()
     assert hub.reachable("127.0.0.1", port=9, seconds=2) is False  # nothing listens on the discard port
     assert hub.reachable("host.invalid", seconds=2) is False
-    assert time.time() - t < 5
+    never = threading.Event()
+    monkeypatch.setattr(hub.socket, "create_connection", lambda *a, **k: never.wait())  # hangs for good
+    assert hub.reachable("example.org", seconds=0.2) is False
 
 
 def test_default_backbone_offline_fails_fast(tmp_path, cli):
@@ -203,14 +207,12 @@ def test_default_backbone_offline_fails_fast(tmp_path, cli):
     from minidata import make_caltech
 
     make_caltech(tmp_path / "data")
-    t = time.time()
     rc, out, err = cli("run", "zeroshot", "--backbone", "ViT-B-16", "--pretrained", "openai", "--shots", "2",
                        "--seeds", "1", "--device", "cpu", "--root", str(tmp_path / "data"),
                        "--results", str(tmp_path / "res"),
                        env={"HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": "https://127.0.0.1:9",
                             "HF_HUB_OFFLINE": "0", "XDG_CACHE_HOME": str(tmp_path / "cache")}, timeout=300)
-    took = time.time() - t
     assert rc == 2, err
     lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("loading backbone")]
+    # "cannot be reached": the probe answered, no download was tried (how long it takes: benchmarks/latency/)
     assert len(lines) == 1 and "cannot be reached" in lines[0] and "--weights" in lines[0], err
-    assert took < 45, took  # interpreter + torch import included; the probe itself takes <= 4 s

@@ -149,6 +149,8 @@ CASES = [
      "unknown section", None),
     ("config-not-utf8", lambda t: run_args(t, "--config", _cfg(t, b"train:\n  epochs: \xff\xfe1\n")), "cfg.yaml", None),
     ("config-bad-value", lambda t: run_args(t, "--config", _cfg(t, b"train:\n  lr: -1\n")), "lr must be", None),
+    ("config-block-without-train", lambda t: run_args(t, "--config", _cfg(t, b"protocols:\n  base2new:\n    epochs: 1\n")),
+     "protocols.base2new: unknown section(s) epochs", None),
     # ---- split files
     ("split-not-json", lambda t: (_split(t).write_text("{not json"), run_args(t))[1], "split", None),
     ("split-not-utf8", lambda t: (_split(t).write_bytes(b'{"train": [["\xff\xfe.jpg", 0, "a"]]}'), run_args(t))[1],

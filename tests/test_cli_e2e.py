@@ -138,6 +138,7 @@ def test_weights_from_local_checkpoint(tmp_path, tiny_backbone):
     ["run", "coop", "--dataset", "nosuchdata"],
     ["run", "coop", "--seeds", "-1"],
     ["run", "coop", "--protocol", "nosuch"],
+    ["run", "coop", "--shots", "1", "2"],          # base2new takes one --shots value (the protocol registry)
 ])
 def test_typos_fail_before_torch_is_imported(args, tmp_path):
     """A mistyped name or number is answered in about a second: the checks run before anything

@@ -21,6 +21,7 @@ from test_protocols import _cli  # noqa: E402
 
 from cpbench import faults  # noqa: E402
 from cpbench.config import resolve  # noqa: E402
+from cpbench.data import catalog  # noqa: E402
 from cpbench.data import prepare as prep  # noqa: E402
 from cpbench.data import images as image_lists  # noqa: E402
 from cpbench.data.splits import base_new_labels  # noqa: E402
@@ -263,7 +264,7 @@ def test_shipped_suites_of_the_new_protocols(name):
     from cpbench.runner import load_suite
 
     st = load_suite(Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.yaml")
-    specs = prep.all_specs()
+    specs = catalog.all_specs()
     task = "retrieval" if st["protocol"] == "retrieval" else "classification"
     assert st["protocol"] in ("continual", "retrieval") and st["datasets"]
     assert all(specs[d].task == task for d in st["datasets"])

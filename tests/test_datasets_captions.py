@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_datasets_download import jpeg, loopback_spec, pack, serve  # noqa: E402
 
 from cpbench.data import captions  # noqa: E402
+from cpbench.data import catalog  # noqa: E402
 from cpbench.data import prepare as prep  # noqa: E402
 from cpbench.data.specs import Expected  # noqa: E402
 from cpbench.errors import UserError  # noqa: E402
@@ -86,7 +87,7 @@ def test_an_image_archive_that_does_not_match_the_captions_is_refused(tmp_path):
     with serve(_coco_files()) as (base, _log):  # the official sizes are checked too
         with pytest.raises(UserError, match="train has 3 images, expected 5000"):
             prep.prepare("mscoco", tmp_path / "b", spec=dataclasses.replace(
-                _mini("mscoco", base, _coco_files()), expected=prep.get_spec("mscoco").expected))
+                _mini("mscoco", base, _coco_files()), expected=catalog.get_spec("mscoco").expected))
 
 
 def test_flickr30k_images_come_with_from(tmp_path):
@@ -94,7 +95,7 @@ def test_flickr30k_images_come_with_from(tmp_path):
     flickr["images"][-1]["sentences"][0]["raw"] = "y" * 300
     files = {"caption_datasets.zip": pack("caption_datasets.zip", {"dataset_flickr30k.json": json.dumps(flickr).encode()}),
              "flickr30k-images.tar.gz": pack(".tar.gz", {f"flickr30k-images/{k}": v for k, v in images.items()})}
-    spec = dataclasses.replace(prep.get_spec("flickr30k"), expected=Expected(train=4, test=2))
+    spec = dataclasses.replace(catalog.get_spec("flickr30k"), expected=Expected(train=4, test=2))
     with pytest.raises(UserError, match="request form.*--from"):
         prep.prepare("flickr30k", tmp_path / "data", spec=spec)
     given = tmp_path / "given"
@@ -110,7 +111,7 @@ def test_flickr30k_images_come_with_from(tmp_path):
 
 
 def test_captioned_datasets_are_listed_apart_from_classification():
-    specs = {n: s for n, s in prep.all_specs().items() if s.task == "retrieval"}
+    specs = {n: s for n, s in catalog.all_specs().items() if s.task == "retrieval"}
     assert set(specs) == {"flickr30k", "mscoco", "toy_captions"}
     assert specs["flickr30k"].kind == "manual" and specs["mscoco"].kind == "download"
     assert specs["toy_captions"].kind == "generated"

@@ -27,10 +27,10 @@ from evalcapture import capture_evaluations  # noqa: E402
 from minidata import make_caltech  # noqa: E402
 
 import cpbench  # noqa: E402
-from cpbench import export, export_job  # noqa: E402
+from cpbench.state import export, export_job  # noqa: E402
 from cpbench.data import prepare as prep  # noqa: E402
 from cpbench.errors import UserError  # noqa: E402
-from cpbench.protocols.execute import subset_items  # noqa: E402
+from cpbench.data.prepare import subset_items  # noqa: E402
 from cpbench.runner import RunRequest, execute  # noqa: E402
 
 SETS = ["epochs=2", "warmup_epochs=0", "lr=0.05", "batch_size=2", "test_batch_size=4", "precision=fp32"]

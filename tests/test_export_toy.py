@@ -25,7 +25,7 @@ from evalcapture import capture_evaluations  # noqa: E402
 from cpbench.data import prepare as prep  # noqa: E402
 from cpbench.data.toy import datasets as toy  # noqa: E402
 from cpbench.models.backbone import TOY_DIR  # noqa: E402
-from cpbench.protocols.execute import subset_items  # noqa: E402
+from cpbench.data.prepare import subset_items  # noqa: E402
 from cpbench.runner import RunRequest, execute  # noqa: E402
 
 pytestmark = pytest.mark.slow

@@ -1,23 +1,37 @@
-"""Every golden case file has a golden test that names it, and no golden test can skip for a
-missing file on a clean clone (the files live in tests/golden/, committed)."""
+"""Every golden case file has a golden test that names it, and every case a test names has its file
+(the files live in tests/golden/, committed): a golden test can neither go untested nor be left
+without its reference on a clean clone."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from golden_utils import golden_case_names, load_case
+from golden_utils import GOLDEN_DIR, golden_case_names, load_case
 
 TESTS = Path(__file__).resolve().parent
+CASE = re.compile(r"[\"']([a-z][a-z0-9_]*_L\d+)[\"']")   # a case name as the tests write it: "coop_L2"
+
+
+def _golden_test_sources() -> str:
+    files = sorted(TESTS.glob("test_golden_*.py")) + [TESTS / "test_official_checkpoints.py"]
+    skip = ("test_golden_coverage.py", "test_golden_weights.py")
+    return "\n".join(p.read_text() for p in files if p.name not in skip)
 
 
 def test_every_golden_case_has_a_test():
-    sources = "\n".join(p.read_text() for p in TESTS.glob("test_golden_*.py")
-                        if p.name not in ("test_golden_coverage.py", "test_golden_weights.py"))
+    sources = _golden_test_sources()
     names = golden_case_names()
     assert len(names) >= 12
     missing = [n for n in names if not re.search(rf"[\"']{re.escape(n)}[\"']", sources)]
     assert not missing, f"golden files without a test: {missing}"
+
+
+def test_every_case_a_test_names_has_its_file():
+    named = sorted(set(CASE.findall(_golden_test_sources())))
+    assert len(named) >= 12
+    lacking = [n for n in named if not (GOLDEN_DIR / f"{n}.json").is_file()]
+    assert not lacking, f"golden tests name cases whose file is missing from tests/golden/: {lacking}"
 
 
 def test_golden_cases_are_complete():

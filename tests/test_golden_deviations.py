@@ -9,7 +9,7 @@
   (fp16 weights). cpbench's teacher is the backbone in its own precision (fp32 here): its ``kg``
   term equals the fp32-teacher reference and is the recorded 1.6e-4 away from the fp16 teacher.
 
-Methods are built with the same options and name maps as ``test_golden_methods_i`` (imported).
+Methods are built with the same options and name maps as the golden tests (``golden_methods.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from golden_utils import (LOGIT_ATOL, LOSS_RTOL, compare_logits, eval_logits, go
 
 @pytest.mark.parametrize("case_name", ["maple_L2", "maple_L9", "ivlp_L2", "ivlp_L9", "promptsrc_L2", "promptsrc_L9"])
 def test_no_official_fp16_prompt_cast(case_name):
-    from test_golden_methods_i import _build as build
+    from golden_methods import build_method as build
 
     case = load_case(case_name)
     images, _, _ = golden_inputs(case)

@@ -94,7 +94,7 @@ def write_official(folder: Path, sd: dict, epoch: int) -> Path:
 
 def build(case_name: str):
     """(cpbench method on the golden backbone with the case's official config, method name)."""
-    from test_golden_methods_i import _build
+    from golden_methods import build_method
 
     case = load_case(case_name)
     name = CASES[case_name]
@@ -117,14 +117,14 @@ def build(case_name: str):
 
         return CoOpVPT(bb, classnames, BPLOptions(n_ctx=4, ctx_init="a photo of a", mc_samples=10)), name
     if name == "prograd":
-        from test_golden_methods_iii import _prograd
+        from golden_methods import prograd_method
 
-        return _prograd(case), name
+        return prograd_method(case), name
     if name == "clip_adapter":
         from cpbench.methods.clip_adapter import CLIPAdapter, CLIPAdapterOptions
 
         return CLIPAdapter(bb, classnames, CLIPAdapterOptions(template="a photo of a {}.")), name
-    return _build(name, case)[0], name
+    return build_method(name, case)[0], name
 
 
 class _Job:
@@ -142,9 +142,9 @@ def assert_golden(logits, case):
 # ----------------------------------------------------------------------------- import == golden
 @pytest.mark.parametrize("case_name", sorted(CASES))
 def test_official_file_imports_to_the_golden_logits(case_name, tmp_path):
-    from cpbench import official_checkpoints as oc
+    from cpbench.state import official as oc
     from golden_utils import set_learnables
-    from test_golden_methods_i import COCOOP_MAP
+    from golden_methods import COCOOP_MAP, build_method
 
     case = load_case(case_name)
     method, name = build(case_name)
@@ -164,19 +164,19 @@ def test_official_file_imports_to_the_golden_logits(case_name, tmp_path):
     assert_golden(got, case)
     # exactly the golden test's path (set_learnables with the official names)
     ref_method, _ = build(case_name)
-    from test_golden_methods_iii import ADAPTER_MAP, PROGRAD_MAP
+    from golden_methods import ADAPTER_MAP, PROGRAD_MAP
 
     maps = {"coop": {"prompt_learner.ctx": "ctx"}, "cocoop": COCOOP_MAP, "prograd": PROGRAD_MAP,
             "clip_adapter": ADAPTER_MAP}
-    from test_golden_methods_i import _build
-    name_map = maps.get(name) or (_build(name, case)[1] if name in ("maple", "ivlp", "promptsrc", "kgcoop") else None)
+    name_map = maps.get(name) or (build_method(name, case)[1] if name in ("maple", "ivlp", "promptsrc", "kgcoop")
+                                  else None)
     if name_map is not None:
         set_learnables(ref_method, case, name_map)
         assert torch.equal(eval_logits(ref_method, images, case), got)
 
 
 def test_weights_only_refuses_a_file_with_code(tmp_path):
-    from cpbench import official_checkpoints as oc
+    from cpbench.state import official as oc
 
     class Payload:
         def __reduce__(self):
@@ -191,7 +191,7 @@ def test_weights_only_refuses_a_file_with_code(tmp_path):
 
 
 def test_a_file_that_does_not_fit_is_refused_naming_the_keys(tmp_path):
-    from cpbench import official_checkpoints as oc
+    from cpbench.state import official as oc
 
     case = load_case("ivlp_L2")
     method, name = build("ivlp_L2")
@@ -223,7 +223,7 @@ def test_a_file_that_does_not_fit_is_refused_naming_the_keys(tmp_path):
 
 
 def test_finding_the_file_of_a_job(tmp_path):
-    from cpbench import official_checkpoints as oc
+    from cpbench.state import official as oc
 
     sd = {"ctx": torch.zeros(2, 2)}
     for rel in ("dtd/base/seed1", "dtd/novel/seed1", "dtd/base/seed2", "imagenet/seed1",

@@ -10,7 +10,7 @@ import dataclasses
 import pytest
 import torch
 
-from cpbench.data import prepare as prep
+from cpbench.data import catalog
 from cpbench.data import specs as specs_mod
 from cpbench.results.store import ResultStore
 from conftest import run_main
@@ -24,10 +24,10 @@ def _spec(name, folder):
 @pytest.fixture
 def world(tmp_path, monkeypatch):
     root = tmp_path / "data"
-    real = prep.all_specs
+    real = catalog.all_specs
     extra = {"mini_source": _spec("mini_source", "src"), "mini_other": _spec("mini_other", "other"),
              "mini_a": _spec("mini_a", "a")}
-    monkeypatch.setattr(prep, "all_specs", lambda *a, **k: dict(sorted({**real(*a, **k), **extra}.items())))
+    monkeypatch.setattr(catalog, "all_specs", lambda *a, **k: dict(sorted({**real(*a, **k), **extra}.items())))
     make_caltech(root)
     for folder, classes in (("src", ("accordion", "airplane", "anchor", "ant")),
                             ("other", ("bass", "beaver", "brain")), ("a", ("airplane", "ant"))):

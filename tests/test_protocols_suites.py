@@ -12,7 +12,8 @@ from cpbench.data.catalog import all_specs
 from cpbench.methods.registry import method_names
 from cpbench.protocols import cross_dataset, domain_generalization
 from cpbench.results.store import ResultStore
-from cpbench.runner import PROTOCOLS, load_suite
+from cpbench.protocols.registry import PROTOCOLS
+from cpbench.runner import load_suite
 from minidata import make_caltech
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"

@@ -233,3 +233,68 @@ def test_published_rows_are_well_formed():
     assert sets["coop11"] == ELEVEN and sets["xd10"] == cross_dataset.TARGETS
     with pytest.raises(ValueError, match="unknown provenance"):
         published.parse(",".join(published.COLUMNS) + "\nbase2new,coop,,dtd,,base,16,ViT-B-16,openai,1,README,x\n")
+
+
+def test_report_compare_shows_the_bayesian_pl_and_lamm_published_numbers(tmp_path, monkeypatch, capsys):
+    """Bayesian PL's numbers were stored under ``bpl``, which no method is called, so the report
+    never showed them (every published row naming a registered method is checked in
+    test_report_settings.py); LAMM's per-dataset numbers are new."""
+    from conftest import run_main
+    from reporting import row
+    from cpbench.results import published
+    from cpbench.results.store import ResultStore
+
+    rows = []
+    for d in ELEVEN:
+        for seed in (1, 2, 3):
+            rows += [row("base2new", "coopvpt", d, d, "base", 16, seed, 80.0),
+                     row("base2new", "coopvpt", d, d, "new", 16, seed, 75.0)]
+            for m in ("lamm", "coop_lamm", "maple_lamm"):
+                rows.append(row("few_shot", m, d, d, "all", 16, seed, 80.0))
+    ResultStore(tmp_path / "res").write("hand", rows)
+    capsys.readouterr()
+    assert run_main(monkeypatch, "report", "--results", tmp_path / "res", "--compare", "paper") == 0
+    out_md = capsys.readouterr().out
+    bpl = published.lookup("base2new", "coopvpt", "Average", "hm")
+    assert bpl is not None and f"{bpl.value:.2f}" in out_md
+    for m in ("lamm", "coop_lamm", "maple_lamm"):
+        for d in ("dtd", "Average"):
+            p = published.lookup("few_shot", m, d, "all", 16)
+            assert p is not None and f"{p.value:.2f}" in out_md, (m, d)
+
+
+def test_compare_paper_lines_up_each_backbone_with_its_own_numbers(tmp_path, monkeypatch, capsys):
+    """Tip-Adapter's tables are RN50, CLIP-LoRA's figure ViT-B/16: rows of those backbones get
+    those numbers (value and provenance label), rows of another backbone get none."""
+    from reporting import row, run_cli
+
+    from cpbench.results import published
+    from cpbench.results.store import ResultStore
+
+    rows = []
+    for seed in (1, 2, 3):
+        rows += [row("few_shot", "tip_adapter", "dtd", "dtd", "all", 16, seed, 60.0, backbone="RN50"),
+                 row("few_shot", "tip_adapter_f", "dtd", "dtd", "all", 16, seed, 61.0, backbone="ViT-B-16"),
+                 row("few_shot", "clip_lora", "dtd", "dtd", "all", 16, seed, 70.0),
+                 row("base2new", "prograd", "dtd", "dtd", "base", 16, seed, 77.0),
+                 row("base2new", "prograd", "dtd", "dtd", "new", 16, seed, 52.0)]
+    ResultStore(tmp_path / "res").write("hand", rows)
+    code, out, err = run_cli(monkeypatch, capsys, "report", "--results", tmp_path / "res", "--compare", "paper",
+                             "--format", "csv")
+    assert code == 0, err
+    import io
+
+    import pandas as pd
+
+    df = pd.read_csv(io.StringIO(out))
+    df = df[df["dataset"] == "dtd"]
+    paper = {(r.method, r.backbone, r.field): (r.paper, r.provenance) for r in df.itertuples()}
+    tip = published.lookup("few_shot", "tip_adapter", "dtd", "all", 16, backbone="RN50")
+    lora = published.lookup("few_shot", "clip_lora", "dtd", "all", 16)
+    pg = published.lookup("base2new", "prograd", "dtd", "new")
+    assert tip.value == 60.93 and lora.value == 72.0 and pg.value == 52.35
+    assert paper[("tip_adapter", "RN50", "accuracy")] == (tip.value, tip.label)
+    assert paper[("clip_lora", "ViT-B-16", "accuracy")] == (lora.value, lora.label)
+    assert paper[("prograd", "ViT-B-16", "New")][0] == pg.value
+    assert pd.isna(paper[("tip_adapter_f", "ViT-B-16", "accuracy")][0])   # its published numbers are RN50
+    assert published.lookup("few_shot", "tip_adapter_f", "dtd", "all", 16, backbone="RN50").value == 66.55

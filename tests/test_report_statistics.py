@@ -16,7 +16,6 @@ on toy_shapes base, as measured).
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -180,11 +179,8 @@ def test_compare_methods_user_errors(toy, tmp_path, monkeypatch, capsys):
     assert code == 0, err
 
 
-def test_a_3x4x3_report_with_intervals_renders_in_under_10_s(toy, monkeypatch, capsys):
-    t0 = time.perf_counter()
+def test_a_3x4x3_report_with_intervals_renders(toy, monkeypatch, capsys):
+    """Every cell gets its interval (how long it takes: benchmarks/report/README.md)."""
     code, out, err = run_cli(monkeypatch, capsys, "report", "--results", toy, "--ci")
-    seconds = time.perf_counter() - t0
     assert code == 0, err
     assert out.count("[") >= 45
-    print(f"3 methods x 4 datasets x 3 seeds, --ci: {seconds:.2f} s")
-    assert seconds < 10

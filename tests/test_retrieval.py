@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from minidata import make_caltech  # noqa: E402
 from test_protocols import _cli as _main  # noqa: E402
 
-from cpbench.data import captions  # noqa: E402
+from cpbench.data import caption_splits  # noqa: E402
 from cpbench.data import prepare as prep  # noqa: E402
 from cpbench.data.toy import captions as toy_captions  # noqa: E402
 from cpbench.engine.retrieval import ranks, recall_at_k  # noqa: E402
@@ -81,27 +81,27 @@ def test_few_shot_pairs_are_cpl_split_py_draws(tmp_path):
     """The same images and captions as CPL's dataset_processing/flickr30k/split.py (pandas)."""
     data = _karpathy(40, 3)
     (tmp_path / "k.json").write_text(json.dumps(data))
-    split = captions.read_karpathy(tmp_path, "k.json", pool="train")
+    split = caption_splits.read_karpathy(tmp_path, "k.json", pool="train")
     for n, seed in ((7, 1), (12, 2), (40, 3)):
         random.seed(seed)  # the official script's order: seed, sample, then one randint per image
         df = pd.DataFrame({"images": data["images"]})
         df_train = df[df.images.str["split"] == "train"].sample(n=n, random_state=seed)
         names = df_train.images.str["filename"].tolist()
         caps = [df_train.images.str["sentences"].tolist()[i][random.randint(0, 4)]["raw"] for i in range(len(df_train))]
-        assert captions.sample_pairs(split, n, seed) == list(zip(names, caps))
+        assert caption_splits.sample_pairs(split, n, seed) == list(zip(names, caps))
     with pytest.raises(Exception, match="1 to 40"):
-        captions.sample_pairs(split, 41, 1)
+        caption_splits.sample_pairs(split, 41, 1)
 
 
 def test_karpathy_files_are_read_as_cpl_reads_them(tmp_path):
     (tmp_path / "f.json").write_text(json.dumps(_karpathy(4, 3)))
-    flickr = captions.read_karpathy(tmp_path, "f.json", pool="train", test_chars=265)
+    flickr = caption_splits.read_karpathy(tmp_path, "f.json", pool="train", test_chars=265)
     assert [p.path for p in flickr.train] == [f"train_{i}.jpg" for i in range(4)]
     assert [p.path for p in flickr.test] == [f"test_{i}.jpg" for i in range(3)]
     assert flickr.test[0].captions[0] == " test image 0 caption 0 "  # Flickr: raw, not stripped
     assert len(flickr.test[0].captions[4]) == 265 and len(flickr.train[0].captions[4]) > 265  # test cut at 265
     (tmp_path / "c.json").write_text(json.dumps(_karpathy(4, 3, pool="val", extra=2)))
-    coco = captions.read_karpathy(tmp_path, "c.json", pool="val", strip=True)
+    coco = caption_splits.read_karpathy(tmp_path, "c.json", pool="val", strip=True)
     assert [p.path for p in coco.train] == [f"val2014/val_{i}.jpg" for i in range(4)]  # the pool is Karpathy's val
     assert coco.test[1].captions == tuple(f"test image 1 caption {j}" + (" " + "x" * 300 if j == 4 else "") for j in range(5))
     assert len(coco.train[0].captions) == 7  # the pool keeps every caption; the draw uses the first five

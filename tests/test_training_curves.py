@@ -109,7 +109,7 @@ def test_read_curves_without_any_is_empty_with_columns(tmp_path):
 
 
 def test_eta_is_the_mean_epoch_time_times_what_is_left(monkeypatch):
-    from cpbench import progress
+    from cpbench.ui import progress
     from cpbench.engine.train import EpochStats
 
     now = [100.0]
@@ -138,7 +138,7 @@ def test_train_accuracy_counts_the_training_logits():
 def test_log_reporter_prints_in_epoch_lines_every_n_batches(capsys):
     from rich.console import Console
 
-    from cpbench.progress import LOG_EVERY, LogReporter
+    from cpbench.ui.progress import LOG_EVERY, LogReporter
 
     rep = LogReporter(Console(stderr=True, force_terminal=False))
     rep.phase("training coop on x (1 images, 2 epochs)", 2)
@@ -154,7 +154,7 @@ def test_live_display_shows_epoch_loss_lr_accuracy_and_eta():
     from rich.console import Console
 
     from cpbench.engine.train import EpochStats
-    from cpbench.progress import RichReporter, make_reporter
+    from cpbench.ui.progress import RichReporter, make_reporter
 
     buf = io.StringIO()
     console = Console(file=buf, force_terminal=True, width=200, color_system=None)

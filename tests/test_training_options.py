@@ -201,7 +201,7 @@ def test_train_counts_steps_and_uses_torch_adamw(tiny_backbone, tmp_path):
 
 
 def test_crop_scale_min(tiny_backbone):
-    from cpbench.engine.train import train_preprocess
+    from cpbench.engine.features import train_preprocess
 
     class M:
         backbone = tiny_backbone

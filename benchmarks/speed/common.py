@@ -1,4 +1,4 @@
-"""Pieces shared by the speed benchmarks (``cpu_ii.py``, ``gpu.py``): text modes, class names,
+"""Pieces shared by the speed benchmarks (``cpu.py``, ``gpu.py``): text modes, class names,
 timed training steps, JSON lines.
 
 Text modes, all exact (the same features and gradients up to float round-off):

@@ -247,7 +247,7 @@ def bench_loader(rec, backbone, device, args, budget):
     from torch.utils.data import DataLoader
 
     from cpbench.data.images import ImageList, test_pixels, test_transform
-    from cpbench.engine.evaluate import encode_all, eval_workers
+    from cpbench.engine.features import encode_all, eval_workers
     from cpbench.engine.precision import resolve_precision
     from cpbench.methods.zeroshot import ZeroShotCLIP, ZeroShotOptions
 

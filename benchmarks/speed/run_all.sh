@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every speed measurement recorded in benchmarks/speed/README.md, on the machine at hand.
-#   bash benchmarks/speed/run_all.sh [DEVICE] [BACKBONE] > benchmarks/speed/results-<machine>.jsonl
+#   bash benchmarks/speed/run_all.sh [DEVICE] [BACKBONE] > benchmarks/speed/results-run-all-<machine>.jsonl
 # DEVICE: cpu (default) or cuda; BACKBONE: toy (default) or ViT-B-16 (random weights).
 # Each measurement is a fresh process (peak memory is per process). Needs `cpbench prepare toy`
 # for the evaluation benchmark (CPU/toy only).

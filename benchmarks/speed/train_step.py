@@ -3,7 +3,7 @@
 Prints one JSON line: method, backbone, classes, mode, seconds per step, images/s, peak RSS.
 "naive" = full-length text sequences (the official repos); "fast" = sequences cut after the
 longest EOT (exact under CLIP's causal mask), as recorded in README.md; "shared" = cut and the
-shared prefix encoded once (issue 21; cpu_ii.py and gpu.py measure it side by side). Images are random tensors so only model work is
+shared prefix encoded once (issue 21; cpu.py and gpu.py measure it side by side). Images are random tensors so only model work is
 timed. Used by run_all.sh; can be run alone:
 
     python benchmarks/speed/train_step.py --method coop --backbone toy --classes 100 --mode fast

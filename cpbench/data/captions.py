@@ -2,8 +2,8 @@
 and MSCOCO with the Karpathy splits, and the toy world's ``toy_captions``.
 
 A captioned dataset is a ``DatasetSpec`` with ``task="retrieval"`` whose ``read_split`` returns a
-``CaptionSplit``: the images few-shot pairs are drawn from (``train``) and the test images, each
-with its captions. The annotation file is Karpathy's ``dataset_<name>.json`` (``images[]`` with
+``CaptionSplit`` (``caption_splits.py``): the images few-shot pairs are drawn from (``train``) and
+the test images, each with its captions. The annotation file is Karpathy's ``dataset_<name>.json`` (``images[]`` with
 ``filepath``, ``filename``, ``split`` and ``sentences[].raw``), the format CPL reads
 (``dataset_processing/<name>/split.py`` in eric-ai-lab/CPL); the toy world writes the same
 format.
@@ -26,93 +26,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
 from cpbench import atomic
+from cpbench.data import catalog, folders
+from cpbench.data.caption_splits import CaptionSplit, sample_pairs, split_hash
 from cpbench.errors import UserError
 
 SPLIT_CACHE = ".cpbench_captions.json"
-CAPTIONS_PER_IMAGE = 5
-
-
-@dataclass(frozen=True)
-class Pair:
-    """An image (path relative to the dataset's image dir) and its captions."""
-    path: str
-    captions: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class CaptionSplit:
-    train: tuple[Pair, ...]   # the pool few-shot pairs are drawn from
-    test: tuple[Pair, ...]
-
-    def to_json(self) -> dict:
-        return {k: [[p.path, list(p.captions)] for p in getattr(self, k)] for k in ("train", "test")}
-
-    def images(self):
-        """Every image as a classification ``Split`` (label 0, no name), for the image checks."""
-        from cpbench.data.splits import Item, Split
-
-        return Split(tuple(Item(p.path, 0, "") for p in self.train), (), tuple(Item(p.path, 0, "") for p in self.test))
-
-    @classmethod
-    def from_json(cls, obj: dict, where: str) -> "CaptionSplit":
-        try:
-            return cls(*(tuple(Pair(str(p), tuple(str(c) for c in caps)) for p, caps in obj[k]) for k in ("train", "test")))
-        except (KeyError, TypeError, ValueError):
-            raise UserError(f"{where} is not a caption split; run `cpbench prepare` for this dataset again") from None
-
-
-def read_karpathy(ddir: Path, annotations: str, pool: str = "train", strip: bool = False,
-                  test_chars: int | None = None) -> CaptionSplit:
-    """``CaptionSplit`` from Karpathy's ``dataset_<name>.json`` in ``ddir``."""
-    path = Path(ddir) / annotations
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        images = data["images"]
-    except FileNotFoundError:
-        raise UserError(f"{path} is missing; run `cpbench prepare` for this dataset") from None
-    except (OSError, ValueError, KeyError, TypeError):
-        raise UserError(f"{path} is not a Karpathy caption file (images[] with sentences); fetch it again") from None
-
-    def text(raw: str, test: bool) -> str:
-        raw = raw.strip() if strip else raw
-        return raw[:test_chars] if (test and test_chars) else raw
-
-    parts: dict[str, list[Pair]] = {"train": [], "test": []}
-    for img in images:
-        part = "train" if img.get("split") == pool else "test" if img.get("split") == "test" else None
-        if part is None:
-            continue
-        rel = f"{img['filepath']}/{img['filename']}" if img.get("filepath") else img["filename"]
-        caps = [text(s["raw"], part == "test") for s in img.get("sentences", [])]
-        if len(caps) < CAPTIONS_PER_IMAGE:
-            raise UserError(f"{path}: {rel} has {len(caps)} captions, fewer than {CAPTIONS_PER_IMAGE}; fetch the file again")
-        parts[part].append(Pair(rel, tuple(caps[:CAPTIONS_PER_IMAGE] if part == "test" else caps)))
-    return CaptionSplit(tuple(parts["train"]), tuple(parts["test"]))
-
-
-def split_hash(split: CaptionSplit) -> str:
-    return hashlib.sha256(json.dumps(split.to_json(), separators=(",", ":")).encode()).hexdigest()
-
-
-def sample_pairs(split: CaptionSplit, n: int, seed: int) -> list[tuple[str, str]]:
-    """CPL's few-shot draw: n pool images (pandas ``sample(n, random_state=seed)``), one caption
-    each (``random.randint(0, 4)`` after ``random.seed(seed)``), in draw order."""
-    if not 1 <= n <= len(split.train):
-        raise UserError(f"--shots for retrieval is the number of training image-caption pairs: 1 to "
-                        f"{len(split.train)} here, got {n}")
-    picks = np.random.RandomState(seed).choice(len(split.train), n, replace=False)
-    rng = random.Random(seed)
-    return [(split.train[int(i)].path, split.train[int(i)].captions[rng.randint(0, CAPTIONS_PER_IMAGE - 1)])
-            for i in picks]
 
 
 @dataclass(frozen=True)
@@ -131,10 +55,8 @@ class CaptionedDataset:
 
     @property
     def cache_tag(self) -> str:
-        from cpbench.data.prepare import MARKER
-
         try:
-            return f"{self.name}@{hashlib.sha256((self.dir / MARKER).read_bytes()).hexdigest()[:12]}"
+            return f"{self.name}@{hashlib.sha256((self.dir / folders.MARKER).read_bytes()).hexdigest()[:12]}"
         except OSError:
             return self.name
 
@@ -179,14 +101,12 @@ def counts(spec, split: CaptionSplit) -> dict:
 
 
 def load(name: str, root: Path, spec=None) -> CaptionedDataset:
-    from cpbench.data import prepare as prep
-
-    spec = spec or prep.get_spec(name, root)
+    spec = spec or catalog.get_spec(name, root)
     if spec.task != "retrieval":
         raise UserError(f"{name} is a classification dataset; --protocol retrieval needs an image-caption dataset "
                         "(flickr30k, mscoco, toy_captions)")
-    ddir = prep.dataset_dir(spec, root)
-    if not (ddir / prep.MARKER).exists():
+    ddir = folders.dataset_dir(spec, root)
+    if not (ddir / folders.MARKER).exists():
         raise UserError(f"dataset {name!r} is not prepared under {root}; run `cpbench prepare {name} --root {root}`")
     return CaptionedDataset(spec, ddir, _read(spec, ddir))
 
@@ -195,35 +115,34 @@ def prepare(spec, root: Path, from_dir: Path | None, shots: Sequence[int], seeds
             say, progress) -> tuple[CaptionedDataset, dict]:
     """``cpbench prepare`` for an image-caption dataset (called by ``data.prepare.prepare``, which
     holds the dataset's lock): generate or fetch, read and verify, write the marker last."""
-    from cpbench.data import prepare as prep
-
     from cpbench.data.toy.captions import build_toy_captions, definition_digest
 
-    ddir = prep.dataset_dir(spec, root)
-    info = prep.current_record(spec, ddir, force, definition_digest, say)
+    ddir = folders.dataset_dir(spec, root)
+    info = folders.current_record(spec, ddir, force, definition_digest, say)
     if info:
         split = _read(spec, ddir)
         got = counts(spec, split)
         info["skipped"] = True
     else:
-        (ddir / prep.MARKER).unlink(missing_ok=True)
+        (ddir / folders.MARKER).unlink(missing_ok=True)
         started = time.time()
         if spec.kind == "generated":
             say(f"generating {spec.name}")
             build_toy_captions(ddir, seed=0, progress=(lambda d, t: progress(spec.name, d, t)) if progress else None)
             sources = {"generated": {"seed": 0, "definition": definition_digest()}}
         else:
-            sources = prep._fetch_sources(spec, ddir, root, from_dir, say, progress)
+            sources = folders.fetch_sources(spec, ddir, root, from_dir, say, progress)
         split = _read(spec, ddir, use_cache=False)
         got = counts(spec, split)
         image_root = ddir / spec.image_dir if spec.image_dir else ddir
-        missing = prep.missing_files(image_root, split.images(), limit=5)
+        missing = folders.missing_files(image_root, split.images(), limit=5)
         if missing:
             raise UserError(f"{spec.name}: {len(missing)}+ images named by the caption file are missing "
                             f"(first: {missing[0]}); the image archive does not match the caption file")
         atomic.write_json(ddir / SPLIT_CACHE, split.to_json())
-        info = prep.write_record(ddir, {"dataset": spec.name, "task": "retrieval", "split_sha256": split_hash(split),
-                                        "counts": got, "sources": sources}, started)
+        info = folders.write_record(ddir, {"dataset": spec.name, "task": "retrieval",
+                                           "split_sha256": split_hash(split), "counts": got, "sources": sources},
+                                    started)
     ds = CaptionedDataset(spec, ddir, split)
     info["counts"] = got
     info["fewshot"] = {f"{k} pairs seed {s}": (len(ds.pairs(k, s)), 0) for k in shots for s in seeds}

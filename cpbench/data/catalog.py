@@ -6,9 +6,12 @@ the two imports the other)."""
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
+from cpbench.data import folders
 from cpbench.data.custom import custom_specs
 from cpbench.data.specs import BUILTIN, CAPTIONED, DatasetSpec, Expected
+from cpbench.errors import UserError
 
 
 def _toy_specs() -> dict[str, DatasetSpec]:
@@ -26,7 +29,7 @@ def _toy_specs() -> dict[str, DatasetSpec]:
                               base=(n + 1) // 2, new=n // 2),
         )
     try:
-        from cpbench.data.captions import read_karpathy
+        from cpbench.data.caption_splits import read_karpathy
         from cpbench.data.toy.captions import ANNOTATIONS, TOY_CAPTIONS
     except ImportError:
         return out
@@ -48,3 +51,39 @@ def all_specs(root=None) -> dict[str, DatasetSpec]:
         for name, spec in custom_specs(root).items():
             specs.setdefault(name, spec)
     return dict(sorted(specs.items()))
+
+
+def get_spec(name: str, root: Path | None = None) -> DatasetSpec:
+    """The spec of a known dataset, or one line listing the known ones."""
+    specs = all_specs(root)
+    if name not in specs:
+        known = ", ".join(specs)
+        raise UserError(f"unknown dataset {name!r}; known datasets: {known} (see `cpbench list`)")
+    return specs[name]
+
+
+def prepared_names(root: Path, task: str = "classification") -> list[str]:
+    """Prepared datasets of one task type (classification, or retrieval: image-caption datasets)."""
+    return [name for name, spec in all_specs(root).items() if spec.task == task and folders.is_prepared(spec, root)]
+
+
+LIST_COLUMNS = ("name", "prepared", "classes", "images", "disk", "template")
+
+
+def listing(root: Path) -> list[tuple[str, ...]]:
+    """``cpbench list``: one row (``LIST_COLUMNS``) per known dataset: whether it is prepared under
+    ``root`` and, if so, its class and image counts and disk use from its prepare record."""
+    rows = []
+    for name, spec in all_specs(root).items():
+        ddir = folders.dataset_dir(spec, root)
+        ready = folders.is_prepared(spec, root)
+        images = disk = classes = ""
+        if ready:
+            info = folders.read_marker(ddir)
+            c = info.get("counts", {})
+            classes = str(c.get("classes", ""))
+            images = str(sum(c.get(k, 0) for k in ("train", "val", "test")))
+            disk = info.get("disk") or folders.human_size(folders.disk_usage(ddir))
+        rows.append((name, "yes" if ready else "", classes or str(spec.expected.classes or ""), images, disk,
+                     spec.template))
+    return rows

@@ -28,7 +28,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable
+from typing import BinaryIO, Callable
 
 from cpbench.errors import UserError
 
@@ -165,26 +165,18 @@ def obtain(src: Source, downloads: Path, from_dir: Path | None, progress: Progre
         dest.unlink()
     errors = []
     for url in src.urls:
-        try:
-            download(url, dest, progress)
-        except ConnectionError as exc:
-            errors.append(str(exc))
-            continue
-        status = checksum_status(dest, src)
-        if status == "mismatch":
-            errors.append(f"{url}: checksum mismatch (corrupt download), discarded")
-            dest.unlink()
-            # one more clean attempt from the same URL before moving on
+        for attempt in (1, 2):  # a corrupt download gets one more clean attempt from the same URL
             try:
                 download(url, dest, progress)
             except ConnectionError as exc:
                 errors.append(str(exc))
-                continue
+                break
             status = checksum_status(dest, src)
-            if status == "mismatch":
-                dest.unlink()
-                continue
-        return dest, status
+            if status != "mismatch":
+                return dest, status
+            dest.unlink()
+            if attempt == 1:
+                errors.append(f"{url}: checksum mismatch (corrupt download), discarded")
     raise ConnectionError("; ".join(errors) or f"no URL known for {src.filename}")
 
 
@@ -244,60 +236,62 @@ def extract(archive: Path, target: Path, strip: str = "", progress: Progress | N
                         "(or delete it to download it again) and run prepare again") from None
 
 
+@dataclass(frozen=True)
+class _Member:
+    """An archive member, whatever the format: its path in the archive, whether it is a folder, what
+    kind of thing is refused in it ("" if none) and how to read its bytes."""
+    name: str
+    is_dir: bool
+    refused: str
+    open: Callable[[], BinaryIO]
+
+
+def _zip_members(zf: zipfile.ZipFile) -> list[_Member]:
+    out = []
+    for info in zf.infolist():
+        link = (info.external_attr >> 16) & 0o170000 == 0o120000
+        out.append(_Member(info.filename, info.is_dir(), "symbolic link" if link else "", lambda i=info: zf.open(i)))
+    return out
+
+
+def _tar_members(tf: tarfile.TarFile) -> list[_Member]:
+    out = []
+    for m in tf.getmembers():
+        refused = "link" if m.issym() or m.islnk() else "" if m.isfile() or m.isdir() else "not a regular file or folder"
+        out.append(_Member(m.name, m.isdir(), refused, lambda m=m: tf.extractfile(m)))
+    return out
+
+
 def _extract(archive: Path, target: Path, strip: str, progress: Progress | None, fmt: str | None,
              members: tuple[str, ...]) -> None:
-    wanted = set(members)
-
-    def skip(rel) -> bool:
-        return rel is None or bool(wanted and rel.as_posix() not in wanted)
-
     target.mkdir(parents=True, exist_ok=True)
-    root = target.resolve()
     name = (fmt or archive.name).lower()
     if name.endswith(".zip"):
         with zipfile.ZipFile(archive) as zf:
-            infos = zf.infolist()
-            plan = [(info, _safe_member_path(info.filename, strip)) for info in infos]
-            for info, rel in plan:
-                mode = (info.external_attr >> 16) & 0o170000
-                if mode == 0o120000:
-                    raise UserError(f"refusing archive member {info.filename!r}: symbolic link")
-            total = len(plan)
-            for n, (info, rel) in enumerate(plan, 1):
-                if skip(rel):
-                    continue
-                out = root / rel
-                if info.is_dir():
-                    out.mkdir(parents=True, exist_ok=True)
-                    continue
-                out.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, open(out, "wb") as dst:
-                    shutil.copyfileobj(src, dst, CHUNK)
-                if progress and n % 200 == 0:
-                    progress(archive.name, n, total)
-        return
-    with tarfile.open(archive) as tf:
-        entries = tf.getmembers()
-        plan = []
-        for m in entries:
-            rel = _safe_member_path(m.name, strip)
-            if m.issym() or m.islnk():
-                raise UserError(f"refusing archive member {m.name!r}: link")
-            if not (m.isfile() or m.isdir()):
-                raise UserError(f"refusing archive member {m.name!r}: not a regular file or folder")
-            plan.append((m, rel))
-        total = len(plan)
-        for n, (m, rel) in enumerate(plan, 1):
-            if skip(rel):
-                continue
-            out = root / rel
-            if m.isdir():
-                out.mkdir(parents=True, exist_ok=True)
-                continue
-            out.parent.mkdir(parents=True, exist_ok=True)
-            src = tf.extractfile(m)
-            assert src is not None
-            with src, open(out, "wb") as dst:
-                shutil.copyfileobj(src, dst, CHUNK)
-            if progress and n % 200 == 0:
-                progress(archive.name, n, total)
+            _write(_zip_members(zf), target.resolve(), strip, set(members), progress, archive.name)
+    else:
+        with tarfile.open(archive) as tf:
+            _write(_tar_members(tf), target.resolve(), strip, set(members), progress, archive.name)
+
+
+def _write(members: list[_Member], root: Path, strip: str, wanted: set[str], progress: Progress | None,
+           label: str) -> None:
+    """Every member checked first (path inside ``root``, no link or device), then written."""
+    plan = []
+    for m in members:
+        rel = _safe_member_path(m.name, strip)
+        if m.refused:
+            raise UserError(f"refusing archive member {m.name!r}: {m.refused}")
+        plan.append((m, rel))
+    for n, (m, rel) in enumerate(plan, 1):
+        if rel is None or (wanted and rel.as_posix() not in wanted):
+            continue
+        out = root / rel
+        if m.is_dir:
+            out.mkdir(parents=True, exist_ok=True)
+            continue
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with m.open() as src, open(out, "wb") as dst:
+            shutil.copyfileobj(src, dst, CHUNK)
+        if progress and n % 200 == 0:
+            progress(label, n, len(plan))

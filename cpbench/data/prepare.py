@@ -21,9 +21,8 @@ spec (e.g. loopback URLs and relaxed counts) instead of the registered one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -32,14 +31,11 @@ from typing import Callable, Sequence
 
 from filelock import FileLock
 
-from cpbench import atomic
-from cpbench.data import checks, fetch, splits
-from cpbench.data.catalog import all_specs
+from cpbench.data import catalog, checks, fetch, folders, splits
+from cpbench.data.folders import (MARKER, Say, current_record, dataset_dir, fetch_sources, missing_files,
+                                  write_record)
 from cpbench.data.specs import DatasetSpec
 from cpbench.errors import UserError
-
-MARKER = ".cpbench.json"
-Say = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -85,25 +81,15 @@ class PreparedDataset:
         return splits.load_or_make_fewshot(self.dir, self.spec.name, self.split, shots, seed, self.spec.val_is_test)
 
 
-def get_spec(name: str, root: Path | None = None) -> DatasetSpec:
-    specs = all_specs(root)
-    if name not in specs:
-        known = ", ".join(specs)
-        raise UserError(f"unknown dataset {name!r}; known datasets: {known} (see `cpbench list`)")
-    return specs[name]
 
+def subset_items(ds: PreparedDataset, subset: str, shots: int, seed: int, part: str):
+    """Items of ``part`` (train|val|test) for a class subset, with the subset's class names."""
+    fs = ds.fewshot(shots, seed) if shots > 0 else None
+    train_items = fs.train if fs else ds.split.train
+    val_items = fs.val if fs else ds.split.val
+    (tr, va, te), names = splits.subsample_classes(subset, train_items, val_items, ds.split.test)
+    return {"train": tr, "val": va, "test": te}[part], names, (tr, va)
 
-def dataset_dir(spec: DatasetSpec, root: Path) -> Path:
-    return Path(root) / spec.folder
-
-
-def is_prepared(spec: DatasetSpec, root: Path) -> bool:
-    return (dataset_dir(spec, root) / MARKER).exists()
-
-
-def prepared_names(root: Path, task: str = "classification") -> list[str]:
-    """Prepared datasets of one task type (classification, or retrieval: image-caption datasets)."""
-    return [name for name, spec in all_specs(root).items() if spec.task == task and is_prepared(spec, root)]
 
 
 SPLIT_CACHE = ".cpbench_split.json"
@@ -124,7 +110,7 @@ def _read_split(spec: DatasetSpec, ddir: Path, use_cache: bool = True) -> splits
 
 def load(name: str, root: Path, spec: DatasetSpec | None = None) -> PreparedDataset:
     """A prepared dataset, or a UserError naming the ``cpbench prepare`` to run."""
-    spec = spec or get_spec(name, root)
+    spec = spec or catalog.get_spec(name, root)
     if spec.task != "classification":
         raise UserError(f"{name} is an image-caption dataset; run it with --protocol retrieval")
     ddir = dataset_dir(spec, root)
@@ -156,16 +142,6 @@ def _existing_coop(spec: DatasetSpec, ddir: Path) -> splits.Split | None:
     return split
 
 
-def missing_files(image_root: Path, split: splits.Split, limit: int | None = None) -> list[str]:
-    missing = []
-    for item in (*split.train, *split.val, *split.test):
-        if not (image_root / item.path).is_file():
-            missing.append(item.path)
-            if limit and len(missing) >= limit:
-                break
-    return missing
-
-
 def check_counts(spec: DatasetSpec, split: splits.Split) -> dict:
     """Assert the split against the spec's expected sizes; return the measured counts."""
     base, new = splits.base_new_labels(split.train)
@@ -191,67 +167,6 @@ def _manual_source(spec: DatasetSpec, ddir: Path, from_dir: Path | None) -> dict
     if not (images / "train").is_dir() or not (images / "val").is_dir():
         raise UserError(f"{spec.name}: {spec.notes}")
     return {"manual": str(images)}
-
-
-def disk_usage(path: Path) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, f)).st_size
-            except OSError:
-                pass
-    return total
-
-
-def human_size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
-def _needed(spec: DatasetSpec) -> str:
-    names = [src.filename for src in spec.sources if not src.optional]
-    optional = [src.filename for src in spec.sources if src.optional]
-    return ", ".join(names) + (f" (optional: {', '.join(optional)})" if optional else "")
-
-
-def _fetch_sources(spec: DatasetSpec, ddir: Path, root: Path, from_dir: Path | None,
-                   say: Say, progress: fetch.Progress | None) -> dict:
-    report = {}
-    downloads = Path(root) / ".downloads" / spec.name
-    if from_dir is not None:  # name every missing file at once, before anything is extracted
-        missing = [src.filename for src in spec.sources if not src.optional and not fetch.available(src, from_dir)]
-        if missing:
-            raise UserError(f"{spec.name}: {from_dir} lacks {', '.join(missing)}; --from needs {_needed(spec)}; "
-                            "put them there or drop --from to download them")
-    for src in spec.sources:
-        if src.manual and from_dir is None and not (downloads / src.filename).exists():
-            raise UserError(f"{spec.name}: {src.manual}")
-        try:
-            path, status = fetch.obtain(src, downloads, from_dir, progress, warn=say)
-        except FileNotFoundError as exc:
-            if src.optional:
-                continue
-            raise UserError(f"{spec.name}: {Path(str(exc)).name} not found in {from_dir}; put the file there or drop --from to download it") from None
-        except ConnectionError as exc:
-            if src.optional:
-                continue
-            raise UserError(f"{spec.name}: could not download {src.filename} ({exc}); fetch these files by hand into "
-                            f"one folder and pass --from DIR: {_needed(spec)}") from None
-        report[src.filename] = {"file": path.name, "checksum": status}
-        if status == "unknown" and src.extract:
-            say(f"{path.name}: no official checksum to compare; verifying its content against the split file instead")
-        if src.extract:
-            say(f"extracting {path.name}")
-            fetch.extract_source(path, src, ddir, progress)
-        elif path.resolve() != (ddir / src.filename).resolve():
-            ddir.mkdir(parents=True, exist_ok=True)
-            with atomic.atomic_path(ddir / src.filename) as tmp:
-                shutil.copyfile(path, tmp)
-    return report
 
 
 def _tidy_after_failure(created: list[Path], ddir: Path, lock: Path) -> None:
@@ -281,7 +196,7 @@ def check_draws(shots: Sequence[int], seeds: Sequence[int]) -> None:
 def prepare(name: str, root: Path, from_dir: Path | None = None, shots: Sequence[int] = (),
             seeds: Sequence[int] = (1, 2, 3), force: bool = False, say: Say = lambda m: None,
             progress: fetch.Progress | None = None, spec: DatasetSpec | None = None) -> tuple[PreparedDataset, dict]:
-    spec = spec or get_spec(name, root)
+    spec = spec or catalog.get_spec(name, root)
     check_draws(shots, seeds)
     if from_dir is not None and not Path(from_dir).is_dir():
         raise UserError(f"--from {from_dir}: no such folder")
@@ -350,7 +265,7 @@ def _prepare_locked(spec: DatasetSpec, root: Path, ddir: Path, from_dir: Path | 
             elif spec.kind == "custom":
                 sources = {"custom": str(ddir)}
             else:
-                sources = _fetch_sources(spec, ddir, root, from_dir, say, progress)
+                sources = fetch_sources(spec, ddir, root, from_dir, say, progress)
             from cpbench.data.specs import IMAGENET_FAMILY
 
             if spec.name in IMAGENET_FAMILY:
@@ -370,36 +285,6 @@ def _prepare_locked(spec: DatasetSpec, root: Path, ddir: Path, from_dir: Path | 
                                        "counts": counts, "sources": sources}, started)
         info["counts"] = counts
         return PreparedDataset(spec, ddir, split), info
-
-
-def current_record(spec: DatasetSpec, ddir: Path, force: bool, digest: Callable[[], str], say: Say) -> dict:
-    """The dataset's prepare record (its marker), or {} when it must be prepared (again): none
-    yet, ``force``, or generated data whose definition ``digest()`` changed (its folder is then
-    removed, so an older cpbench's files are never mixed with new ones)."""
-    marker = ddir / MARKER
-    info: dict = json.loads(marker.read_text(encoding="utf-8")) if marker.exists() and not force else {}
-    if info and spec.kind == "generated":
-        if info.get("sources", {}).get("generated", {}).get("definition") != digest():
-            say(f"{spec.name}: this cpbench generates it differently; regenerating")
-            shutil.rmtree(ddir)
-            info = {}
-    return info
-
-
-def write_record(ddir: Path, info: dict, started: float) -> dict:
-    """Complete the prepare record (time, disk use) and write the marker: the last step, atomic."""
-    info = {**info, "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.time() - started, 2),
-            "disk_bytes": disk_usage(ddir)}
-    info["disk"] = human_size(info["disk_bytes"])
-    atomic.write_json(ddir / MARKER, info)
-    return {**info, "skipped": False}
-
-
-def read_marker(ddir: Path) -> dict:
-    try:
-        return json.loads((ddir / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
 
 
 def unreadable_files(image_root: Path, split: splits.Split, progress: Callable[[int, int], None] | None = None) -> list[str]:
@@ -426,7 +311,7 @@ def check(name: str, root: Path, spec: DatasetSpec | None = None, decode: bool =
     """Verify a prepared dataset: counts against the spec, missing and unreadable images.
 
     Returns ``{"counts", "missing", "unreadable", "ok"}``; never modifies the dataset."""
-    spec = spec or get_spec(name, root)
+    spec = spec or catalog.get_spec(name, root)
     ddir = dataset_dir(spec, Path(root))
     if spec.task == "retrieval":  # an image-caption dataset: its images, its caption counts
         from cpbench.data import captions
@@ -450,3 +335,106 @@ def check(name: str, root: Path, spec: DatasetSpec | None = None, decode: bool =
     unreadable = unreadable_files(image_root, split) if decode else []
     return {"counts": counts, "missing": missing, "unreadable": unreadable, "problems": problems,
             "ok": not (missing or unreadable or problems)}
+
+
+# --------------------------------------------------------------------------- ``cpbench prepare``
+
+
+@dataclass(frozen=True)
+class OwnData:
+    """A dataset of your own (``--from-folder`` and/or ``--csv``; ``custom.py`` has the rules)."""
+    folder: Path | None = None
+    csv_file: Path | None = None
+    classnames_file: Path | None = None
+    template: str = "a photo of a {}."
+    split_file: Path | None = None
+    split_seed: int = 1
+
+
+def dataset_names(dataset: str, root: Path) -> list[str]:
+    """``all``: every downloadable dataset; ``toy``: every dataset of the embedded toy world; else
+    the one name (an unknown name is one line)."""
+    if dataset == "all":
+        names = [n for n, s in catalog.all_specs().items() if s.kind == "download"]
+    elif dataset == "toy":
+        names = [n for n, s in catalog.all_specs().items() if s.kind == "generated"]
+    else:
+        names = [dataset]
+    for name in names:
+        catalog.get_spec(name, root)
+    return names
+
+
+def counts_text(c: dict) -> str:
+    if "captions" in c:  # an image-caption dataset
+        return f"train {c['train']} / test {c['test']} images, {c['captions']} test captions"
+    return f"train {c['train']} / val {c['val']} / test {c['test']}, {c['classes']} classes"
+
+
+def prepared_lines(name: str, ds, info: dict) -> list[str]:
+    """What ``cpbench prepare`` says about a prepared dataset: where, its counts, its few-shot files."""
+    c = info["counts"]
+    state = "already prepared, verified" if info.get("skipped") else "prepared"
+    base_new = f", base {c['base']} / new {c['new']}" if "base" in c else ""
+    return [f"{name}: {state} in {ds.dir} — {counts_text(c)}{base_new}",
+            *(f"  {key}: train {ntr} / val {nva}" for key, (ntr, nva) in info.get("fewshot", {}).items())]
+
+
+def check_datasets(dataset: str, names: list[str], root: Path, show: Callable[[str], None]) -> None:
+    """``cpbench prepare NAME --check``: every named dataset re-verified (``all``: the prepared ones);
+    one line per result or problem, then one error if any failed."""
+    bad = 0
+    for name in names:
+        if dataset == "all" and not folders.is_prepared(catalog.get_spec(name, root), root):
+            continue
+        r = check(name, root)
+        if r["ok"]:
+            show(f"{name}: ok — {counts_text(r['counts'])}")
+            continue
+        bad += 1
+        for p in r["problems"]:
+            show(f"{name}: {p}")
+        for kind in ("missing", "unreadable"):
+            for path in r[kind]:
+                show(f"{name}: {kind}: {path}")
+    if bad:
+        raise UserError(f"{bad} dataset(s) failed the check; run `cpbench prepare {dataset} --force` to repair")
+
+
+def prepare_datasets(dataset: str, root: Path, from_dir: Path | None = None, shots: Sequence[int] = (),
+                     seeds: Sequence[int] = (1, 2, 3), force: bool = False, check: bool = False,
+                     own: OwnData | None = None, *, say: Callable[[str, str], None], show: Callable[[str], None],
+                     warn: Callable[[str], None], progress: Callable[[], object] | None = None) -> None:
+    """``cpbench prepare``: one dataset, ``all``/``toy`` (one failure does not stop the others: they
+    are named at the end), a dataset of your own (``own``), or with ``check`` a re-verification.
+    ``say(name, text)``: what is being done; ``show(line)``: a result; ``warn(text)``: a failure the
+    others go on after; ``progress()``: a context manager giving each dataset a byte progress callback."""
+    check_draws(shots, seeds)
+    if own is not None:
+        from cpbench.data.custom import make_custom
+
+        spec = make_custom(dataset, root, own.folder, own.csv_file, own.classnames_file, own.template, own.split_file,
+                           own.split_seed, builtin=tuple(catalog.all_specs()), shots=tuple(shots))
+        ds, info = prepare(dataset, root, shots=shots, seeds=seeds, force=True, say=lambda m: say(dataset, m), spec=spec)
+        for line in prepared_lines(dataset, ds, info):
+            show(line)
+        return
+    names = dataset_names(dataset, root)
+    if check:
+        return check_datasets(dataset, names, root, show)
+    failed = []
+    for name in names:
+        try:
+            with (progress() if progress else contextlib.nullcontext()) as bar:
+                ds, info = prepare(name, root, from_dir, shots, seeds, force=force, say=lambda m: say(name, m),
+                                   progress=bar)
+        except UserError as exc:
+            if len(names) == 1:
+                raise
+            failed.append(name)  # `all`: go on with the others, report at the end
+            warn(str(exc))
+            continue
+        for line in prepared_lines(name, ds, info):
+            show(line)
+    if failed:
+        raise UserError(f"{len(failed)} dataset(s) not prepared ({', '.join(failed)}); see the messages above")

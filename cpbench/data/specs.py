@@ -11,7 +11,7 @@ from typing import Callable
 
 from functools import partial
 
-from cpbench.data import captions, readers
+from cpbench.data import caption_splits, readers
 from cpbench.data.fetch import Source
 
 
@@ -40,7 +40,7 @@ class DatasetSpec:
     read_split: Callable | None = None  # for layouts without a split json: (dataset_dir) -> Split
     notes: str = ""
     # classification (a Split of labelled images) | retrieval (an image-caption dataset:
-    # ``read_split`` returns a captions.CaptionSplit; see cpbench/data/captions.py)
+    # ``read_split`` returns a caption_splits.CaptionSplit; see cpbench/data/captions.py)
     task: str = "classification"
 
 
@@ -252,6 +252,13 @@ IMAGENET_R = DatasetSpec(
 IMAGENET_FAMILY = ("imagenet", "imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
 WNID_SUBSETS = ("imagenet_a", "imagenet_r")  # 200-class, relabelled 0..199 over sorted wnids
 
+# The papers' dataset groups, in their tables' order: CoOp/CoCoOp's eleven datasets (base-to-new and
+# few-shot; ImageNet is the cross-dataset source, the other ten its targets) and the ImageNet
+# variants of domain generalisation.
+COOP_DATASETS = ("imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
+                 "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101")
+IMAGENET_VARIANTS = ("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
+
 BUILTIN = (IMAGENET, CALTECH101, OXFORD_PETS, STANFORD_CARS, OXFORD_FLOWERS, FOOD101, FGVC_AIRCRAFT, SUN397, DTD,
            EUROSAT, UCF101, IMAGENETV2, IMAGENET_SKETCH, IMAGENET_A, IMAGENET_R)
 
@@ -268,7 +275,7 @@ _KARPATHY = "https://cs.stanford.edu/people/karpathy/deepimagesent/caption_datas
 FLICKR30K = DatasetSpec(
     name="flickr30k", dassl_name="flickr30k", folder="flickr30k", image_dir="flickr30k-images", template="{}",
     task="retrieval", kind="manual",
-    read_split=partial(captions.read_karpathy, annotations="dataset_flickr30k.json", pool="train", test_chars=265),
+    read_split=partial(caption_splits.read_karpathy, annotations="dataset_flickr30k.json", pool="train", test_chars=265),
     notes="Flickr30k images are given out after a request form (Flickr terms of use)",
     sources=(  # the manual one first: nothing is downloaded before the user is told what to fetch
         Source("flickr30k-images.tar.gz", (), extract=True,
@@ -284,7 +291,7 @@ FLICKR30K = DatasetSpec(
 
 MSCOCO = DatasetSpec(
     name="mscoco", dassl_name="mscoco", folder="mscoco", image_dir="", template="{}", task="retrieval",
-    read_split=partial(captions.read_karpathy, annotations="dataset_coco.json", pool="val", strip=True),
+    read_split=partial(caption_splits.read_karpathy, annotations="dataset_coco.json", pool="val", strip=True),
     sources=(
         Source("caption_datasets.zip", (_KARPATHY, _KARPATHY.replace("https:", "http:")), extract=True,
                members=("dataset_coco.json",)),

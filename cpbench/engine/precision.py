@@ -61,3 +61,9 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's (or one numbered draw's) shuffling and augmentation: a run and its
+    resumption draw the same."""
+    return (seed * 1_000_003 + epoch * 7919) % (2**31)

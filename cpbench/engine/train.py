@@ -15,7 +15,6 @@ resumes from its last finished epoch and ends with the same parameters as an uni
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -30,7 +29,8 @@ from cpbench.data.images import ImageList, to_model_input, train_pixels
 from cpbench.data.splits import Item
 from cpbench import faults
 from cpbench.engine import checkpoint
-from cpbench.engine.precision import Precision
+from cpbench.engine.features import cached_views, image_dtype, train_preprocess
+from cpbench.engine.precision import Precision, epoch_seed
 from cpbench.methods.base import Method
 from cpbench.threads import loader_worker_init
 
@@ -99,10 +99,6 @@ def planned_epochs(cfg: TrainConfig, n_items: int) -> int:
     return cfg.epochs
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    return (seed * 1_000_003 + epoch * 7919) % (2**31)
-
-
 def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
@@ -168,37 +164,6 @@ def _unscaled(loss: torch.Tensor) -> torch.Tensor:
     return loss
 
 
-def _image_dtype(precision: Precision) -> torch.dtype:
-    return torch.float16 if precision.param_dtype == torch.float16 else torch.float32
-
-
-@torch.no_grad()
-def cached_views(method: Method, dataset: ImageList, cfg: TrainConfig, device: torch.device,
-                 precision: Precision, seed: int, views: int | None = None,
-                 encode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-    """[K, N, E] frozen features of K = ``views`` (default ``feature_views``) augmented views per
-    training image, each view's augmentation drawn from its own seed; ``encode`` (default the
-    method's ``encode_images``: normalised features) maps a batch of images to features. For
-    ``feature_views`` an approximation of fresh per-epoch augmentation, recorded as such in the
-    results row; Tip-Adapter's cache is built this way by definition (its ``augment_epoch``)."""
-    out = []
-    was_training = method.training
-    method.eval()
-    encode = encode or method.encode_images
-    for v in range(cfg.feature_views if views is None else views):
-        torch.manual_seed(epoch_seed(seed, 100_000 + v))
-        loader = DataLoader(dataset, batch_size=cfg.test_batch_size, shuffle=False, num_workers=cfg.num_workers,
-                            worker_init_fn=loader_worker_init)
-        feats = []
-        for pixels, _, _ in loader:
-            images = to_model_input(pixels, method.backbone.preprocess, device, _image_dtype(precision))
-            with precision.autocast(device):
-                feats.append(encode(images).float())
-        out.append(torch.cat(feats))
-    method.train(was_training)
-    return torch.stack(out).to(device)
-
-
 def _correct(logits, labels: torch.Tensor) -> int | None:
     """Training samples the logits classify right (no extra forward pass); None if the method's
     first output is not [batch, classes] logits."""
@@ -217,14 +182,6 @@ def _feature_batches(views: torch.Tensor, labels: torch.Tensor, batch_size: int,
         if drop_last and len(idx) < batch_size:
             break
         yield views[pick[idx].to(views.device), idx.to(views.device)], labels[idx]
-
-
-def train_preprocess(method: Method, cfg: TrainConfig):
-    """The backbone's preprocessing facts with the training crop scale ``cfg`` asks for."""
-    pre = method.backbone.preprocess
-    if cfg.crop_scale_min > 0 and pre.train_crop_scale is not None:
-        pre = dataclasses.replace(pre, train_crop_scale=(cfg.crop_scale_min, 1.0))
-    return pre
 
 
 def train(method: Method, items: Sequence[Item], image_root: Path, cfg: TrainConfig, device: torch.device,
@@ -290,7 +247,7 @@ def train(method: Method, items: Sequence[Item], image_root: Path, cfg: TrainCon
                 for group in opt.param_groups:
                     group["lr"] = lr
             if views is None:   # uint8 pixels -> normalised images on the device (bit-identical)
-                inputs = to_model_input(inputs, method.backbone.preprocess, device, _image_dtype(precision))
+                inputs = to_model_input(inputs, method.backbone.preprocess, device, image_dtype(precision))
             else:
                 inputs = inputs.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)

@@ -54,6 +54,15 @@ def parse_time(text: str) -> int:
     return mins
 
 
+def options(launcher: str, partition: str | None, time: str, gpus_per_job: int, cpus_per_job: int,
+            array_parallelism: int, account: str | None) -> dict:
+    """``cpbench run``'s SLURM options as ``SlurmOptions`` fields (none unless ``--launcher slurm``)."""
+    if launcher != "slurm":
+        return {}
+    return dict(partition=partition, time_min=parse_time(time), gpus_per_job=gpus_per_job, cpus_per_job=cpus_per_job,
+                array_parallelism=array_parallelism, account=account)
+
+
 def submit_slurm(jobs, settings: dict, opts: SlurmOptions, folder: Path, say=print) -> list:
     """Submit ``jobs`` as one array; returns submitit Job handles (``.job_id``, ``.result()``)."""
     try:

@@ -25,7 +25,8 @@ Every hook the engine calls is declared here, with its default:
   state from the training data (the linear probe's logistic regression, a training-free cache);
 - evaluation: ``eval_context``, ``encode_images``, ``logits_from_features``;
 - classes: ``set_classnames``, ``set_training_subset``, ``takes_new_classes``,
-  ``options_for_classes``; capabilities: the class flags below and ``unsupported``.
+  ``options_for_classes``; capabilities: the class flags below, ``unsupported`` (a protocol) and
+  ``backbone_unsupported`` (a backbone's towers, with ``models/families.py``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cpbench.config import coerce
 from cpbench.errors import UserError
 from cpbench.models import families
 from cpbench.models.backbone import Backbone
@@ -61,34 +63,8 @@ class Options:
             raise UserError(f"unknown {where} key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known)) or 'none'}")
         kwargs = {}
         for k, v in d.items():
-            kwargs[k] = _coerce(v, known[k].type, f"{where}.{k}")
+            kwargs[k] = coerce(v, known[k].type, f"{where}.{k}")
         return cls(**kwargs)
-
-
-def _coerce(value: Any, typ: Any, where: str) -> Any:
-    t = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
-    try:
-        if t in ("int",):
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if t in ("float",):
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if t in ("bool",):
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-                return value.lower() in ("true", "1", "yes")
-            raise ValueError
-        if t in ("str",):
-            if not isinstance(value, str):
-                raise ValueError
-            return value
-    except (TypeError, ValueError):
-        raise UserError(f"{where} must be {t}, got {value!r}") from None
-    return value
 
 
 @dataclass(frozen=True)
@@ -172,6 +148,14 @@ class Method(nn.Module):
         if protocol == "retrieval" and not cls.retrieval:
             return (f"{cls.name} has no image-text retrieval mode (its prompts are not built from a caption and "
                     "shared learned state alone); use zeroshot, coop, cocoop or cpl")
+        return ""
+
+    @classmethod
+    def backbone_unsupported(cls, facts: "families.Facts", backbone: str = "this backbone") -> str:
+        """Why this method cannot run on a backbone with these tower facts beyond what its
+        ``text_prompts`` / ``deep_text_prompts`` / ``vision_prompts`` flags say (one line, from the model
+        config before anything loads: ``models/families.py``); "" if it can. Default: nothing more
+        (CLIP-LoRA needs CLIP's causal text transformer and open_clip's ViT)."""
         return ""
 
     @classmethod

@@ -94,6 +94,7 @@ from cpbench.errors import UserError
 from cpbench.methods.base import TrainingData, clean
 from cpbench.methods.cocoop import CoCoOp, CoCoOpOptions
 from cpbench.methods.deep_prompts import OfficialFloat32
+from cpbench.state import unpickle
 
 CF_MIX = ("paper", "official")
 EDIT_RULES = ("argmax", "official")
@@ -195,23 +196,6 @@ def bertscore_negatives(classnames: list[str], score=None) -> torch.Tensor:
     return second_best(torch.as_tensor(f1, dtype=torch.float64).reshape(c, c))
 
 
-class _ArrayOnlyUnpickler(pickle.Unpickler):
-    """Unpickles a numpy object array of plain Python data: numpy's array reconstruction and
-    nothing else (no other global, so no code runs)."""
-
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype")}
-
-    def find_class(self, module, name):
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refusing global {module}.{name}")
-        if module.endswith("multiarray"):  # numpy 1 files name numpy.core, numpy 2 numpy._core
-            import numpy as np
-
-            return np.ndarray.__reduce__(np.zeros(0))[0]
-        return super().find_class(module, name)
-
-
 def read_score_npy(path: Path):
     """The official ``score.npy``: a dict {class name: negative name} saved by ``np.save`` (an
     object array, read without unpickling code), or a numeric C×C score matrix."""
@@ -230,8 +214,9 @@ def read_score_npy(path: Path):
         _, _, dtype = read_header(fh)
         if not dtype.hasobject:
             raise UserError(f"CPL negatives {path}: not a score dict or matrix")
-        try:
-            arr = _ArrayOnlyUnpickler(fh).load()
+        try:  # numpy's array reconstruction and nothing else: no code runs (cpbench/state/unpickle.py)
+            arr = unpickle.load(fh, unpickle.numpy_arrays(), f"CPL negatives {path}", "the official score.npy "
+                                "holds a dict of class names")
         except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as exc:
             raise UserError(f"CPL negatives {path}: not the official score.npy ({exc})") from None
     obj = arr.item() if getattr(arr, "shape", None) == () else arr

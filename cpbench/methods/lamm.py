@@ -44,7 +44,7 @@ position is supported (the official code raises otherwise).
 Issue 18 audit item (3), duplicate class names sharing one row: fixed (rows by index). MaPLe+LAMM
 and checkpoints: the official MaPLe trainer's ``load_model`` deletes ``token_classes`` from a
 loaded checkpoint (so its eval-only runs use the initial label embeddings); importing an official
-checkpoint (``cpbench/official_checkpoints.py``) keeps the learned rows.
+checkpoint (``cpbench/state/official.py``) keeps the learned rows.
 
 Continual learning (``--protocol continual``, LAMM's claim; cpbench/protocols/continual.py): the
 label rows and their frozen copies are ``class_rows``, so every task adds fresh rows for its own

@@ -135,7 +135,7 @@ class LinearProbe(Method):
     def fit(self, data: TrainingData) -> None:
         """Raw features of the training and validation images (test transform, no cache: the
         cache holds normalised features), then ``fit_features``."""
-        from cpbench.engine.evaluate import encode_all
+        from cpbench.engine.features import encode_all
 
         bs, workers = data.train.test_batch_size, data.train.num_workers
 

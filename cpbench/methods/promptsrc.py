@@ -24,7 +24,7 @@ that arithmetic (E = 20, μ = 15, σ = 1, 10⁶ random fp16 values at three scal
 38 % of the values, by up to 3 ulps (the audit measured ~40–60 % by one ulp). So the official
 model evaluated after training (and the frozen weights inside its released checkpoints) differs
 from the pretrained CLIP by those ulps; cpbench keeps the pretrained backbone untouched, and an
-imported official checkpoint (``cpbench/official_checkpoints.py``) takes only its prompts.
+imported official checkpoint (``cpbench/state/official.py``) takes only its prompts.
 Inference: plain prompted CLIP (IVLP) with the aggregated prompts.
 
 Issue 18 audit item (9), the claim that GPA over the frozen weights sums back to itself:

@@ -176,7 +176,7 @@ class TipAdapter(Method):
     def build_cache(self, data: TrainingData) -> None:
         """``build_cache_model``: keys from ``augment_epoch`` augmented passes, values one-hot."""
         from cpbench.data.images import ImageList, train_pixels
-        from cpbench.engine.train import cached_views, train_preprocess
+        from cpbench.engine.features import cached_views, train_preprocess
 
         items = list(data.train_items)
         if not items:
@@ -197,7 +197,7 @@ class TipAdapter(Method):
     def val_features(self, data: TrainingData) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Normalised frozen features of the validation images (test transform; the exact cache)
         and their labels, or None without validation images."""
-        from cpbench.engine.evaluate import encode_all, image_features
+        from cpbench.engine.features import encode_all, image_features
 
         val = list(data.val_items)
         if not val:

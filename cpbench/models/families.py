@@ -174,19 +174,19 @@ def facts(name: str) -> Facts:
 
 def unsupported(method, f: Facts, backbone: str = "this backbone") -> str:
     """Why ``method`` (a Method class: its ``text_prompts`` / ``deep_text_prompts`` /
-    ``vision_prompts`` flags) cannot run on a backbone with facts ``f`` (one line); "" if it can."""
-    name = getattr(method, "name", "this method")
-    if (getattr(method, "text_prompts", False) or getattr(method, "deep_text_prompts", False)) and not f.text_prompts:
+    ``vision_prompts`` flags and its ``backbone_unsupported``, all declared in methods/base.py)
+    cannot run on a backbone with facts ``f`` (one line); "" if it can."""
+    name = method.name
+    if (method.text_prompts or method.deep_text_prompts) and not f.text_prompts:
         return (f"{name} feeds learned token embeddings to the text tower; {backbone}'s text tower is a Hugging Face "
                 "model (roberta / xlm-roberta / mt5 / nllb), which cpbench's prompt-aware text encoder cannot drive; "
                 "use zeroshot or linear_probe on it, or a backbone with an open_clip text transformer "
                 "(see `cpbench list --backbones`)")
-    if getattr(method, "vision_prompts", False) and not f.image_prompts:
+    if method.vision_prompts and not f.image_prompts:
         return (f"{name} inserts prompts into the image tower's transformer layers; {backbone}'s image tower "
                 f"({f.image}, {f.family} family) has no plain token sequence to take them; use a backbone with a ViT "
                 f"image tower ({PROMPTABLE_IMAGE_FAMILIES}) or a text-side method such as coop, cocoop or kgcoop")
-    own = getattr(method, "backbone_unsupported", None)   # a method's own need of the towers (CLIP-LoRA)
-    return own(f, backbone) if own is not None else ""
+    return method.backbone_unsupported(f, backbone)   # a method's own need of the towers (CLIP-LoRA)
 
 
 def check_methods(backbone: str, methods) -> None:

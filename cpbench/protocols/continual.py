@@ -54,7 +54,9 @@ from cpbench.engine.evaluate import evaluate
 from cpbench.engine.precision import seed_everything
 from cpbench.engine.train import epoch_seed
 from cpbench.errors import UserError
-from cpbench.protocols.jobs import Job, Target
+from cpbench.protocols.jobs import Job, PlanRequest, Target
+from cpbench.protocols.steps import (build_method, checkpoint_dir, history_ident, run_fields, start_own_runner,
+                                     train_or_load)
 from cpbench.results.schema import environment, now
 
 DEFAULT_ORDER = "labels"
@@ -76,6 +78,14 @@ def plan(method: str, datasets: list[str], seeds: list[int], shots: int = 16, ta
          class_order: str = DEFAULT_ORDER) -> list[Job]:
     return [Job(method, "continual", d, "all", shots, seed, (Target(d, "seen"),), tasks, class_order)
             for d in datasets for seed in seeds]
+
+
+def plan_jobs(req: PlanRequest, datasets: list[str]) -> list[Job]:
+    return plan(req.method, datasets, list(req.seeds), req.shots[0], req.tasks, parse_order(req.class_order))
+
+
+def default_targets(prepared: list[str]) -> list[str]:
+    return list(prepared)
 
 
 def class_order(n_classes: int, order: str) -> list[int]:
@@ -127,10 +137,10 @@ def grow(old: dict[str, torch.Tensor] | None, new: dict[str, torch.Tensor], clas
     return out
 
 
-def run_locked(job: Job, cfg, key: str, backbone, s, store, reporter) -> list[dict]:
-    from cpbench.protocols.execute import build_method, checkpoint_dir, history_ident, own_start, run_fields, train_or_load
-
-    cls, precision, started_at = own_start(job, cfg, s)
+def run(job: Job, cfg, key: str, backbone, s, store, reporter) -> list[dict]:
+    """Train task after task (each from its checkpoints when they exist), evaluate after each, and
+    write every task's rows at the end (the module docstring has the rules)."""
+    cls, precision, started_at = start_own_runner(job, cfg, s)
     ds = prep.load(job.train_dataset, s.data_root)
     names = ds.split.classnames
     order = class_order(len(names), job.class_order)

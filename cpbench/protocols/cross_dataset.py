@@ -7,14 +7,23 @@ targets or the protocol name, so the DG protocol reuses the same checkpoint."""
 
 from __future__ import annotations
 
-from cpbench.protocols.jobs import Job, Target
+from cpbench.data.specs import COOP_DATASETS
+from cpbench.protocols.jobs import Job, PlanRequest, Target
 
 SOURCE = "imagenet"
-TARGETS = ("caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101", "fgvc_aircraft",
-           "sun397", "dtd", "eurosat", "ucf101")
+TARGETS = tuple(d for d in COOP_DATASETS if d != SOURCE)   # CoCoOp's ten targets, in its order
 
 
-def plan(method: str, targets: list[str], seeds: list[int], shots: int = 16, source: str = SOURCE,
-         protocol: str = "cross_dataset", gather: bool = False) -> list[Job]:
-    tg = [Target(source, "all")] + [Target(t, "all", gather) for t in targets if t != source]
-    return [Job(method, protocol, source, "all", shots, seed, tuple(tg)) for seed in seeds]
+def plan(method: str, targets: list[str], seeds: list[int], shots: int = 16, source: str = SOURCE) -> list[Job]:
+    """One job per seed: train on ``source`` (all classes), evaluate it and every target with
+    prompts rebuilt from the target's class names."""
+    tg = [Target(source, "all")] + [Target(t, "all") for t in targets if t != source]
+    return [Job(method, "cross_dataset", source, "all", shots, seed, tuple(tg)) for seed in seeds]
+
+
+def plan_jobs(req: PlanRequest, datasets: list[str]) -> list[Job]:
+    return plan(req.method, datasets, list(req.seeds), req.shots[0], req.source)
+
+
+def default_targets(prepared: list[str]) -> list[str]:
+    return list(TARGETS)

@@ -17,12 +17,23 @@ rebuilt on the target's class names instead (``gather.scorer_for``). For V2 and 
 
 from __future__ import annotations
 
-from cpbench.protocols import cross_dataset
-from cpbench.protocols.jobs import Job
+from cpbench.data.specs import IMAGENET_VARIANTS
+from cpbench.protocols.jobs import Job, PlanRequest, Target
 
-TARGETS = ("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
+SOURCE = "imagenet"
+TARGETS = IMAGENET_VARIANTS   # ImageNet-V2, -Sketch, -A, -R
 
 
-def plan(method: str, targets: list[str], seeds: list[int], shots: int = 16,
-         source: str = cross_dataset.SOURCE) -> list[Job]:
-    return cross_dataset.plan(method, targets, seeds, shots, source, protocol="dg", gather=True)
+def plan(method: str, targets: list[str], seeds: list[int], shots: int = 16, source: str = SOURCE) -> list[Job]:
+    """One job per seed: train on ``source`` (all classes; the cross-dataset training, the same
+    training key), evaluate it and every target with the source class bank's columns gathered."""
+    tg = [Target(source, "all")] + [Target(t, "all", gather=True) for t in targets if t != source]
+    return [Job(method, "dg", source, "all", shots, seed, tuple(tg)) for seed in seeds]
+
+
+def plan_jobs(req: PlanRequest, datasets: list[str]) -> list[Job]:
+    return plan(req.method, datasets, list(req.seeds), req.shots[0], req.source)
+
+
+def default_targets(prepared: list[str]) -> list[str]:
+    return list(TARGETS)

@@ -79,7 +79,7 @@ def scorer_for(method, gather: bool, ds, tds, names: list[str], tnames: list[str
     logit is independent of the other classes; a method that declares
     ``rebuild_on_target_classes`` (its output is a softmax average, so keeping 200 of 1000 columns
     weights the samples differently) is always rebuilt."""
-    if gather and list(tnames) != list(names) and not getattr(method, "rebuild_on_target_classes", False):
+    if gather and list(tnames) != list(names) and not method.rebuild_on_target_classes:
         columns = target_columns(ds, tds, list(names), list(tnames))
         method.set_classnames(list(names))
         return GatherColumns(method, columns)

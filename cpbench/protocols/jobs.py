@@ -1,21 +1,26 @@
-"""What a job is, shared by every protocol: the data model only.
+"""What a job is, shared by every protocol: the data model only (and no torch import, so planning
+stays cheap).
 
 A job trains one method on one (dataset, class subset, shots, seed) and evaluates the result on
-a list of (dataset, subset) targets. Planning lives in the protocol modules (``base2new.py``, …),
-the keys that name a job's results and checkpoints in ``keys.py``, the ImageNet -> A/R column
-gather in ``gather.py``, and running a job (lock, learn, evaluate, write rows) in ``execute.py``.
+a list of (dataset, subset) targets. The protocols are listed in ``registry.py``; planning lives in
+the protocol modules (``base2new.py``, …), the keys that name a job's results and checkpoints in
+``keys.py``, the ImageNet -> A/R column gather in ``gather.py``, the steps every job shares
+(build the method, learn its state, the row columns) in ``steps.py``, and running a job (lock,
+learn, evaluate, write rows) in ``execute.py``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
-
-import torch
+from typing import TYPE_CHECKING, Protocol
 
 from cpbench.config import ResolvedConfig, resolve
 from cpbench.methods.registry import get_method_class
+from cpbench.protocols import registry
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,24 @@ class Job:
         return f"{self.method} {self.protocol}{tasks} {self.train_dataset}/{self.train_subset} {self.shots}-shot seed {self.seed} -> {t}"
 
 
+@dataclass(frozen=True)
+class PlanRequest:
+    """What a protocol plans the jobs of one ``cpbench run`` from (``protocols.registry``)."""
+    method: str
+    protocol: str
+    seeds: tuple[int, ...]
+    shots: tuple[int, ...]          # one value unless the protocol takes several (registry ``one_shots``)
+    source: str = "imagenet"        # the training dataset of protocols that train on --source
+    tasks: int = 2                  # continual: the number of tasks
+    class_order: str = "labels"     # continual: "labels" or an integer seed
+
+
+def _cpu():
+    import torch
+
+    return torch.device("cpu")
+
+
 @dataclass
 class RunSettings:
     data_root: Path
@@ -56,15 +79,15 @@ class RunSettings:
     weights: str | None = None
     config_file: str | None = None
     sets: list[str] = field(default_factory=list)
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    device: "torch.device" = field(default_factory=_cpu)
     force: bool = False
     feature_cache: bool = True
-    # learned state imported instead of trained (``official:DIR`` | ``export:FILE``; see cpbench/imports.py)
+    # learned state imported instead of trained (``official:DIR`` | ``export:FILE``; see cpbench/state/imports.py)
     state_from: str | None = None
 
 
 class Reporter(Protocol):
-    """What a running job tells the display (``cpbench/progress.py``)."""
+    """What a running job tells the display (``cpbench/ui/progress.py``)."""
     def job_started(self, job: Job, index: int, total: int) -> None: ...
     def job_skipped(self, job: Job) -> None: ...
     def job_failed(self, job: Job, exc: BaseException) -> None: ...
@@ -86,17 +109,24 @@ class SilentReporter:
     def row(self, row): pass
 
 
-CONFIG_PROTOCOL = {"dg": "cross_dataset"}
-
-
 def job_config(job: Job, s: RunSettings) -> ResolvedConfig:
     cls = get_method_class(job.method)
-    # DG evaluates the cross-dataset checkpoint: both train under the YAML's cross_dataset block
-    protocol = CONFIG_PROTOCOL.get(job.protocol, job.protocol)
+    # the YAML block the protocol trains under (DG evaluates the cross-dataset checkpoint: cross_dataset)
+    protocol = registry.config_protocol(job.protocol)
     imported = None
     if s.state_from:  # imported state: the settings it was learned with, where its source records them
-        from cpbench import imports
+        from cpbench.state import imports
 
         imported = imports.config(s.state_from)
     return resolve(job.method, cls.Options, protocol, dataset=job.train_dataset, shots=job.shots,
                    config_file=s.config_file, sets=s.sets, imported=imported)
+
+
+def default_config(job: Job) -> ResolvedConfig:
+    """The method's defaults for this job: its YAML alone (no ``--config``, ``--set`` or imported
+    settings). Rows record it (``defaults_json``) so the report labels them against what was the
+    default when they ran."""
+    cls = get_method_class(job.method)
+    return resolve(job.method, cls.Options, registry.config_protocol(job.protocol), dataset=job.train_dataset,
+                   shots=job.shots)
+

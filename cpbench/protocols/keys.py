@@ -28,7 +28,7 @@ def _imported(s: RunSettings) -> dict:
     are unchanged)."""
     if not s.state_from:
         return {}
-    from cpbench import imports
+    from cpbench.state import imports
 
     return {"imported": imports.identity(s.state_from)}
 

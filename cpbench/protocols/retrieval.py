@@ -26,11 +26,13 @@ from cpbench import faults
 from cpbench.data import captions
 from cpbench.data.splits import Item
 from cpbench.engine.cache import FeatureCache
-from cpbench.engine.evaluate import encode_all, image_features
+from cpbench.engine.features import encode_all, image_features
 from cpbench.engine.precision import seed_everything
 from cpbench.engine.retrieval import KS, recall_at_k, similarity
 from cpbench.engine.train import epoch_seed
-from cpbench.protocols.jobs import Job, Target
+from cpbench.protocols.jobs import Job, PlanRequest, Target
+from cpbench.protocols.steps import (build_method, checkpoint_dir, history_ident, run_fields, start_own_runner,
+                                     train_or_load)
 from cpbench.results.schema import environment, now
 
 
@@ -39,10 +41,18 @@ def plan(method: str, datasets: list[str], seeds: list[int], shots: list[int]) -
             for d in datasets for k in shots for seed in seeds]
 
 
-def run_locked(job: Job, cfg, key: str, backbone, s, store, reporter) -> list[dict]:
-    from cpbench.protocols.execute import build_method, checkpoint_dir, history_ident, own_start, run_fields, train_or_load
+def plan_jobs(req: PlanRequest, datasets: list[str]) -> list[Job]:
+    return plan(req.method, datasets, list(req.seeds), list(dict.fromkeys(req.shots)))
 
-    cls, precision, started_at = own_start(job, cfg, s)
+
+def default_targets(prepared: list[str]) -> list[str]:
+    return list(prepared)   # the prepared image-caption datasets (registry: task = retrieval)
+
+
+def run(job: Job, cfg, key: str, backbone, s, store, reporter) -> list[dict]:
+    """Train on the job's image-caption pairs (or load the final checkpoint), rank every test
+    caption for every test image and back, write one row per direction and K."""
+    cls, precision, started_at = start_own_runner(job, cfg, s)
     ds = captions.load(job.train_dataset, s.data_root)
     pairs = ds.pairs(job.shots, job.seed)
     items = [Item(path, i, text) for i, (path, text) in enumerate(pairs)]

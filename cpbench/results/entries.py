@@ -9,8 +9,12 @@ what the run changed relative to the method's defaults (``cpbench/configs/method
 that protocol, dataset and shot count), read from each row's ``config_json``: CoOp's defaults
 train ImageNet for 50 epochs and the other datasets for 200, so its rows carry two config hashes
 but one configuration (the defaults), while ``--set epochs=2`` is another configuration on every
-dataset. Rows without a readable ``config_json`` are grouped by ``config_hash`` alone. Within one
-dataset an entry always has exactly one config hash, so two settings never share a cell.
+dataset. The defaults are those the row recorded when it was written (``defaults_json``), so
+editing a YAML file later relabels nothing; rows run on defaults that are no longer today's are an
+entry of their own (the same label, told apart by its config hash if today's defaults also ran).
+Rows written before ``defaults_json`` existed are compared with today's defaults; rows without a
+readable ``config_json`` are grouped by ``config_hash`` alone. Within one dataset an entry always
+has exactly one config hash, so two settings never share a cell.
 
 Labels say what distinguishes entries of one method (``coop (epochs=1)`` / ``coop (epochs=2)``,
 ``coop (defaults)``, ``coop (fp32)`` / ``coop (fp16)``), the backbone when the report holds
@@ -19,6 +23,7 @@ several, and ``imported`` for rows not trained by cpbench. ``--config-hash`` and
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -46,7 +51,7 @@ def normalise(frame: pd.DataFrame) -> pd.DataFrame:
     replace earlier rows of the same seed, setting and cell."""
     df = frame.copy()
     for col in ("backbone", "pretrained", "weights", "imported", "precision", "config_hash", "config_json",
-                "finished_at"):
+                "defaults_json", "finished_at"):
         if col not in df.columns:
             df[col] = ""
         df[col] = df[col].fillna("").astype(str)
@@ -84,7 +89,7 @@ def _method_class(method: str):
 def seed_dependent(method: str) -> bool:
     """From the method class (``Method.seed_dependent``); an unknown method counts as seeded."""
     cls = _method_class(method)
-    return True if cls is None else bool(getattr(cls, "seed_dependent", True))
+    return True if cls is None else bool(cls.seed_dependent)
 
 
 @lru_cache(maxsize=None)
@@ -93,26 +98,30 @@ def _defaults(method: str, protocol: str, dataset: str, shots: int) -> dict | No
     if cls is None:
         return None
     from cpbench.config import resolve
-    from cpbench.protocols.jobs import CONFIG_PROTOCOL
+    from cpbench.protocols.registry import config_protocol
 
     try:
-        cfg = resolve(method, cls.Options, CONFIG_PROTOCOL.get(protocol, protocol), dataset=dataset, shots=shots)
+        cfg = resolve(method, cls.Options, config_protocol(protocol), dataset=dataset, shots=shots)
     except UserError:
         return None
     return _flat(json.loads(json.dumps(cfg.as_dict(), sort_keys=True, default=str)))
 
 
-def overrides(method: str, protocol: str, dataset: str, shots: int, config_json: str) -> tuple | None:
-    """The settings of ``config_json`` that differ from the method's defaults for this protocol,
-    dataset and shot count, as sorted ``(key, json value)`` pairs; None if unreadable."""
-    if not config_json:
-        return None
+def _flat_json(text: str) -> dict | None:
     try:
-        cfg = _flat(json.loads(config_json))
+        return _flat(json.loads(text)) if text else None
     except (ValueError, AttributeError):
         return None
-    base = _defaults(method, protocol, dataset, int(shots))
-    if base is None:
+
+
+def overrides(method: str, protocol: str, dataset: str, shots: int, config_json: str,
+              defaults_json: str = "") -> tuple | None:
+    """The settings of ``config_json`` that differ from the method's defaults for this protocol,
+    dataset and shot count, as sorted ``(key, json value)`` pairs; None if unreadable. The defaults
+    are those the row recorded (``defaults_json``), else today's."""
+    cfg = _flat_json(config_json)
+    base = _flat_json(defaults_json) or _defaults(method, protocol, dataset, int(shots))
+    if cfg is None or base is None:
         return None
     # a key the defaults lack (an option since removed) or a default the row lacks (an option added
     # since) differs too, so equal overrides always mean equal configurations (one hash per cell)
@@ -121,15 +130,28 @@ def overrides(method: str, protocol: str, dataset: str, shots: int, config_json:
                  if cfg.get(k, ABSENT) != base.get(k, ABSENT))
 
 
+def defaults_of_another_time(method: str, protocol: str, dataset: str, shots: int, defaults_json: str) -> str:
+    """The hash of a row's recorded defaults when they are not today's (the YAML changed since, or
+    the method is gone), else "": the same overrides on other defaults are another configuration."""
+    recorded = _flat_json(defaults_json)
+    if recorded is None or recorded == _defaults(method, protocol, dataset, int(shots)):
+        return ""
+    return hashlib.sha256(defaults_json.encode()).hexdigest()[:12]
+
+
 def annotate(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Entry]]:
     """Adds an ``entry`` column (the entry key) and returns the entries by key."""
     if df.empty:
         return df.assign(entry=pd.Series(dtype=str)), {}
-    combo_cols = ["method", "protocol", "train_dataset", "shots", "config_json", "config_hash"]
+    combo_cols = ["method", "protocol", "train_dataset", "shots", "config_json", "config_hash", "defaults_json"]
     setting = {}
     for combo in df[combo_cols].drop_duplicates().itertuples(index=False):
-        ov = overrides(combo.method, combo.protocol, combo.train_dataset, combo.shots, combo.config_json)
-        setting[tuple(combo)] = ["known", list(ov)] if ov is not None else ["hash", combo.config_hash]
+        ov = overrides(combo.method, combo.protocol, combo.train_dataset, combo.shots, combo.config_json,
+                       combo.defaults_json)
+        other = defaults_of_another_time(combo.method, combo.protocol, combo.train_dataset, combo.shots,
+                                         combo.defaults_json)
+        setting[tuple(combo)] = (["known", list(ov)] + ([other] if other else [])) if ov is not None \
+            else ["hash", combo.config_hash]
     settings = [setting[tuple(c)] for c in df[combo_cols].itertuples(index=False)]
     keys = [json.dumps([*ident, s]) for ident, s in zip(df[list(IDENTITY)].itertuples(index=False), settings)]
     df = df.assign(entry=keys)

@@ -19,21 +19,20 @@ from collections.abc import Callable, Sequence
 
 import pandas as pd
 
+from cpbench.protocols import registry
 from cpbench.results.table import Cell, Entry, Row, Table, isnan
 
-PROTOCOL_ORDER = ("base2new", "cross_dataset", "dg", "few_shot", "continual", "retrieval")
-PROTOCOL_TITLES = {"base2new": "Base-to-new generalisation", "cross_dataset": "Cross-dataset transfer",
-                   "dg": "Domain generalisation", "few_shot": "Few-shot classification",
-                   "continual": "Continual (class-incremental) learning", "retrieval": "Few-shot image-text retrieval"}
+PROTOCOL_ORDER = registry.protocol_names()
+PROTOCOL_TITLES = registry.titles()
 LAYOUTS = ("auto", "wide", "long")
 WIDE_MAX_COLUMNS = 12          # 4 entries × Base/New/HM
 WIDE_MAX_COLUMNS_COMPARE = 6   # with --compare paper (or --ci) each cell is two to three times as wide
 
 
 def dataset_order() -> tuple[str, ...]:
-    from cpbench.protocols import cross_dataset, domain_generalization
+    from cpbench.data.specs import COOP_DATASETS, IMAGENET_VARIANTS
 
-    return (cross_dataset.SOURCE,) + cross_dataset.TARGETS + domain_generalization.TARGETS
+    return COOP_DATASETS + IMAGENET_VARIANTS
 
 
 def order_datasets(names) -> list[str]:

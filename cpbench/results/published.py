@@ -60,12 +60,12 @@ PRE8 = ("caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101
 
 def dataset_sets() -> dict[str, tuple[str, ...] | None]:
     """Named dataset sets of published averages; ``None``: the list is unknown (never compared)."""
-    from cpbench.protocols import cross_dataset, domain_generalization
+    from cpbench.data.specs import COOP_DATASETS, IMAGENET_VARIANTS
 
     return {
-        "coop11": (cross_dataset.SOURCE,) + cross_dataset.TARGETS,  # CoOp/CoCoOp's 11 (base2new, few-shot)
-        "xd10": cross_dataset.TARGETS,                               # cross-dataset targets (source excluded)
-        "dg4": domain_generalization.TARGETS,                        # ImageNet-V2, -Sketch, -A, -R
+        "coop11": COOP_DATASETS,                                     # CoOp/CoCoOp's 11 (base2new, few-shot)
+        "xd10": COOP_DATASETS[1:],                                   # cross-dataset targets (ImageNet excluded)
+        "dg4": IMAGENET_VARIANTS,                                    # ImageNet-V2, -Sketch, -A, -R
         "pre8": PRE8,                                                # PRE's README averages
         "cpl7": None,                                                # CPL's README: 7 datasets, list not given
     }

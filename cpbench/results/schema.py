@@ -30,6 +30,9 @@ SCHEMA = pa.schema([
     ("weights", pa.string()),
     ("config_hash", pa.string()),
     ("config_json", pa.string()),
+    # the method's default settings for this job when the row was written (config_json's shape), so
+    # the report labels a row against the defaults it ran with, whatever the YAML says later
+    ("defaults_json", pa.string()),
     ("accuracy", pa.float64()),
     ("correct", pa.int64()),
     ("n_test", pa.int64()),
@@ -46,7 +49,7 @@ SCHEMA = pa.schema([
     ("device_name", pa.string()),          # the GPU model (torch.cuda.get_device_name) or the CPU's; see device_name()
     ("peak_memory_mb", pa.float64()),      # the job's peak (cpbench/engine/memory.py)
     ("peak_memory_source", pa.string()),   # cuda.max_memory_allocated | process maxrss
-    ("imported", pa.string()),         # "" = trained by cpbench; else KIND:IDENTITY (cpbench/imports.py)
+    ("imported", pa.string()),         # "" = trained by cpbench; else KIND:IDENTITY (cpbench/state/imports.py)
     # continual: evaluated after training task ``task`` of ``n_tasks`` (subset = "task<j>": the
     # classes of task j; "seen": every class seen so far); class_order: JSON list of the class
     # names in task order. Null for other protocols.

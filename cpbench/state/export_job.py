@@ -17,9 +17,14 @@ import pandas as pd
 
 from cpbench.config import ResolvedConfig
 from cpbench.errors import UserError
-from cpbench.protocols.jobs import Job, RunSettings
+from cpbench.protocols import registry
+from cpbench.protocols.jobs import Job, PlanRequest, RunSettings
 
-PROTOCOL_ORDER = ("base2new", "few_shot", "cross_dataset", "dg")
+
+def exportable() -> tuple[str, ...]:
+    """The protocols whose jobs learn one state by the shared step (not their own runner), in the
+    registry's order: where two share one training (cross_dataset, dg), the first names it."""
+    return tuple(n for n in registry.protocol_names() if not registry.get(n).own_runner)
 
 
 @dataclass
@@ -37,17 +42,14 @@ class Trained:
 
 def _job(rows: list[dict]) -> Job:
     """The job the rows of one job key came from (its plan: training subset and targets)."""
-    from cpbench.runner import RunRequest, plan_jobs
-
     r = rows[0]
     p = r["protocol"]
-    req = RunRequest(method=r["method"], protocol=p, seeds=[int(r["seed"])], shots=[int(r["shots"])],
-                     source=r["train_dataset"])
-    if p in ("cross_dataset", "dg"):
+    req = PlanRequest(r["method"], p, (int(r["seed"]),), (int(r["shots"]),), source=r["train_dataset"])
+    if registry.get(p).trains_on_source:
         datasets = [x["eval_dataset"] for x in rows if x["eval_dataset"] != r["train_dataset"]]
     else:
         datasets = [r["train_dataset"]]
-    return plan_jobs(req, datasets)[0]
+    return registry.module(p).plan_jobs(req, datasets)[0]
 
 
 def _trained(rows: list[dict], data_root: Path, results_root: Path) -> Trained:
@@ -84,8 +86,8 @@ def find(results_root: Path, data_root: Path, method: str | None, dataset: str |
             results_root = checkpoint.parent.parent
     elif not (method and dataset and seed is not None):
         raise UserError("name the job: cpbench export METHOD --dataset D --seed S (or --checkpoint DIR)")
-    if protocol is not None and protocol not in PROTOCOL_ORDER:
-        raise UserError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOL_ORDER)}")
+    if protocol is not None and protocol not in exportable():
+        raise UserError(f"unknown protocol {protocol!r}; use one of {', '.join(exportable())}")
     frame = ResultStore(results_root).read().frame
     if frame.empty:
         raise UserError(f"no results under {results_root}; train first (`cpbench run METHOD ...`) or pass --results DIR")
@@ -96,12 +98,13 @@ def find(results_root: Path, data_root: Path, method: str | None, dataset: str |
                        ("backbone", backbone), ("protocol", protocol)):
         if value is not None:
             frame = frame[frame[col] == value]
+    order = exportable()
+    frame = frame[frame["protocol"].isin(order)]
     jobs: dict[str, Trained] = {}
     for _, grp in frame.groupby("job_key", sort=True):
         t = _trained(grp.to_dict("records"), data_root, results_root)
-        # cross_dataset and dg share one training: keep the first protocol in PROTOCOL_ORDER
-        if t.training_key not in jobs or (PROTOCOL_ORDER.index(t.job.protocol)
-                                          < PROTOCOL_ORDER.index(jobs[t.training_key].job.protocol)):
+        # cross_dataset and dg share one training: keep the protocol that comes first
+        if t.training_key not in jobs or order.index(t.job.protocol) < order.index(jobs[t.training_key].job.protocol):
             jobs[t.training_key] = t
     if checkpoint is not None:
         jobs = {k: v for k, v in jobs.items() if k == checkpoint.name}
@@ -124,13 +127,13 @@ def export(t: Trained, out: Path, device: str = "cpu") -> dict:
     Returns the metadata written."""
     import torch
 
-    from cpbench import export as fmt
+    from cpbench.state import export as fmt
     from cpbench.data import prepare as prep
     from cpbench.engine import checkpoint
     from cpbench.engine.precision import resolve_device
     from cpbench.methods.registry import get_method_class
     from cpbench.models.backbone import load_backbone
-    from cpbench.protocols.execute import evaluation_seed, subset_items
+    from cpbench.protocols.steps import evaluation_seed
     from cpbench.results.schema import environment, now
 
     job, s = t.job, t.settings
@@ -138,7 +141,7 @@ def export(t: Trained, out: Path, device: str = "cpu") -> dict:
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; pass a file name such as prompts.safetensors")
     ds = prep.load(job.train_dataset, s.data_root)
-    _, names, _ = subset_items(ds, job.train_subset, job.shots, job.seed, "train")
+    _, names, _ = prep.subset_items(ds, job.train_subset, job.shots, job.seed, "train")
     dev = resolve_device(device)
     cls = get_method_class(job.method)
     backbone = load_backbone(s.backbone, s.pretrained, s.weights)
@@ -184,3 +187,18 @@ def _plain(v):
     if v is None or (isinstance(v, float) and pd.isna(v)):
         return None
     return v.item() if hasattr(v, "item") else v
+
+
+def command(results_root: Path, data_root: Path, out: Path, method: str | None = None, dataset: str | None = None,
+            seed: int | None = None, shots: int | None = None, backbone: str | None = None,
+            protocol: str | None = None, checkpoint: Path | None = None, device: str = "cpu") -> str:
+    """``cpbench export``: find the one trained job, write its file; returns the line saying what was
+    written."""
+    from cpbench.state.export import describe
+
+    t = find(results_root, data_root, method, dataset, seed, shots, backbone, protocol, checkpoint)
+    meta = export(t, out, device)
+    extra = ", with text features" if meta["text_features"] else ""
+    return (f"wrote {out} ({Path(out).stat().st_size / 1024:.1f} kB): {meta['method']} {describe(meta)}, "
+            f"{len(meta['classnames'])} classes{extra}")
+

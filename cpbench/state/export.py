@@ -16,7 +16,7 @@ Format ``cpbench-prompts``, version 1:
   subset, shots, seed, its targets with the torch seed each evaluation used, and its rows'
   accuracies) and versions.
 
-No pickle anywhere. This module also is the ``export:`` backend of cpbench/imports.py
+No pickle anywhere. This module also is the ``export:`` backend of cpbench/state/imports.py
 (``cpbench run METHOD --from-export FILE``).
 """
 
@@ -137,6 +137,13 @@ def describe_backbone(rec: dict) -> str:
     return f"{rec['name']} --pretrained {rec['pretrained']}"
 
 
+def describe(meta: dict) -> str:
+    """What an export file holds, in words: where it was learned and on which backbone."""
+    job = meta.get("job") or {}
+    learned = f"{job.get('train_dataset', '?')}/{job.get('train_subset', '?')} {job.get('shots', '?')}-shot seed {job.get('seed', '?')}"
+    return f"learned on {learned}, backbone {describe_backbone(meta['backbone'])}"
+
+
 def check_backbone_request(meta: dict, name: str, pretrained: str, weights: str | None, where) -> None:
     """Refuse, before anything is loaded, a backbone other than the one the prompts were learned on
     (``name``/``pretrained``/``weights`` as ``cpbench run`` takes them)."""
@@ -223,7 +230,6 @@ def check(path: str, req, jobs, data_root) -> None:
     """Before the backbone loads: the file is an export of this method, on this backbone, for this
     seed and shot count, learned on each job's training classes."""
     from cpbench.data import prepare as prep
-    from cpbench.protocols.execute import subset_items
 
     meta = read_meta(path)
     if meta["method"] != req.method:
@@ -240,7 +246,7 @@ def check(path: str, req, jobs, data_root) -> None:
         raise UserError(f"{path} holds prompts learned from {src['shots']} shots; drop --shots (or pass --shots {src['shots']})")
     for job in jobs:
         ds = prep.load(job.train_dataset, data_root)
-        _, names, _ = subset_items(ds, job.train_subset, 0, job.seed, "train")  # class names: no draw needed
+        _, names, _ = prep.subset_items(ds, job.train_subset, 0, job.seed, "train")  # class names: no draw needed
         _check_classes(meta, names, job, path)
 
 

@@ -1,4 +1,4 @@
-"""Methods III through the CLI on the toy world (issue 30's acceptance): each of prograd,
+"""ProGrad, CLIP-Adapter, Tip-Adapter(-F) and CLIP-LoRA through the CLI on the toy world: each of prograd,
 clip_adapter, tip_adapter, tip_adapter_f and clip_lora runs base-to-new (or refuses it in one line,
 exit 2, before the backbone loads) and few-shot for one epoch (clip_lora: the iterations of one
 epoch; tip_adapter trains nothing), and ``report --cost`` lists their learnable parameters and
@@ -87,7 +87,7 @@ def test_each_exports_and_loads_with_its_accuracy(world, cli_here):
     the cache models refuse other classes in one line, the others take them."""
     import cpbench
     from cpbench.errors import UserError
-    from cpbench.protocols.execute import subset_items
+    from cpbench.data.prepare import subset_items
 
     root, _, df = world
     ds = prep.load("toy_shapes", root / "data")

@@ -4,20 +4,22 @@
 
 - ``official:DIR`` — the authors' released checkpoints (``model.pth.tar-E`` per dataset/seed, as the
   official ``save_model`` writes them), mapped onto cpbench's parameter names
-  (``cpbench.official_checkpoints``);
-- ``export:FILE`` — a file written by ``cpbench export`` (``cpbench.export``).
+  (``cpbench.state.official``);
+- ``export:FILE`` — a file written by ``cpbench export`` (``cpbench.state.export``).
 
 A job with ``state_from`` does not train: its method is built on the training classes as usual, the
 state is loaded into it, and every target is evaluated. Its rows carry ``imported = KIND:IDENTITY``
 and its keys include that identity, so imported rows never mix with trained ones.
 
-Each backend module offers ``identity(path) -> str`` (stable across machines: a content hash where
-cheap, not the path) and ``load_state(path, job, method, dataset) -> dict[str, Tensor]`` (exactly the
-keys of ``method.learned_state()``; a file that does not fit fails with one line naming the
-mismatched keys). Optional: ``config(path) -> {"train": …, "method": …} | None`` (the settings the
-state was learned with, layered over the method's YAML defaults, under ``--config``/``--set``) and
-``check(path, request, jobs, data_root)`` (validate the source against the run before the backbone
-is loaded: one line per problem).
+Each backend module offers, all four declared:
+
+- ``identity(path) -> str``: stable across machines (a content hash where cheap, not the path);
+- ``load_state(path, job, method, dataset) -> dict[str, Tensor]``: exactly the keys of
+  ``method.learned_state()``; a file that does not fit fails with one line naming the keys;
+- ``config(path) -> {"train": …, "method": …} | None``: the settings the state was learned with,
+  layered over the method's YAML defaults, under ``--config``/``--set`` (None: not recorded);
+- ``check(path, request, jobs, data_root)``: the source validated against the run before the
+  backbone is loaded (one line per problem).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import importlib
 
 from cpbench.errors import UserError
 
-BACKENDS = {"official": "cpbench.official_checkpoints", "export": "cpbench.export"}
+BACKENDS = {"official": "cpbench.state.official", "export": "cpbench.state.export"}
 
 
 def parse(source: str) -> tuple[str, str]:
@@ -57,12 +59,9 @@ def load_state(source: str, job, method, dataset) -> dict:
 
 def config(source: str) -> dict | None:
     kind, path = parse(source)
-    fn = getattr(_backend(kind), "config", None)
-    return fn(path) if fn else None
+    return _backend(kind).config(path)
 
 
 def check(source: str, request, jobs, data_root) -> None:
     kind, path = parse(source)
-    fn = getattr(_backend(kind), "check", None)
-    if fn:
-        fn(path, request, jobs, data_root)
+    _backend(kind).check(path, request, jobs, data_root)

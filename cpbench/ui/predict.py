@@ -83,7 +83,7 @@ def render(paths: list[Path], predictions: list[list[tuple[str, float]]], fmt: s
 def run(prompts: Path, inputs: list[Path], top_k: int = 5, classes: Path | None = None, fmt: str = "text",
         backbone: str | None = None, weights: str | None = None, device: str = "auto") -> str:
     """The rendered predictions (validated in full before anything is loaded)."""
-    from cpbench import export
+    from cpbench.state import export
 
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")

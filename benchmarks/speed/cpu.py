@@ -1,6 +1,7 @@
-"""Speed II on a CPU, one command, every figure a ratio measured side by side in this process.
+"""The CPU speed benchmark (the counterpart of gpu.py): one command, every figure a ratio measured
+side by side in this process.
 
-    python benchmarks/speed/cpu_ii.py --root data --out benchmarks/speed/results-cpu-ii.jsonl
+    python benchmarks/speed/cpu.py --root data --out benchmarks/speed/results-cpu.jsonl
 
 Needs ``cpbench prepare toy`` (and, for the ViT-B/16 cold evaluation on real JPEGs,
 ``cpbench prepare caltech101``; without it toy_shapes images are used). Random ViT-B/16 weights,
@@ -106,7 +107,7 @@ def bench_cold_eval(rec, backbone, label: str, root: Path, dataset: str, n_image
 
     from cpbench.data import prepare as prep
     from cpbench.data.images import ImageList, test_transform
-    from cpbench.engine.evaluate import encode_all
+    from cpbench.engine.features import encode_all
     from cpbench.engine.precision import resolve_precision
     from cpbench.methods.zeroshot import ZeroShotCLIP, ZeroShotOptions
 
@@ -141,7 +142,7 @@ def bench_cold_eval(rec, backbone, label: str, root: Path, dataset: str, n_image
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", type=Path, default=Path("data"))
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/speed/results-cpu-ii.jsonl"))
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/speed/results-cpu.jsonl"))
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds at 100 classes (1000: one)")
     ap.add_argument("--vit-eval-images", type=int, default=32)

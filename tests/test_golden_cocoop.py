@@ -1,0 +1,13 @@
+"""CoCoOp against the OFFICIAL code's numbers (KaiyangZhou/CoOp ff61507; tests/golden/, see its
+README): eval logits, every loss term and the gradients of every trainable tensor at 2 layers."""
+
+from __future__ import annotations
+
+import pytest
+
+from golden_methods import check_against_official
+
+
+@pytest.mark.parametrize("case_name", ["cocoop_L2"])
+def test_cocoop_matches_official(case_name):
+    check_against_official(case_name)

@@ -1,0 +1,14 @@
+"""IVLP against the OFFICIAL code's numbers (multimodal-prompt-learning 69bce21; tests/golden/, see
+its README): eval logits, every loss term and the gradients of every trainable tensor at 2 layers
+and 9 layers (deep prompts, depth 9)."""
+
+from __future__ import annotations
+
+import pytest
+
+from golden_methods import check_against_official
+
+
+@pytest.mark.parametrize("case_name", ["ivlp_L2", "ivlp_L9"])
+def test_ivlp_matches_official(case_name):
+    check_against_official(case_name)
