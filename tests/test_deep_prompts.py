@@ -69,7 +69,7 @@ def test_deep_prompts_replace_tokens_at_every_prompted_layer(deep_backbone, kind
             perturb(p.weight, 10 + j, 0.3)
         n_t = n_v = 2
         text_deep = list(m.compound_prompts_text)
-        vis_shallow, vd = m.vision_prompts()
+        vis_shallow, vd = m.image_prompts()
         vis_deep = vd[1:]
     assert len(text_deep) == 3 and len(vis_deep) == 3        # depth 9 capped at 4 layers: layers 1..3
     x = images(2)

@@ -71,7 +71,7 @@ class MaPLe(OfficialFloat32, Method):
     def deep_text(self) -> list | None:
         return [None, *self.compound_prompts_text] if len(self.compound_prompts_text) else None
 
-    def vision_prompts(self) -> tuple[torch.Tensor, list | None]:
+    def image_prompts(self) -> tuple[torch.Tensor, list | None]:
         """(layer-0 vision prompts proj(ctx), [None, F_1(P_1), …] for layers 1..depth-1)."""
         shallow = self.proj(self.ctx.to(self.proj.weight.dtype))
         deep = [layer(p) for layer, p in zip(self.compound_prompt_projections, self.compound_prompts_text)]
@@ -85,5 +85,5 @@ class MaPLe(OfficialFloat32, Method):
                                   shared=self.shared_prefix())
 
     def encode_images(self, images):
-        shallow, deep = self.vision_prompts()
+        shallow, deep = self.image_prompts()
         return F.normalize(self.backbone.encode_image(images, prompts=shallow, deep=deep).float(), dim=-1)
