@@ -18,6 +18,18 @@ def results_root(explicit: str | Path | None = None) -> Path:
     return Path(os.environ.get("CPBENCH_RESULTS", "./results")).expanduser()
 
 
+def cache_root(explicit: str | Path | None = None) -> Path:
+    """Where derived, re-creatable files go (feature caches, training-view stores): never under the data
+    root, which may be a lab's shared read-only folder. ``$CPBENCH_CACHE``, else
+    ``$XDG_CACHE_HOME/cpbench``, else ``~/.cache/cpbench``."""
+    if explicit:
+        return Path(explicit).expanduser()
+    if os.environ.get("CPBENCH_CACHE"):
+        return Path(os.environ["CPBENCH_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base).expanduser() / "cpbench"
+
+
 def check_folder(path: Path, option: str) -> None:
     """``path`` is a folder this process can write, or can be created as one; checked without
     creating anything (``--results /etc/passwd/x`` fails here, not after the backbone is loaded)."""

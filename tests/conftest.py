@@ -14,6 +14,12 @@ import pytest
 # them (cpbench/threads.py). The suite runs in pytest-xdist workers that share the cores, and
 # spinning threads on shared cores slow every test several times.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Derived files (feature caches) go to the user's cache folder (cpbench/paths.py): the suite keeps its
+# own, so it never reads or fills the cache of the person running it.
+if "CPBENCH_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["CPBENCH_CACHE"] = tempfile.mkdtemp(prefix="cpbench-test-cache-")
 
 import torch  # noqa: E402
 

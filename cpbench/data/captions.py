@@ -56,9 +56,11 @@ class CaptionedDataset:
     @property
     def cache_tag(self) -> str:
         try:
-            return f"{self.name}@{hashlib.sha256((self.dir / folders.MARKER).read_bytes()).hexdigest()[:12]}"
+            record = (self.dir / folders.MARKER).read_bytes()
         except OSError:
-            return self.name
+            record = b""
+        digest = hashlib.sha256(record + b"\0" + str(self.dir.resolve()).encode("utf-8", "surrogateescape"))
+        return f"{self.name}@{digest.hexdigest()[:12]}"
 
     def pairs(self, n: int, seed: int) -> list[tuple[str, str]]:
         """The few-shot training pairs, from a portable JSON file keyed by split hash, n and seed."""

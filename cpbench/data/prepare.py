@@ -54,13 +54,15 @@ class PreparedDataset:
 
     @property
     def cache_tag(self) -> str:
-        """Name plus a digest of its prepare record: feature caches keyed on it go stale when the
-        dataset is prepared again (regenerated toy images keep their paths)."""
+        """Name plus a digest of its prepare record and its folder: feature caches keyed on it go stale
+        when the dataset is prepared again (regenerated toy images keep their paths), and two data roots
+        never share entries (the cache lives in the user's cache folder, not under the data root)."""
         try:
             record = (self.dir / MARKER).read_bytes()
         except OSError:
-            return self.spec.name
-        return f"{self.spec.name}@{hashlib.sha256(record).hexdigest()[:12]}"
+            record = b""
+        digest = hashlib.sha256(record + b"\0" + str(self.dir.resolve()).encode("utf-8", "surrogateescape"))
+        return f"{self.spec.name}@{digest.hexdigest()[:12]}"
 
     @property
     def imagenet_indices(self) -> list[int] | None:

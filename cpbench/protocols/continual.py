@@ -54,6 +54,7 @@ from cpbench.engine.evaluate import evaluate
 from cpbench.engine.precision import seed_everything
 from cpbench.engine.train import epoch_seed
 from cpbench.errors import UserError
+from cpbench.paths import cache_root
 from cpbench.protocols.jobs import Job, PlanRequest, Target
 from cpbench.protocols.steps import (build_method, checkpoint_dir, history_ident, run_fields, start_own_runner,
                                      train_or_load)
@@ -150,7 +151,7 @@ def run(job: Job, cfg, key: str, backbone, s, store, reporter) -> list[dict]:
     ckpt_root = checkpoint_dir(job, cfg, s)
     if s.force and ckpt_root.exists():
         shutil.rmtree(ckpt_root)
-    cache = FeatureCache(s.data_root / ".cache" / "features") if s.feature_cache else None
+    cache = FeatureCache(cache_root() / "features") if s.feature_cache else None
     env, run_id = environment(), uuid.uuid4().hex[:12]
     order_json = json.dumps([names[label] for label in order])
     state, seconds, rows = None, 0.0, []

@@ -30,6 +30,7 @@ from cpbench.engine.features import encode_all, image_features
 from cpbench.engine.precision import seed_everything
 from cpbench.engine.retrieval import KS, recall_at_k, similarity
 from cpbench.engine.train import epoch_seed
+from cpbench.paths import cache_root
 from cpbench.protocols.jobs import Job, PlanRequest, Target
 from cpbench.protocols.steps import (build_method, checkpoint_dir, history_ident, run_fields, start_own_runner,
                                      train_or_load)
@@ -68,7 +69,7 @@ def run(job: Job, cfg, key: str, backbone, s, store, reporter) -> list[dict]:
     test_items = [Item(p.path, i, "") for i, p in enumerate(test)]
     texts = [c for p in test for c in p.captions]
     caption_image = torch.tensor([i for i, p in enumerate(test) for _ in p.captions])
-    cache = FeatureCache(s.data_root / ".cache" / "features") if s.feature_cache else None
+    cache = FeatureCache(cache_root() / "features") if s.feature_cache else None
     method.eval()
     reporter.phase(f"encoding {len(test_items)} test images of {ds.name}")
     progress = lambda b, n: (reporter.advance(b, n), faults.point("eval"))  # noqa: E731

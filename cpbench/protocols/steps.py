@@ -23,6 +23,7 @@ from cpbench.errors import UserError
 from cpbench.methods.base import Method, TrainingData
 from cpbench.methods.registry import get_method_class
 from cpbench.models.backbone import Backbone
+from cpbench.paths import cache_root
 from cpbench.protocols.jobs import Job, Reporter, RunSettings, default_config
 from cpbench.protocols.keys import training_key
 from cpbench.results import curves
@@ -88,7 +89,7 @@ def learn(job: Job, cfg: ResolvedConfig, backbone: Backbone, s: RunSettings, rep
     final = checkpoint.load(ckpt_dir, "final")
     train_seconds = 0.0
     epochs = planned_epochs(cfg.train, len(train_items)) if cls.trainable else 0
-    cache = FeatureCache(s.data_root / ".cache" / "features") if s.feature_cache else None
+    cache = FeatureCache(cache_root() / "features") if s.feature_cache else None
     if s.state_from:  # imported, not trained here (cpbench/state/imports.py)
         from cpbench.state import imports
 
