@@ -162,7 +162,8 @@ def test_training_from_the_store_gives_identical_rows_and_state(data, tiny_backb
         runs[method, "off"] = _run(method, off, tiny_backbone)
         calls = []
         real = tiny_backbone.encode_image
-        monkeypatch.setattr(tiny_backbone, "encode_image", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+        monkeypatch.setattr(tiny_backbone, "encode_image",
+                            lambda *a, _c=calls, _f=real, **k: (_c.append(1), _f(*a, **k))[1])
         runs[method, "on"] = _run(method, on, tiny_backbone)
         monkeypatch.setattr(tiny_backbone, "encode_image", real)
         if method == "kgcoop":
@@ -238,3 +239,32 @@ def test_cache_command_shows_sets_a_cap_and_clears(tmp_path, cli_here, monkeypat
     assert not (tmp_path / "views").exists() and (tmp_path / "features" / "f.safetensors").exists()
     code, out, err = cli("cache", "clear")
     assert code == 0 and not (tmp_path / "features").exists()
+
+
+def test_launcher_never_fills_the_same_views_twice_at_once():
+    """The first job of a view group runs alone; the group's others wait for it (other groups'
+    jobs go first), then run together."""
+    import threading
+
+    from cpbench.launch.local import ViewQueue
+    from cpbench.protocols.jobs import Job
+
+    def job(method, seed):
+        return Job(method, "base2new", "caltech101", "base", 16, seed, ())
+
+    a1, a2, a3, b1 = job("coop", 1), job("kgcoop", 1), job("pre", 1), job("coop", 2)
+    q = ViewQueue([a1, a2, a3, b1])
+    stop = threading.Event()
+    assert q.take(stop) is a1
+    assert q.take(stop) is b1          # a2 waits: a1 is filling seed 1's views
+    got = []
+    t = threading.Thread(target=lambda: got.append(q.take(stop)))
+    t.start()
+    t.join(timeout=0.3)
+    assert t.is_alive() and not got    # nothing else may start while a1 fills
+    q.finished(a1)
+    t.join(timeout=5)
+    assert got == [a2]
+    assert q.take(stop) is a3          # after the filler, the readers run together
+    q.finished(b1)
+    assert q.take(stop) is None

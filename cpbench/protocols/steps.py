@@ -152,7 +152,7 @@ def train_or_load(method: Method, cfg: ResolvedConfig, s: RunSettings, precision
         curves.write_history(ckpt_dir, history, ident)
         reporter.epoch(stats)
 
-    store = ViewStore(cache_root() / "views") if s.feature_cache else None
+    store = ViewStore(cache_root() / "views") if s.feature_cache and s.view_store else None
     result = train(method, train_items, image_root, cfg.train, s.device, precision, seed, ckpt_dir,
                    on_epoch=on_epoch, on_batch=reporter.batch, store=store, dataset_tag=dataset)
     if result.history:  # also when the run resumed after its last epoch
@@ -175,7 +175,7 @@ def run_fields(job: Job, key: str, cfg: ResolvedConfig, s: RunSettings, run_id: 
         "n_learnable": method.n_learnable(),
         # "+train-views": the training read (and filled) the training-view store: exact, same rows
         "feature_cache": ("off" if not cache or method.image_prompted else
-                          "test+train-views" if epochs and uses_view_store(method, cfg.train) else "test"),
+                          "test+train-views" if epochs and s.view_store and uses_view_store(method, cfg.train) else "test"),
         "train_features": (f"cached-aug:{cfg.train.feature_views}" if cfg.train.feature_views else "images"),
         "train_seconds": train_seconds, "device": str(s.device), "imported": imported,
         "device_name": device_name(s.device),  # the GPU model for the cost view (issue 26)
