@@ -208,10 +208,11 @@ class _Rows(torch.utils.data.Dataset):
 
 
 def device_kind(device: torch.device) -> str:
-    """The hardware whose kernels compute the features: the GPU model, or the CPU's vector ISA."""
+    """The hardware whose kernels compute the features: the GPU model, or the CPU's vector ISA and
+    thread count (a sum split over more threads rounds differently)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{device.type}:{torch.backends.cpu.get_cpu_capability()}"
+    return f"{device.type}:{torch.backends.cpu.get_cpu_capability()}:{torch.get_num_threads()} threads"
 
 
 def uses_view_store(method: Method, cfg: TrainConfig) -> bool:
