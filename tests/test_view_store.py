@@ -5,10 +5,10 @@
   method's in-forward sampling) untouched;
 - every ``view_store`` method's ``forward_train`` equals ``forward_train_frozen`` of the frozen
   encoder's output, bit for bit (what lets the store serve it);
-- coop then kgcoop trained from the store give the very rows and the very learned state (bit for
-  bit) of the same runs with ``--no-cache``; kgcoop encodes no image at all; the store holds one
-  shard per epoch;
-- the store's key separates what decides the encoder's output (batch size, seed, dataset);
+- coop then kgcoop (another batch size) trained from the store give the very rows and the very
+  learned state (bit for bit) of the same runs with ``--no-cache``; kgcoop encodes no training
+  image at all; the store holds one shard per epoch;
+- the store's key separates what decides the encoder's output (seed, dataset, precision, ...);
   shards round-trip; the size cap evicts the least recently used files; ``cpbench cache`` shows
   and clears.
 """
@@ -139,8 +139,8 @@ def test_forward_train_is_forward_train_frozen_of_the_encoder(name, tiny_backbon
 
 # ----------------------------------------------------------------------------- exact rows from the store
 
-def _settings(data: Path, res: Path, cache: bool) -> RunSettings:
-    return RunSettings(data_root=data, results_root=res, backbone="tiny", pretrained="none", sets=list(SETS),
+def _settings(data: Path, res: Path, cache: bool, sets=()) -> RunSettings:
+    return RunSettings(data_root=data, results_root=res, backbone="tiny", pretrained="none", sets=[*SETS, *sets],
                        feature_cache=cache)
 
 
@@ -155,10 +155,10 @@ def _run(method: str, s: RunSettings, bb):
 
 def test_training_from_the_store_gives_identical_rows_and_state(data, tiny_backbone, tmp_path, monkeypatch):
     monkeypatch.setenv("CPBENCH_CACHE", str(tmp_path / "cache"))
-    off = _settings(data, tmp_path / "off", cache=False)
-    on = _settings(data, tmp_path / "on", cache=True)
     runs = {}
-    for method in ("coop", "kgcoop"):
+    for method, sets in (("coop", ()), ("kgcoop", ("batch_size=2",))):   # the store serves any batch size
+        off = _settings(data, tmp_path / "off", cache=False, sets=sets)
+        on = _settings(data, tmp_path / "on", cache=True, sets=sets)
         runs[method, "off"] = _run(method, off, tiny_backbone)
         calls = []
         real = tiny_backbone.encode_image
@@ -186,12 +186,12 @@ def test_training_from_the_store_gives_identical_rows_and_state(data, tiny_backb
 
 def test_context_key_separates_what_decides_the_features(data):
     _, items = _items(data)
-    base = dict(backbone_fp="fp", precision="fp32", device="cpu", transform="t", dataset="d", items=items, seed=1,
-                batch_size=32, drop_last=True)
+    base = {"backbone_fp": "fp", "precision": "fp32", "device": "cpu", "transform": "t", "dataset": "d",
+            "items": items, "seed": 1}
     key = ViewStore.context(**base)[0]
     assert ViewStore.context(**base)[0] == key
-    for change in (dict(batch_size=1), dict(seed=2), dict(dataset="e"), dict(precision="amp"), dict(device="cuda"),
-                   dict(items=items[:-1]), dict(drop_last=False), dict(backbone_fp="other")):
+    for change in ({"seed": 2}, {"dataset": "e"}, {"precision": "amp"}, {"device": "cuda"}, {"items": items[:-1]},
+                   {"backbone_fp": "other"}, {"transform": "u"}):
         assert ViewStore.context(**{**base, **change})[0] != key, change
 
 
@@ -200,19 +200,18 @@ def test_shards_round_trip_and_the_cap_evicts_least_recently_used(tmp_path, monk
 
     store = ViewStore(tmp_path / "views")
     feats = torch.randn(10, 8, dtype=torch.float16)
-    filled = torch.arange(10) < 9
-    store.save("k", 0, feats, filled, {"what": "test"})
-    got = store.load("k", 0)
-    assert torch.equal(got[0], feats) and got[0].dtype == torch.float16 and torch.equal(got[1], filled)
-    assert store.load("k", 1) is None
+    store.save("k", 0, feats, {"what": "test"})
+    got = store.load("k", 0, 10)
+    assert torch.equal(got, feats) and got.dtype == torch.float16
+    assert store.load("k", 1, 10) is None and store.load("k", 0, 11) is None
     size = store.shard("k", 0).stat().st_size
-    store.save("k", 1, feats, filled, {"what": "test"})
-    store.save("k", 2, feats, filled, {"what": "test"})
+    store.save("k", 1, feats, {"what": "test"})
+    store.save("k", 2, feats, {"what": "test"})
     for e, t in ((0, 100), (1, 300), (2, 200)):
         os.utime(store.shard("k", e), (t, t))
-    store.load("k", 0)   # a read makes epoch 0 the most recently used
+    store.load("k", 0, 10)   # a read makes epoch 0 the most recently used
     monkeypatch.setenv("CPBENCH_CACHE_MAX", str(2 * size))
-    store.save("j", 0, feats, filled, {"what": "test"})
+    store.save("j", 0, feats, {"what": "test"})
     left = sorted(p.relative_to(tmp_path / "views").as_posix() for p in (tmp_path / "views").rglob("*.safetensors"))
     assert left == ["j/epoch-0000.safetensors", "k/epoch-0000.safetensors"]
     u = cachemod.usage(tmp_path)
@@ -224,7 +223,7 @@ def test_cache_command_shows_sets_a_cap_and_clears(tmp_path, cli_here, monkeypat
     monkeypatch.setenv("CPBENCH_CACHE", str(tmp_path))
     monkeypatch.delenv("CPBENCH_CACHE_MAX", raising=False)
     cli = cli_here
-    ViewStore(tmp_path / "views").save("k", 0, torch.zeros(4, 2), torch.ones(4, dtype=torch.bool), {"dataset": "x"})
+    ViewStore(tmp_path / "views").save("k", 0, torch.zeros(4, 2), {"dataset": "x"})
     cachemod.FeatureCache(tmp_path / "features").put("f", torch.zeros(3, 2))
     code, out, err = cli("cache")
     assert code == 0, err

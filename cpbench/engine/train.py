@@ -9,9 +9,10 @@ count is reached); the last incomplete batch kept (``drop_last=False``); another
 
 Each epoch's shuffling draws from a generator seeded by (seed, epoch) and in-forward sampling from
 the global generator seeded so; the augmentation of each image is keyed by (seed, epoch, image)
-(``engine/augment.py``), so a method whose image encoder is frozen and unprompted can take the
-encoder's output on its batches from the training-view store (``engine/views.py``), bit for bit
-what it would compute. A checkpoint (learned state + every optimiser buffer: SGD's momentum, AdamW's step, exp_avg and
+(``engine/augment.py``). A method whose image encoder is frozen and unprompted (``view_store``)
+trains from the encoder's output on every view of the epoch, computed in one canonical pass
+(image order, fixed chunks) or read from the training-view store (``engine/views.py``): the same
+bits either way, whatever the method's batch size. A checkpoint (learned state + every optimiser buffer: SGD's momentum, AdamW's step, exp_avg and
 exp_avg_sq; the fp16 loss scaler) is written after every epoch, so a run killed at any point
 resumes from its last finished epoch and ends with the same parameters as an uninterrupted run.
 """
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import math
 import time
-from itertools import islice
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -36,7 +36,7 @@ from cpbench.data.images import describe
 from cpbench.engine import checkpoint
 from cpbench.engine.augment import KeyedImageList
 from cpbench.engine.features import cached_views, image_dtype, train_preprocess
-from cpbench.engine.views import EpochViews, ViewStore
+from cpbench.engine.views import ViewStore, encode_views
 from cpbench.engine.precision import Precision, epoch_seed
 from cpbench.methods.base import Method
 from cpbench.threads import loader_worker_init
@@ -216,7 +216,8 @@ def device_kind(device: torch.device) -> str:
 
 
 def uses_view_store(method: Method, cfg: TrainConfig) -> bool:
-    """Whether ``method`` trains from the training-view store when one is given."""
+    """Whether ``method`` trains from the frozen encoder's output on each epoch's views (read from
+    the training-view store when one is given, else computed in one pass per epoch)."""
     return method.view_store and not method.image_prompted and not cfg.feature_views
 
 
@@ -263,10 +264,11 @@ def train(method: Method, items: Sequence[Item], image_root: Path, cfg: TrainCon
     per_epoch = batches_per_epoch(len(items), cfg)
     total_steps = cfg.iterations or epochs * per_epoch  # iter_cosine's T_max
     views = cached_views(method, dataset, cfg, device, precision, seed) if use_features else None
+    frozen = uses_view_store(method, cfg)
     context = None
-    if store is not None and uses_view_store(method, cfg):
+    if frozen and store is not None:
         context = ViewStore.context(method.backbone.fingerprint(), precision.effective, device_kind(device),
-                                    describe(pixels), f"{dataset_tag}:{image_root}", items, seed, cfg.batch_size, drop_last)
+                                    describe(pixels), f"{dataset_tag}:{image_root}", items, seed)
     labels_all = torch.tensor([it.label for it in items])
     last_loss = None
     seen = 0
@@ -280,48 +282,42 @@ def train(method: Method, items: Sequence[Item], image_root: Path, cfg: TrainCon
         eseed = epoch_seed(seed, epoch)
         torch.manual_seed(eseed)  # in-forward sampling (the augmentation is keyed per image)
         gen = torch.Generator().manual_seed(eseed)
-        epoch_views, mode = None, "images"
-        if views is not None:
-            batches = ((x, y, None) for x, y in _feature_batches(views, labels_all, cfg.batch_size, drop_last, gen))
-            n_batches, mode = per_epoch, "features"
-        else:
-            n_batches = len(_loader(dataset, cfg, drop_last, gen, device, 0))
-        n_batches = min(n_batches, total_steps - step)  # the last epoch of an iteration count is cut
+        mode = "frozen" if frozen else "features" if views is not None else "images"
         if views is None:
             dataset.set_epoch(epoch)
-            if context is not None:
-                epoch_views = EpochViews.open(store, *context, epoch, len(items))
-                mode = "fill"
-            if epoch_views is not None and epoch_views.features is not None:
-                served = list(islice(_loader(_Rows(epoch_views.features, labels_all), cfg, drop_last, gen, device, 0),
-                                     n_batches))
-                if epoch_views.covers([idx for _, _, idx in served]):
-                    batches, mode = iter(served), "stored"
-                else:
-                    gen.manual_seed(eseed)   # the images' loader draws the same order
-            if mode != "stored":
-                batches = iter(_loader(dataset, cfg, drop_last, gen, device, cfg.num_workers))
+        if mode == "features":
+            batches = ((x, y, None) for x, y in _feature_batches(views, labels_all, cfg.batch_size, drop_last, gen))
+            n_batches = per_epoch
+        else:
+            if mode == "frozen":  # the encoder's output on every view of the epoch: stored, or one pass
+                feats = store.load(context[0], epoch, len(items)) if context else None
+                if feats is None:
+                    feats = encode_views(method, dataset, device, precision, cfg.num_workers)
+                    if context:
+                        store.save(context[0], epoch, feats, context[1])
+                source, workers = _Rows(feats, labels_all), 0
+            else:
+                source, workers = dataset, cfg.num_workers
+            loader = _loader(source, cfg, drop_last, gen, device, workers)   # the method's own sampler
+            batches, n_batches = iter(loader), len(loader)
+        n_batches = min(n_batches, total_steps - step)  # the last epoch of an iteration count is cut
         total, count, samples = 0.0, 0, 0
         terms: dict[str, float] = {}
         correct: int | None = 0
-        for b, (inputs, labels, idx) in enumerate(batches):
+        for b, (inputs, labels, _) in enumerate(batches):
             if b == n_batches:
                 break
             if cfg.schedule == "iter_cosine":
                 lr = lr_at_step(step + b, total_steps, cfg)
                 for group in opt.param_groups:
                     group["lr"] = lr
-            if mode in ("images", "fill"):   # uint8 pixels -> normalised images on the device (bit-identical)
+            if mode == "images":   # uint8 pixels -> normalised images on the device (bit-identical)
                 inputs = to_model_input(inputs, method.backbone.preprocess, device, image_dtype(precision))
             else:
                 inputs = inputs.to(device, non_blocking=True)
-            if mode == "fill":   # the frozen encoder's output on this batch, kept for the store
-                with torch.no_grad(), precision.autocast(device):
-                    inputs = method.backbone.encode_image(inputs)
-                epoch_views.add(idx, inputs)
             labels = labels.to(device, non_blocking=True)
             loss, logits, losses = batch_loss(method, inputs, labels, precision, device, features=mode == "features",
-                                              frozen=mode in ("fill", "stored"))
+                                              frozen=mode == "frozen")
             opt.zero_grad(set_to_none=True)
             if scaler is not None:
                 method.backward(losses, scaler.scale)
@@ -346,8 +342,6 @@ def train(method: Method, items: Sequence[Item], image_root: Path, cfg: TrainCon
             if on_batch:
                 on_batch(epoch, b + 1, n_batches, total / count, lr)
             faults.point("batch")  # test hook (inert unless CPBENCH_FAULT_AT is set)
-        if mode == "fill":
-            epoch_views.write()
         method.on_epoch_end(epoch, epochs)
         last_loss = total / max(1, count)
         stats = EpochStats(epoch, epochs, lr, last_loss, {k: v / max(1, count) for k, v in terms.items()},
