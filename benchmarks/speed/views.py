@@ -2,9 +2,11 @@
 process: text-side methods x datasets x seeds (base-to-new), run in suite order (one method after
 another, as ``cpbench run --suite`` does), twice:
 
-- ``store``: the default (test-feature cache + training-view store), from an empty cache;
-- ``no_store``: the test-feature cache only (``RunSettings.view_store=False``), from an empty
-  cache, so the difference is the store alone.
+- ``store``: the default (test-feature cache + training-view store), from an empty store;
+- ``no_store``: the test-feature cache only (``RunSettings.view_store=False``).
+
+A warm-up (the first method on every dataset, one epoch, not timed) fills the test-feature cache
+both runs then share, so the two differ in the store alone.
 
 Prints JSON lines (per job, then a summary): wall seconds, the rows' ``train_seconds``, the
 store's size on disk, and whether every row's accuracy is identical in both runs.
@@ -12,8 +14,8 @@ store's size on disk, and whether every row's accuracy is identical in both runs
     python benchmarks/speed/views.py --root data --out benchmarks/speed/results-views-cpu.jsonl
 
 Needs `cpbench prepare toy`. Defaults: ViT-S-32 with random weights (a ViT shape small enough
-for minutes on a CPU), toy_shapes + toy_colour_shapes, seeds 1 2, 8 shots, 2 epochs,
-coop kgcoop pre prograd clip_adapter (all batch 32, so they share one store context).
+for minutes on a CPU), toy_shapes + toy_colour_shapes, seeds 1 2, 4 shots, 2 epochs,
+coop kgcoop pre prograd clip_adapter (one store context on a CPU, where every precision is fp32).
 """
 
 from __future__ import annotations
@@ -33,15 +35,15 @@ def du(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
 
 
-def run_suite(args, backbone, view_store: bool, rec) -> tuple[dict, float, dict]:
-    """(accuracy per row key, wall seconds, extra) of the whole suite in a fresh cache."""
+def run_suite(args, backbone, view_store: bool, rec, cache: Path) -> tuple[dict, float, dict]:
+    """(accuracy per row key, wall seconds, extra) of the whole suite with the cache folder ``cache``."""
     from cpbench.protocols import base2new
     from cpbench.protocols.execute import run_job
     from cpbench.protocols.jobs import RunSettings
     from cpbench.results.store import ResultStore
 
     work = Path(tempfile.mkdtemp(prefix="cpbench-views-bench-"))
-    os.environ["CPBENCH_CACHE"] = str(work / "cache")   # read on every use (paths.cache_root)
+    os.environ["CPBENCH_CACHE"] = str(cache)   # read on every use (paths.cache_root)
     s = RunSettings(data_root=args.root, results_root=work / "results", backbone=args.backbone,
                     pretrained=args.pretrained, sets=[f"epochs={args.epochs}"], feature_cache=True,
                     view_store=view_store)
@@ -58,7 +60,7 @@ def run_suite(args, backbone, view_store: bool, rec) -> tuple[dict, float, dict]
     frame = store.read().frame
     acc = {(r.method, r.train_dataset, r.seed, r.subset): (r.accuracy, r.correct) for r in frame.itertuples()}
     extra = {"train_seconds": round(float(frame.drop_duplicates("job_key").train_seconds.sum()), 2),
-             "views_bytes": du(work / "cache" / "views"), "features_bytes": du(work / "cache" / "features")}
+             "views_bytes": du(cache / "views"), "features_bytes": du(cache / "features")}
     return acc, wall, extra
 
 
@@ -71,7 +73,7 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", nargs="+", default=["coop", "kgcoop", "pre", "prograd", "clip_adapter"])
     ap.add_argument("--datasets", nargs="+", default=["toy_shapes", "toy_colour_shapes"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[1, 2])
-    ap.add_argument("--shots", type=int, default=8)
+    ap.add_argument("--shots", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args(argv)
@@ -85,12 +87,12 @@ def main(argv=None) -> int:
     rec({"bench": "machine", **machine(), "command": " ".join(["python", *sys.argv]), "loadavg_start": loadavg(),
          "torch_threads": torch.get_num_threads()})
     backbone = load_backbone(args.backbone, args.pretrained)
-    warm = argparse.Namespace(**{**vars(args), "methods": args.methods[:1], "datasets": args.datasets[:1],
-                                 "seeds": args.seeds[:1], "epochs": 1})
-    run_suite(warm, backbone, False, lambda r: None)   # warm-up (first-call costs), not recorded
+    cache = Path(tempfile.mkdtemp(prefix="cpbench-views-cache-"))
+    warm = argparse.Namespace(**{**vars(args), "methods": args.methods[:1], "seeds": args.seeds[:1], "epochs": 1})
+    run_suite(warm, backbone, False, lambda r: None, cache)   # warm-up: test features, first-call costs
     results = {}
     for view_store in (True, False):
-        results[view_store] = run_suite(args, backbone, view_store, rec)
+        results[view_store] = run_suite(args, backbone, view_store, rec, cache)
     (acc_on, wall_on, ex_on), (acc_off, wall_off, ex_off) = results[True], results[False]
     rec({"bench": "views_suite", "backbone": f"{args.backbone} ({args.pretrained})", "methods": args.methods,
          "datasets": args.datasets, "seeds": args.seeds, "shots": args.shots, "epochs": args.epochs,
