@@ -13,19 +13,19 @@ try:  # typer >= 0.20 vendors click as typer._click; older typer uses the click 
     from typer._click import exceptions as click_exc
 except ImportError:  # pragma: no cover
     from click import exceptions as click_exc
-from rich.console import Console
 from rich.table import Table
 
 from cpbench.errors import Interrupted, JobsFailed, UserError
 from cpbench.protocols.registry import DEFAULT as DEFAULT_PROTOCOL
 from cpbench.protocols.registry import protocol_names
+from cpbench.ui.consoles import Output
 
 PROTOCOLS = protocol_names()
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Reproducible, fast CLIP prompt-learning benchmarks: prepare -> run -> report.")
-console = Console(stderr=True)
-out = Console()
+console = Output(stderr=True)  # piped: nothing wrapped or truncated (cpbench/ui/consoles.py)
+out = Output()
 
 # options that take several values: `--seeds 1 2 3` is expanded to `--seeds 1 --seeds 2 --seeds 3`
 LIST_OPTIONS = {"--seeds", "--shots", "--dataset", "--datasets", "--set", "--methods", "--gpus-list", "--config-hash",
