@@ -266,7 +266,8 @@ def list_(root: Optional[Path] = typer.Option(None, "--root", help="data root"),
     if backbones:
         from cpbench.models.families import table
 
-        t = Table(title="open_clip backbones by family (--backbone NAME; also toy, tiny, local-dir:PATH)")
+        out.print("open_clip backbones by family (--backbone NAME; also toy, tiny, local-dir:PATH)", highlight=False)
+        t = Table()  # (a table's title would wrap to the table's width)
         for col in ("family", "models", "text tower", "image tower", "methods"):
             t.add_column(col)
         for r in table({m: get_method_class(m) for m in method_names()}):
@@ -274,7 +275,8 @@ def list_(root: Optional[Path] = typer.Option(None, "--root", help="data root"),
         out.print(t)
         return
     root_path = data_root(root)
-    t = Table(title=f"datasets (root: {root_path})")
+    out.print(f"datasets (root: {root_path})", highlight=False, soft_wrap=True)
+    t = Table()
     for col in catalog.LIST_COLUMNS:
         t.add_column(col)
     for row in catalog.listing(root_path):

@@ -15,12 +15,17 @@ UNLIMITED = 1_000_000  # columns of a console that is not a terminal: tables tak
 
 
 class Output(Console):
-    """A rich Console that never wraps or truncates when its file is not a terminal."""
+    """A rich Console that never wraps or truncates when its file is not a terminal (unless given a
+    ``width``; rich would take ``$COLUMNS`` as one)."""
+
+    def __init__(self, *args, width: int | None = None, **kwargs) -> None:
+        super().__init__(*args, width=width, **kwargs)
+        self.given_width = width
 
     @property
     def size(self) -> ConsoleDimensions:
         size = Console.size.fget(self)
-        if self._width is None and not self.is_terminal:
+        if self.given_width is None and not self.is_terminal:
             return ConsoleDimensions(UNLIMITED, size.height)
         return size
 
