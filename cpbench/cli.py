@@ -295,8 +295,9 @@ def main() -> None:
     from cpbench.interrupts import raise_on_signals
     from cpbench.threads import prefer_passive_wait
 
-    prefer_passive_wait()  # before torch is imported (cpbench/threads.py)
     argv = _expand_lists(sys.argv[1:])
+    if argv[:1] != ["run"]:  # `run` chooses by the load of its CPUs (threads.decide); before torch is imported
+        prefer_passive_wait()
     code = 0
     with raise_on_signals():
         try:
