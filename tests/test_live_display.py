@@ -72,21 +72,16 @@ def test_the_least_important_fields_go_first():
 
 
 # ----------------------------------------------------------------------------- a real terminal
-@pytest.fixture(scope="module")
-def toy_root(tmp_path_factory):
-    from cpbench.data import prepare as prep
-
-    root = tmp_path_factory.mktemp("toy") / "data"
-    prep.prepare("toy_shapes", root)
-    return root
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (apt-get install tmux): the "
                                                          "80x24 terminal test needs it")
-def test_an_80x24_terminal_shows_epoch_loss_and_eta(toy_root, tmp_path):
+def test_an_80x24_terminal_shows_epoch_loss_and_eta(tmp_path):
     """``cpbench run coop`` in a tmux pane of 80x24: while it trains, one line of the pane shows the
     epoch, the loss and the ETA (a line wider than the pane would wrap and split them)."""
+    from cpbench.data import prepare as prep
+
+    toy_root = tmp_path / "data"
+    prep.prepare("toy_shapes", toy_root)
     socket, session = f"cpbench-test-{uuid.uuid4().hex[:8]}", "run"
     repo = Path(__file__).resolve().parents[1]
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "TMUX")}

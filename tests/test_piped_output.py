@@ -56,7 +56,7 @@ def test_prepare_summary_is_one_line_and_stderr_has_no_blank_lines(deep_root):
 
 
 def test_run_log_starts_with_its_first_line_and_is_not_wrapped(deep_root, tmp_path):
-    code, out, err = _piped("run", "zeroshot", "--backbone", "toy", "--dataset", "toy_shapes", "--seeds", "1",
+    code, _, err = _piped("run", "zeroshot", "--backbone", "toy", "--dataset", "toy_shapes", "--seeds", "1",
                             "--device", "cpu", "--root", str(deep_root[0]), "--results", str(tmp_path / "res"),
                             columns="80")
     assert code == 0, err
