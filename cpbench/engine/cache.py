@@ -153,6 +153,19 @@ def touch(path: Path) -> None:
         pass
 
 
+def read_features(path: Path) -> torch.Tensor | None:
+    """The ``features`` tensor of a cache file, marked as used; None when it is missing or unreadable
+    (a half-written or foreign file is computed again)."""
+    if not path.exists():
+        return None
+    try:
+        feats = load_file(str(path))["features"]
+    except Exception:
+        return None
+    touch(path)
+    return feats
+
+
 class FeatureCache:
     def __init__(self, directory: Path):
         self.directory = Path(directory)
@@ -170,15 +183,7 @@ class FeatureCache:
         return self.directory / f"{key}.safetensors"
 
     def get(self, key: str) -> torch.Tensor | None:
-        p = self.path(key)
-        if not p.exists():
-            return None
-        try:
-            feats = load_file(str(p))["features"]
-        except Exception:
-            return None
-        touch(p)
-        return feats
+        return read_features(self.path(key))
 
     def put(self, key: str, features: torch.Tensor) -> None:
         with atomic.atomic_path(self.path(key)) as tmp:

@@ -28,14 +28,14 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
 from cpbench import atomic
 from cpbench.data.images import to_model_input
 from cpbench.data.splits import Item
 from cpbench.engine.augment import AUGMENT_VERSION
-from cpbench.engine.cache import limit_bytes, prune, touch
+from cpbench.engine.cache import limit_bytes, prune, read_features
 from cpbench.engine.features import eval_workers, image_dtype
 from cpbench.engine.precision import Precision
 from cpbench.threads import loader_worker_init
@@ -83,17 +83,8 @@ class ViewStore:
 
     def load(self, key: str, epoch: int, n: int) -> torch.Tensor | None:
         """Features [n, E] of ``epoch``, or None when they are not stored (or unreadable)."""
-        p = self.shard(key, epoch)
-        if not p.exists():
-            return None
-        try:
-            feats = load_file(str(p))["features"]
-        except Exception:
-            return None
-        if feats.shape[0] != n:
-            return None
-        touch(p)
-        return feats
+        feats = read_features(self.shard(key, epoch))
+        return feats if feats is not None and feats.shape[0] == n else None
 
     def save(self, key: str, epoch: int, features: torch.Tensor, about: dict) -> None:
         folder = self.directory / key
