@@ -236,6 +236,13 @@ def execute(req: RunRequest, console: Console, out: Console) -> list[dict]:
     from cpbench import threads
 
     settings, jobs, plan = validate(req)
+    if not req.state_from and registry.get(req.protocol).task == "classification":
+        from cpbench.data.prepare import dassl_fewshot_note
+
+        note = dassl_fewshot_note(settings.data_root, dict.fromkeys(j.train_dataset for j in jobs),
+                                  sorted({j.shots for j in jobs}), sorted({j.seed for j in jobs}))
+        if note:  # said once per run, before anything loads
+            console.print(note, highlight=False, soft_wrap=True)
     if req.dry_run or req.launcher != "none":
         from cpbench.launch import run as launch_run
 

@@ -172,6 +172,8 @@ def run_fields(job: Job, key: str, cfg: ResolvedConfig, s: RunSettings, run_id: 
         "feature_cache": ("test" if (cache and not method.image_prompted) else "off"),
         "train_features": (f"cached-aug:{cfg.train.feature_views}" if cfg.train.feature_views else "images"),
         "train_seconds": train_seconds, "device": str(s.device), "imported": imported,
+        # the training images' origin (cpbench's draw or CoOp's split_fewshot pkl; "" = none drawn)
+        "fewshot_source": "" if imported else prep.fewshot_source(job.train_dataset, s.data_root, job.shots, job.seed),
         "device_name": device_name(s.device),  # the GPU model for the cost view (issue 26)
         "started_at": started_at, **env,
     }
