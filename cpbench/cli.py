@@ -208,6 +208,23 @@ def report(
     sys.stdout.write(rep.command(results_root(results), opts, format, std, compare, plots, curves, say=say, warn=warn))
 
 
+@app.command("import-logs")
+def import_logs(
+    folder: Path = typer.Argument(..., help="output folder of the official CoOp/CoCoOp/MaPLe/PromptSRC/KgCoOp/LAMM/"
+                                            "Bayesian PL scripts (log.txt per seed folder)"),
+    results: Optional[Path] = typer.Option(None, "--results", help="results dir (default ./results or $CPBENCH_RESULTS)"),
+) -> None:
+    """Read the accuracies of the official scripts' Dassl logs into results rows (marked imported)."""
+    from rich.markup import escape
+
+    from cpbench.paths import results_root
+    from cpbench.state import dassl_logs
+
+    warn = lambda m: console.print(f"[yellow]warning:[/] {escape(m)}", highlight=False, soft_wrap=True)  # noqa: E731
+    console.print(dassl_logs.command(folder, results_root(results), warn), highlight=False, soft_wrap=True,
+                  markup=False)
+
+
 # --------------------------------------------------------------------------- export / predict
 
 

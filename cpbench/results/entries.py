@@ -248,12 +248,14 @@ def assign_labels(entries: list[Entry]) -> list[Entry]:
         if e.imported:
             kind, _, ident = e.imported.partition(":")
             several = len({s.imported for s in sib if s.imported.partition(":")[0] == kind}) > 1
-            parts.append(f"imported {kind}" + (f":{ident[:8]}" if several else ""))
+            # an imported log's identity is its official trainer and cfg: readable, and its setting
+            parts.append(f"imported {e.imported}" if kind == "dassl-log" else
+                         f"imported {kind}" + (f":{ident[:8]}" if several else ""))
         if e.shots_from:
             parts.append("dassl shots")
         if len({s.precision for s in sib}) > 1:
             parts.append(e.precision or "precision unknown")
-        setting = _setting_part(e, sib)
+        setting = "" if e.imported.startswith("dassl-log:") else _setting_part(e, sib)
         if setting:
             parts.append(setting)
         out.append(replace(e, label=e.method + (f" ({', '.join(parts)})" if parts else "")))
