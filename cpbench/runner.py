@@ -50,6 +50,8 @@ class RunRequest:
     # continual: the number of tasks and the class order ("labels" or an integer seed)
     tasks: int = 2
     class_order: str = "labels"
+    # --tensorboard DIR: one TensorBoard run per training key (cpbench/results/tensorboard.py)
+    tensorboard: Path | None = None
 
     def plan_request(self) -> PlanRequest:
         from cpbench.protocols.jobs import PlanRequest
@@ -171,6 +173,10 @@ def validate(req: RunRequest) -> tuple[RunSettings, list, ThreadPlan]:
     from cpbench.paths import check_folder, data_root, results_root
 
     check_method_name(req.method)
+    if req.tensorboard is not None:  # the package and the folder, before anything loads
+        from cpbench.results.tensorboard import check as check_tensorboard
+
+        check_tensorboard(req.tensorboard)
     if req.launcher not in ("none", "local", "slurm"):
         raise UserError(f"unknown launcher {req.launcher!r}; use none, local or slurm")
     protocol = registry.get(req.protocol)
@@ -208,7 +214,8 @@ def validate(req: RunRequest) -> tuple[RunSettings, list, ThreadPlan]:
     settings = RunSettings(data_root=root, results_root=results_root(req.results), backbone=req.backbone,
                            pretrained=req.pretrained, weights=req.weights, config_file=req.config_file,
                            sets=req.sets, device=resolve_device(req.device), force=req.force,
-                           feature_cache=req.feature_cache, state_from=req.state_from)
+                           feature_cache=req.feature_cache, state_from=req.state_from,
+                           tensorboard=req.tensorboard)
     check_folder(settings.results_root, "--results")
     jobs = plan_jobs(req, datasets)
     if req.state_from:  # an imported state that does not fit this run fails before the backbone loads

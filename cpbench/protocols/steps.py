@@ -145,12 +145,24 @@ def train_or_load(method: Method, cfg: ResolvedConfig, s: RunSettings, precision
     method.prepare_training(TrainingData(train_items, tuple(val_items), image_root, s.device, precision, cfg.train,
                                          seed, cache, dataset))
 
+    board = None
+    if s.tensorboard is not None:  # one run per training (continual: per task), named like its checkpoints
+        from cpbench.results.tensorboard import EpochWriter
+
+        board = EpochWriter(s.tensorboard, ckpt_dir.relative_to(s.results_root / "checkpoints").as_posix())
+
     def on_epoch(stats, history):
         curves.write_history(ckpt_dir, history, ident)
+        if board is not None:
+            board(history[-1])
         reporter.epoch(stats)
 
-    result = train(method, train_items, image_root, cfg.train, s.device, precision, seed, ckpt_dir,
-                   on_epoch=on_epoch, on_batch=reporter.batch)
+    try:
+        result = train(method, train_items, image_root, cfg.train, s.device, precision, seed, ckpt_dir,
+                       on_epoch=on_epoch, on_batch=reporter.batch)
+    finally:
+        if board is not None:
+            board.close()
     if result.history:  # also when the run resumed after its last epoch
         curves.write_history(ckpt_dir, result.history, ident)
     checkpoint.save(ckpt_dir, "final", method.learned_state(), {"epoch": epochs, "train_seconds": result.seconds})
