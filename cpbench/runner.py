@@ -263,6 +263,12 @@ def execute(req: RunRequest, console: Console, out: Console) -> list[dict]:
     console.print(f"loading backbone {req.backbone} ({describe_weights(req.backbone, req.pretrained, req.weights)}) "
                   f"on {settings.device}, {plan.describe()}", highlight=False, soft_wrap=True)
     backbone = load_backbone(req.backbone, req.pretrained, req.weights)
+    if registry.get(req.protocol).task == "retrieval":  # captions the context cuts: said once per run
+        from cpbench.protocols.retrieval import long_caption_note
+
+        note = long_caption_note(jobs, backbone, settings)
+        if note:
+            console.print(note, highlight=False, soft_wrap=True)
     store = ResultStore(settings.results_root)
     rows: list[dict] = []
     failed: list[tuple[object, BaseException]] = []
