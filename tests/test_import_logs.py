@@ -122,10 +122,17 @@ def test_report_shows_imported_rows_next_to_trained_ones_never_averaged(official
 
 def test_compare_methods_and_ci_say_what_imported_rows_lack(official, tmp_path, monkeypatch, capsys):
     res = tmp_path / "res"
+    ResultStore(res).write("trained", b2n("zeroshot", "caltech101", [90.0] * 3, [80.0] * 3)
+                           + b2n("zeroshot", "oxford_pets", [90.0] * 3, [80.0] * 3))
     assert run_cli(monkeypatch, capsys, "import-logs", str(official), "--results", str(res))[0] == 0
     code, out, err = run_cli(monkeypatch, capsys, "report", "--results", str(res), "--protocol", "base2new", "--ci")
     assert code == 0, err
-    assert "no per-image predictions" in out
+    assert "(accuracies imported from the official logs, which hold no per-image predictions)" in out
+    code, out, err = run_cli(monkeypatch, capsys, "report", "--results", str(res), "--protocol", "base2new",
+                             "--compare-methods", "cocoop", "zeroshot")
+    assert code == 0, err
+    assert "they hold no per-image predictions, so --ci, --compare-methods and --per-class" in out
+    assert "+7.50" in out          # caltech101 base: 97.50 - 90.00, the seed means' difference
 
 
 def test_bayesian_pl_logs_name_their_method_through_vpt_type(tmp_path, cli_here):
