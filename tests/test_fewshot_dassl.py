@@ -170,3 +170,20 @@ def test_run_trains_on_the_pkl_images_says_so_and_records_it(root, tmp_path, cli
     assert code == 0, err
     assert "the same images cpbench draws" in out + err
     assert len(ResultStore(tmp_path / "res").read().frame) == len(df)
+
+
+def test_prepare_with_shots_reports_the_pkl_draws_once(root):
+    ds = prep.load("caltech101", root)
+    train, val = _other_draw(ds.split, 2)
+    write_dassl_pkl(splits.dassl_fewshot_path(ds.dir, 2, 1), train, val)
+    import dataclasses
+
+    from cpbench.data.catalog import all_specs
+    from cpbench.data.specs import Expected
+
+    said = []
+    spec = dataclasses.replace(all_specs()["caltech101"], expected=Expected())   # the miniature's counts
+    _, info = prep.prepare("caltech101", root, shots=[2], seeds=[1, 2], say=said.append, spec=spec)
+    notes = [m for m in said if "CoOp's few-shot files" in m]
+    assert len(notes) == 1 and "caltech101 shot_2-seed_1.pkl" in notes[0] and "seed_2" not in notes[0]
+    assert info["fewshot"]["2-shot seed 1"] == (len(train), len(val))

@@ -94,16 +94,21 @@ def fewshot_source(name: str, root: Path, shots: int, seed: int) -> str:
     spec = catalog.get_spec(name, root)
     if spec.task != "classification":
         return ""
-    path = splits.dassl_fewshot_path(dataset_dir(spec, root), shots, seed)
+    ddir = dataset_dir(spec, root)
+    path = splits.dassl_fewshot_path(ddir, shots, seed)
     try:
         st = path.stat()
     except OSError:
         return "cpbench"
-    return _dassl_source(name, str(Path(root)), shots, seed, st.st_mtime_ns, st.st_size)
+    try:  # a dataset prepared again may have another split: compare again
+        prepared = (ddir / MARKER).stat().st_mtime_ns
+    except OSError:
+        prepared = 0
+    return _dassl_source(name, str(Path(root)), shots, seed, (st.st_mtime_ns, st.st_size, prepared))
 
 
 @functools.lru_cache(maxsize=64)
-def _dassl_source(name: str, root: str, shots: int, seed: int, _mtime: int, _size: int) -> str:
+def _dassl_source(name: str, root: str, shots: int, seed: int, _version: tuple) -> str:
     return load(name, Path(root)).fewshot(shots, seed).source
 
 
@@ -272,6 +277,9 @@ def prepare(name: str, root: Path, from_dir: Path | None = None, shots: Sequence
         for s in seeds:
             fs = ds.fewshot(k, s)
             fewshot[f"{k}-shot seed {s}"] = (len(fs.train), len(fs.val))
+    note = dassl_fewshot_note(root, [spec.name], shots, seeds)
+    if note:  # the user's own CoOp draws stand in for cpbench's: said once
+        say(note)
     info["fewshot"] = fewshot
     return ds, info
 
