@@ -148,6 +148,9 @@ def run(
                                                       "instead of training (model.pth.tar-<epoch> per dataset/seed)"),
     from_export: Optional[Path] = typer.Option(None, "--from-export", help="evaluate the prompts of an export file "
                                                "instead of training (rows marked imported)"),
+    tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="also write each training's per-epoch "
+                                               "scalars and final accuracies as TensorBoard runs into this folder "
+                                               "(needs `pip install tensorboard`)"),
 ) -> None:
     """Train and evaluate METHOD under a protocol; one Parquet row per evaluation."""
     from cpbench.launch import slurm
@@ -158,7 +161,7 @@ def run(
                           gpus=gpus, jobs_per_gpu=jobs_per_gpu, gpu_headroom=gpu_headroom, dry_run=dry_run,
                           slurm=slurm.options(launcher, partition, time_limit, gpus_per_job, cpus_per_job,
                                               array_parallelism, account),
-                          threads=threads, tasks=tasks, class_order=class_order)
+                          threads=threads, tasks=tasks, class_order=class_order, tensorboard=tensorboard)
     run_command(Given(method, list(dataset), protocol, list(seeds), list(shots), source, backbone, pretrained,
                       list(sets), suite, from_official, from_export), template, console, out)
 
@@ -206,6 +209,23 @@ def report(
     warn = lambda m: console.print(f"[yellow]warning:[/] {m}", highlight=False, soft_wrap=True)  # noqa: E731
     say = lambda m: console.print(m, highlight=False, soft_wrap=True, markup=False)  # noqa: E731
     sys.stdout.write(rep.command(results_root(results), opts, format, std, compare, plots, curves, say=say, warn=warn))
+
+
+@app.command("import-logs")
+def import_logs(
+    folder: Path = typer.Argument(..., help="output folder of the official CoOp/CoCoOp/MaPLe/PromptSRC/KgCoOp/LAMM/"
+                                            "Bayesian PL scripts (log.txt per seed folder)"),
+    results: Optional[Path] = typer.Option(None, "--results", help="results dir (default ./results or $CPBENCH_RESULTS)"),
+) -> None:
+    """Read the accuracies of the official scripts' Dassl logs into results rows (marked imported)."""
+    from rich.markup import escape
+
+    from cpbench.paths import results_root
+    from cpbench.state import dassl_logs
+
+    warn = lambda m: console.print(f"[yellow]warning:[/] {escape(m)}", highlight=False, soft_wrap=True)  # noqa: E731
+    console.print(dassl_logs.command(folder, results_root(results), warn), highlight=False, soft_wrap=True,
+                  markup=False)
 
 
 # --------------------------------------------------------------------------- export / predict

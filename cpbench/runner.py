@@ -50,6 +50,8 @@ class RunRequest:
     # continual: the number of tasks and the class order ("labels" or an integer seed)
     tasks: int = 2
     class_order: str = "labels"
+    # --tensorboard DIR: one TensorBoard run per training key (cpbench/results/tensorboard.py)
+    tensorboard: Path | None = None
 
     def plan_request(self) -> PlanRequest:
         from cpbench.protocols.jobs import PlanRequest
@@ -171,6 +173,10 @@ def validate(req: RunRequest) -> tuple[RunSettings, list, ThreadPlan]:
     from cpbench.paths import check_folder, data_root, results_root
 
     check_method_name(req.method)
+    if req.tensorboard is not None:  # the package and the folder, before anything loads
+        from cpbench.results.tensorboard import check as check_tensorboard
+
+        check_tensorboard(req.tensorboard)
     if req.launcher not in ("none", "local", "slurm"):
         raise UserError(f"unknown launcher {req.launcher!r}; use none, local or slurm")
     protocol = registry.get(req.protocol)
@@ -212,7 +218,8 @@ def validate(req: RunRequest) -> tuple[RunSettings, list, ThreadPlan]:
     settings = RunSettings(data_root=root, results_root=results_root(req.results), backbone=req.backbone,
                            pretrained=req.pretrained, weights=req.weights, config_file=req.config_file,
                            sets=req.sets, device=resolve_device(req.device), force=req.force,
-                           feature_cache=req.feature_cache, state_from=req.state_from)
+                           feature_cache=req.feature_cache, state_from=req.state_from,
+                           tensorboard=req.tensorboard)
     check_folder(settings.results_root, "--results")
     jobs = plan_jobs(req, datasets)
     if req.state_from:  # an imported state that does not fit this run fails before the backbone loads
@@ -240,6 +247,13 @@ def execute(req: RunRequest, console: Console, out: Console) -> list[dict]:
     from cpbench import threads
 
     settings, jobs, plan = validate(req)
+    if not req.state_from and registry.get(req.protocol).task == "classification":
+        from cpbench.data.prepare import dassl_fewshot_note
+
+        note = dassl_fewshot_note(settings.data_root, dict.fromkeys(j.train_dataset for j in jobs),
+                                  sorted({j.shots for j in jobs}), sorted({j.seed for j in jobs}))
+        if note:  # said once per run, before anything loads
+            console.print(note, highlight=False, soft_wrap=True)
     if req.dry_run or req.launcher != "none":
         from cpbench.launch import run as launch_run
 
@@ -253,6 +267,12 @@ def execute(req: RunRequest, console: Console, out: Console) -> list[dict]:
     console.print(f"loading backbone {req.backbone} ({describe_weights(req.backbone, req.pretrained, req.weights)}) "
                   f"on {settings.device}, {plan.describe()}", highlight=False, soft_wrap=True)
     backbone = load_backbone(req.backbone, req.pretrained, req.weights)
+    if registry.get(req.protocol).task == "retrieval":  # captions the context cuts: said once per run
+        from cpbench.protocols.retrieval import long_caption_note
+
+        note = long_caption_note(jobs, backbone, settings)
+        if note:
+            console.print(note, highlight=False, soft_wrap=True)
     store = ResultStore(settings.results_root)
     rows: list[dict] = []
     failed: list[tuple[object, BaseException]] = []

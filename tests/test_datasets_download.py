@@ -292,6 +292,27 @@ def test_imagenet_manual_message_then_folders(tmp_path):
     assert ds.imagenet_indices == [0, 1, 2]
 
 
+def test_a_wnid_missing_from_classnames_txt_is_an_error_naming_it(tmp_path):
+    """The official readers index ``classnames[folder]`` (a KeyError); a wnid never stands in as a
+    class name."""
+    wnids = readers.imagenet_wnids()[:2]
+    ddir = tmp_path / "imagenet"
+    for part in ("train", "val"):
+        for k, w in enumerate(wnids):
+            d = ddir / "images" / part / w
+            d.mkdir(parents=True)
+            (d / f"{w}_{part}.JPEG").write_bytes(jpeg(k))
+    (ddir / "classnames.txt").write_text(f"{wnids[0]} tench\n", encoding="utf-8")   # the second wnid's line is lost
+    with pytest.raises(UserError, match=rf"classnames.txt has no line for wnid {wnids[1]}"):
+        readers.read_imagenet(ddir)
+    (ddir / "classnames.txt").unlink()                    # the packaged table: every ImageNet-1k wnid
+    assert readers.read_imagenet(ddir).classnames == ["tench", "goldfish"]
+    (ddir / "images" / "train" / "n99999999").mkdir()
+    (ddir / "images" / "train" / "n99999999" / "x.JPEG").write_bytes(jpeg(5))
+    with pytest.raises(UserError, match="n99999999 .*is not an ImageNet-1k wnid"):
+        readers.read_imagenet(ddir)
+
+
 def test_traversal_member_refused_nothing_outside(tmp_path):
     files, _, _ = build("dtd")
     files["dtd-r1.0.1.tar.gz"] = pack(".tar.gz", {"dtd/images/a/x.jpg": jpeg(1), "dtd/../../../evil.txt": b"x"})

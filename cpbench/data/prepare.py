@@ -22,6 +22,7 @@ spec (e.g. loopback URLs and relaxed counts) instead of the registered one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import shutil
 import time
@@ -82,6 +83,54 @@ class PreparedDataset:
     def fewshot(self, shots: int, seed: int) -> splits.FewShot:
         return splits.load_or_make_fewshot(self.dir, self.spec.name, self.split, shots, seed, self.spec.val_is_test)
 
+
+
+def fewshot_source(name: str, root: Path, shots: int, seed: int) -> str:
+    """Where a training's ``shots``/``seed`` images come from (``splits.FewShot.source``): "cpbench"
+    unless the dataset folder holds CoOp's few-shot file for them (then it is read, and compared with
+    cpbench's draw). Cheap when there is no such file; the answer is kept per file version."""
+    if shots < 1:
+        return ""
+    spec = catalog.get_spec(name, root)
+    if spec.task != "classification":
+        return ""
+    ddir = dataset_dir(spec, root)
+    path = splits.dassl_fewshot_path(ddir, shots, seed)
+    try:
+        st = path.stat()
+    except OSError:
+        return "cpbench"
+    try:  # a dataset prepared again may have another split: compare again
+        prepared = (ddir / MARKER).stat().st_mtime_ns
+    except OSError:
+        prepared = 0
+    return _dassl_source(name, str(Path(root)), shots, seed, (st.st_mtime_ns, st.st_size, prepared))
+
+
+@functools.lru_cache(maxsize=64)
+def _dassl_source(name: str, root: str, shots: int, seed: int, _version: tuple) -> str:
+    return load(name, Path(root)).fewshot(shots, seed).source
+
+
+def dassl_fewshot_note(root: Path, datasets, shots, seeds) -> str:
+    """One line naming the CoOp few-shot files the run will train on ("" when none), so a user sees
+    once that their own draws are used (and whether they are cpbench's draws or other images)."""
+    same, other = [], []
+    for d in datasets:
+        for k in shots:
+            for s in seeds:
+                src = fewshot_source(d, root, k, s)
+                if src.startswith("dassl-pkl"):
+                    (same if src == splits.DASSL_SAME else other).append(f"{d} shot_{k}-seed_{s}.pkl")
+    if not same and not other:
+        return ""
+    parts = []
+    if other:
+        parts.append(f"{', '.join(other)} (images differ from cpbench's sorted-order draw: these rows are "
+                     "labelled 'dassl shots')")
+    if same:
+        parts.append(f"{', '.join(same)} (the same images cpbench draws)")
+    return "using CoOp's few-shot files (split_fewshot/*.pkl) for the training images: " + "; ".join(parts)
 
 
 def subset_items(ds: PreparedDataset, subset: str, shots: int, seed: int, part: str):
@@ -228,6 +277,9 @@ def prepare(name: str, root: Path, from_dir: Path | None = None, shots: Sequence
         for s in seeds:
             fs = ds.fewshot(k, s)
             fewshot[f"{k}-shot seed {s}"] = (len(fs.train), len(fs.val))
+    note = dassl_fewshot_note(root, [spec.name], shots, seeds)
+    if note:  # the user's own CoOp draws stand in for cpbench's: said once
+        say(note)
     info["fewshot"] = fewshot
     return ds, info
 

@@ -140,6 +140,75 @@ class FewShot:
     val: tuple[Item, ...]
     shots: int
     seed: int
+    # where the images came from: "cpbench" (drawn here), DASSL_SAME (CoOp's pkl file, the very
+    # images cpbench draws) or "dassl-pkl:<digest>" (CoOp's pkl file, other images: another setting)
+    source: str = "cpbench"
+
+
+DASSL_SAME = "dassl-pkl (= cpbench draw)"
+DATUM = "dassl.data.datasets.base_dataset.Datum"
+
+
+def dassl_fewshot_path(dataset_dir: Path, shots: int, seed: int) -> Path:
+    """Where CoOp's dataset classes keep a draw: ``split_fewshot/shot_{k}-seed_{s}.pkl``."""
+    return Path(dataset_dir) / "split_fewshot" / f"shot_{shots}-seed_{seed}.pkl"
+
+
+def images_digest(train: Sequence[Item], val: Sequence[Item]) -> str:
+    """Content hash of a few-shot draw (its train and val lists, in order)."""
+    blob = json.dumps([[i.as_list() for i in train], [i.as_list() for i in val]], separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _datum_items(data, key: str, index: dict[str, Item], where: str) -> tuple[Item, ...]:
+    """The split's items that the Datum list ``data[key]`` names, in its order. A Datum's path is
+    absolute on the machine that wrote it, so it is matched on its longest tail that is an image
+    path of the split; its label and class name must be the split's."""
+    from cpbench.state.unpickle import Record
+
+    out = []
+    for d in data.get(key) or []:
+        state = d.state if isinstance(d, Record) else None
+        if not isinstance(state, dict) or not isinstance(state.get("_impath"), str):
+            raise UserError(f"{where}: [{key}] holds {type(d).__name__}, not a Dassl Datum; remove the file to let "
+                            "cpbench draw the shots")
+        parts = state["_impath"].replace("\\", "/").split("/")
+        item = next((index[t] for t in ("/".join(parts[n:]) for n in range(len(parts))) if t in index), None)
+        if item is None:
+            raise UserError(f"{where}: [{key}] lists {state['_impath']}, which is not an image of this dataset's "
+                            "split; use the data folder the file was made for, or remove it to let cpbench draw")
+        if state.get("_label") != item.label or state.get("_classname", item.classname) != item.classname:
+            raise UserError(f"{where}: {item.path} is label {state.get('_label')!r} ({state.get('_classname')!r}) "
+                            f"there but {item.label} ({item.classname!r}) in the split; the file belongs to "
+                            "another split: remove it to let cpbench draw")
+        out.append(item)
+    return tuple(out)
+
+
+def read_dassl_fewshot(path: Path, split: Split, shots: int, seed: int, val_is_test: bool = False) -> FewShot:
+    """CoOp's few-shot pickle (``{"train": [Datum…], "val": [Datum…]}``; ImageNet's has no val)
+    as the split's items, in the file's order; read with the allow-list unpickler (no code runs)."""
+    import pickle
+
+    from cpbench.state import unpickle
+
+    where = str(path)
+    try:
+        with open(path, "rb") as fh:
+            data = unpickle.load(fh, {DATUM: unpickle.Record}, where,
+                                 "a CoOp few-shot file holds only Dassl Datum objects")
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, AttributeError, TypeError) as exc:
+        raise UserError(f"cannot read CoOp few-shot file {where} ({exc.__class__.__name__}); remove it to let "
+                        "cpbench draw the shots") from None
+    if not isinstance(data, dict) or "train" not in data:
+        raise UserError(f"{where}: not a CoOp few-shot file (a dict with train/val Datum lists); remove it to let "
+                        "cpbench draw the shots")
+    index = {i.path: i for i in (*split.train, *split.val)}
+    train = _datum_items(data, "train", index, where)
+    val = () if val_is_test else _datum_items(data, "val", index, where)
+    drawn = make_fewshot(split, shots, seed, val_is_test)
+    same = (train, val) == (drawn.train, drawn.val)
+    return FewShot(train, val, shots, seed, DASSL_SAME if same else f"dassl-pkl:{images_digest(train, val)[:12]}")
 
 
 def make_fewshot(split: Split, shots: int, seed: int, val_is_test: bool = False) -> FewShot:
@@ -161,7 +230,11 @@ def fewshot_path(dataset_dir: Path, split_digest: str, shots: int, seed: int) ->
 
 def load_or_make_fewshot(dataset_dir: Path, name: str, split: Split, shots: int, seed: int,
                          val_is_test: bool = False) -> FewShot:
-    """Portable few-shot file (relative paths, JSON) keyed by split hash, k and seed."""
+    """CoOp's own few-shot file when the folder has one (``dassl_fewshot_path``), else the portable
+    few-shot file (relative paths, JSON) keyed by split hash, k and seed."""
+    dassl = dassl_fewshot_path(dataset_dir, shots, seed)
+    if shots >= 1 and dassl.is_file():
+        return read_dassl_fewshot(dassl, split, shots, seed, val_is_test)
     digest = split_hash(split)
     path = fewshot_path(dataset_dir, digest, shots, seed)
     if path.exists():

@@ -67,12 +67,32 @@ def run_job(job: Job, backbone: Backbone, s: RunSettings, store: ResultStore,
     key = job_key(job, cfg, s)
     if store.has(key) and not s.force:
         reporter.job_skipped(job)
+        tensorboard_final(job, cfg, key, s, store, None)
         return None
     with job_lock(s, training_key(job, cfg, s)):
         if store.has(key) and not s.force:
             reporter.job_skipped(job)
+            tensorboard_final(job, cfg, key, s, store, None)
             return None
-        return runner(job.protocol)(job, cfg, key, backbone, s, store, reporter)
+        rows = runner(job.protocol)(job, cfg, key, backbone, s, store, reporter)
+        tensorboard_final(job, cfg, key, s, store, rows)
+        return rows
+
+
+def tensorboard_final(job: Job, cfg: ResolvedConfig, key: str, s: RunSettings, store: ResultStore,
+                      rows: list[dict] | None) -> None:
+    """``--tensorboard``: the job's final accuracies (its stored rows when it was skipped) into its
+    training's run, with the history filled in from ``history.parquet`` where the run has none."""
+    if s.tensorboard is None:
+        return
+    from cpbench.results import tensorboard
+
+    if rows is None:
+        import pandas as pd
+
+        rows = pd.read_parquet(store.shard_path(key)).to_dict("records")
+    tensorboard.write_final(s.tensorboard, training_key(job, cfg, s), key,
+                            checkpoint_dir(job, cfg, s) / "history.parquet", rows)
 
 
 def runner(protocol: str):

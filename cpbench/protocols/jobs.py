@@ -84,6 +84,8 @@ class RunSettings:
     feature_cache: bool = True
     # learned state imported instead of trained (``official:DIR`` | ``export:FILE``; see cpbench/state/imports.py)
     state_from: str | None = None
+    # --tensorboard DIR: each training's epochs and final accuracies as a TensorBoard run (results/tensorboard.py)
+    tensorboard: Path | None = None
 
 
 class Reporter(Protocol):

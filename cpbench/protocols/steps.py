@@ -145,12 +145,24 @@ def train_or_load(method: Method, cfg: ResolvedConfig, s: RunSettings, precision
     method.prepare_training(TrainingData(train_items, tuple(val_items), image_root, s.device, precision, cfg.train,
                                          seed, cache, dataset))
 
+    board = None
+    if s.tensorboard is not None:  # one run per training (continual: per task), named like its checkpoints
+        from cpbench.results.tensorboard import EpochWriter
+
+        board = EpochWriter(s.tensorboard, ckpt_dir.relative_to(s.results_root / "checkpoints").as_posix())
+
     def on_epoch(stats, history):
         curves.write_history(ckpt_dir, history, ident)
+        if board is not None:
+            board(history[-1])
         reporter.epoch(stats)
 
-    result = train(method, train_items, image_root, cfg.train, s.device, precision, seed, ckpt_dir,
-                   on_epoch=on_epoch, on_batch=reporter.batch)
+    try:
+        result = train(method, train_items, image_root, cfg.train, s.device, precision, seed, ckpt_dir,
+                       on_epoch=on_epoch, on_batch=reporter.batch)
+    finally:
+        if board is not None:
+            board.close()
     if result.history:  # also when the run resumed after its last epoch
         curves.write_history(ckpt_dir, result.history, ident)
     checkpoint.save(ckpt_dir, "final", method.learned_state(), {"epoch": epochs, "train_seconds": result.seconds})
@@ -172,6 +184,8 @@ def run_fields(job: Job, key: str, cfg: ResolvedConfig, s: RunSettings, run_id: 
         "feature_cache": ("test" if (cache and not method.image_prompted) else "off"),
         "train_features": (f"cached-aug:{cfg.train.feature_views}" if cfg.train.feature_views else "images"),
         "train_seconds": train_seconds, "device": str(s.device), "imported": imported,
+        # the training images' origin (cpbench's draw or CoOp's split_fewshot pkl; "" = none drawn)
+        "fewshot_source": "" if imported else prep.fewshot_source(job.train_dataset, s.data_root, job.shots, job.seed),
         "device_name": device_name(s.device),  # the GPU model for the cost view (issue 26)
         "started_at": started_at, **env,
     }

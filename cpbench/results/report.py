@@ -108,6 +108,10 @@ def entry_notes(df: pd.DataFrame, es: list[Entry], choices: list[ent.Choice]) ->
     if any(e.imported for e in es):
         notes.append("imported = learned parameters loaded instead of trained by cpbench (official: the authors' "
                      "released checkpoints; export: a cpbench export file).")
+    if any(e.imported.startswith("dassl-log:") for e in es):
+        notes.append("imported dassl-log = accuracies read from the official scripts' log.txt (`cpbench import-logs`), "
+                     "run with the official code and its cfg (named after the colon); they hold no per-image "
+                     "predictions, so --ci, --compare-methods and --per-class have nothing behind those rows.")
     return notes
 
 
