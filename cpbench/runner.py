@@ -168,7 +168,7 @@ def validate(req: RunRequest) -> tuple[RunSettings, list, ThreadPlan]:
     from cpbench.data import catalog
     from cpbench.data import prepare as prep
     from cpbench.methods.registry import check_method_name
-    from cpbench.paths import check_folder, data_root, results_root
+    from cpbench.paths import check_cache, check_folder, chosen_by, data_root, results_root
 
     check_method_name(req.method)
     if req.launcher not in ("none", "local", "slurm"):
@@ -184,7 +184,9 @@ def validate(req: RunRequest) -> tuple[RunSettings, list, ThreadPlan]:
                 or registry.module(req.protocol).default_targets(catalog.prepared_names(root, protocol.task)))
     if not datasets:
         what = "image-caption datasets" if protocol.task == "retrieval" else "datasets"
-        raise UserError(f"no prepared {what} under {root}; run `cpbench prepare DATASET` first (or pass --root)")
+        by = chosen_by(root, "--root", "CPBENCH_DATA")
+        raise UserError(f"no prepared {what} under {root} (the data root {by} names); run "
+                        f"`cpbench prepare DATASET --root {root}` first, or point {by} at your data root")
     if protocol.task == "retrieval":
         from cpbench.data import captions
 
@@ -209,7 +211,9 @@ def validate(req: RunRequest) -> tuple[RunSettings, list, ThreadPlan]:
                            pretrained=req.pretrained, weights=req.weights, config_file=req.config_file,
                            sets=req.sets, device=resolve_device(req.device), force=req.force,
                            feature_cache=req.feature_cache, state_from=req.state_from)
-    check_folder(settings.results_root, "--results")
+    check_folder(settings.results_root, chosen_by(settings.results_root, "--results", "CPBENCH_RESULTS"))
+    if req.feature_cache and not req.dry_run:
+        check_cache()
     jobs = plan_jobs(req, datasets)
     if req.state_from:  # an imported state that does not fit this run fails before the backbone loads
         from cpbench.state import imports
