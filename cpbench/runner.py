@@ -151,6 +151,24 @@ def _check_datasets(req: RunRequest, root: Path, datasets: list[str]) -> None:
             checks.require_shots(ds.name, ds.split, req.shots, protocol.train_subset)
 
 
+def _usable_defaults(req: RunRequest, root: Path, datasets: list[str]) -> tuple[list[str], list[str]]:
+    """Without ``--dataset``: the prepared datasets that can take this run, and a note for each one
+    left out and why (one small dataset must not refuse the whole run)."""
+    from cpbench.data import prepare as prep
+
+    keep, notes = [], []
+    for d in datasets:
+        try:
+            if registry.get(req.protocol).tasks and not 2 <= req.tasks <= len(prep.load(d, root).split.classnames):
+                raise UserError(f"it has fewer than --tasks {req.tasks} classes")
+            _check_datasets(req, root, [d])
+        except UserError as exc:
+            notes.append(f"skipped {d} (left out of a run without --dataset): {exc}")
+            continue
+        keep.append(d)
+    return keep, notes
+
+
 def _check_request(req: RunRequest, protocol: registry.Protocol) -> None:
     """What the protocol's registry line says it takes (no dataset read, no import)."""
     if protocol.one_shots and len(req.shots) != 1:
@@ -160,8 +178,9 @@ def _check_request(req: RunRequest, protocol: registry.Protocol) -> None:
         raise UserError(f"--protocol {req.protocol} trains its own state; it cannot start from imported state")
 
 
-def validate(req: RunRequest) -> tuple[RunSettings, list, ThreadPlan]:
-    """Every check that needs no model: a bad input fails here, before anything is loaded or written."""
+def validate(req: RunRequest) -> tuple[RunSettings, list, ThreadPlan, list[str]]:
+    """Every check that needs no model: a bad input fails here, before anything is loaded or written.
+    Also returns the notes to print (datasets left out of a run without ``--dataset``)."""
     # the cheap checks (names, numbers, prepared datasets) come before anything that imports torch,
     # so a typo costs about a second, not the ~6 s of torch + torchvision imports
     from cpbench import threads
@@ -182,6 +201,11 @@ def validate(req: RunRequest) -> tuple[RunSettings, list, ThreadPlan]:
     root = data_root(req.root)
     datasets = (list(dict.fromkeys(req.datasets))
                 or registry.module(req.protocol).default_targets(catalog.prepared_names(root, protocol.task)))
+    notes: list[str] = []
+    if not req.datasets and protocol.task != "retrieval" and not protocol.trains_on_source:
+        datasets, notes = _usable_defaults(req, root, datasets)
+        if not datasets and notes:
+            raise UserError("no prepared dataset can take this run: " + "; ".join(n.split(": ", 1)[1] for n in notes))
     if not datasets:
         what = "image-caption datasets" if protocol.task == "retrieval" else "datasets"
         by = chosen_by(root, "--root", "CPBENCH_DATA")
@@ -221,15 +245,21 @@ def validate(req: RunRequest) -> tuple[RunSettings, list, ThreadPlan]:
         imports.check(req.state_from, req, jobs, root)
     for job in jobs:
         cfg = job_config(job, settings)  # bad --set / --config fail before any work
-        why = get_method_class(job.method).unsupported(job.protocol, cfg.options)
+        cls = get_method_class(job.method)
+        why = cls.unsupported(job.protocol, cfg.options)
         if why:
             raise UserError(why)
+        if cls.trainable and not cls.closed_form and not req.state_from and cfg.train.epochs <= 0 \
+                and not cfg.train.iterations:
+            raise UserError(f"{job.method} learns its parameters by training, and 0 epochs would write its untrained "
+                            "start under its name; set epochs to 1 or more (the untrained model is "
+                            "`cpbench run zeroshot`)")
     from cpbench.models.families import check_methods   # e.g. maple on a ResNet: from the model config, no weights
 
     check_methods(req.backbone, [get_method_class(m) for m in dict.fromkeys(j.method for j in jobs)])
     if not req.dry_run:
         check_backbone(req.backbone, req.pretrained, req.weights)
-    return settings, jobs, plan
+    return settings, jobs, plan, notes
 
 
 def execute(req: RunRequest, console: Console, out: Console) -> list[dict]:
@@ -239,7 +269,9 @@ def execute(req: RunRequest, console: Console, out: Console) -> list[dict]:
     an ``Interrupted`` that says what was saved."""
     from cpbench import threads
 
-    settings, jobs, plan = validate(req)
+    settings, jobs, plan, notes = validate(req)
+    for note in notes:
+        console.print(note, highlight=False, soft_wrap=True, markup=False)
     if req.dry_run or req.launcher != "none":
         from cpbench.launch import run as launch_run
 

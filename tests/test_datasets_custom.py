@@ -17,6 +17,14 @@ from conftest import CALTECH_SRC  # noqa: E402
 from test_datasets_download import jpeg  # noqa: E402
 
 
+def suggestions(text: str) -> list[list[str]]:
+    """The `cpbench ...` commands a message suggests, as argument lists without `cpbench`."""
+    import re
+    import shlex
+
+    return [shlex.split(m)[1:] for m in re.findall(r"`(cpbench [^`]+)`", text)]
+
+
 def _folder(tmp_path, classes=("cat_a", "dog_b", "eel_c"), n=5) -> Path:
     src = tmp_path / "mine"
     k = 0
@@ -48,13 +56,23 @@ def test_folder_to_dataset_then_check_finds_deleted_and_truncated(tmp_path, cli)
     assert rc == 0 and "mine: ok" in out, out + err
     # damage it: one image deleted, one truncated
     gone, cut = ds.split.test[0].path, ds.split.train[1].path
+    assert (ds.image_root / cut).stat().st_nlink == 2  # hard-linked to your file, not copied
     (ds.image_root / gone).unlink()
     data = (ds.image_root / cut).read_bytes()
     (ds.image_root / cut).write_bytes(data[: len(data) // 2])
     rc, out, err = cli("prepare", "mine", "--check", "--root", str(root))
     assert rc == 2, out + err
     assert f"missing: {gone}" in out and f"unreadable: {cut}" in out
-    assert "--force" in err
+    # the advice works as printed: it adopts your files again; the truncated image (hard-linked, so
+    # truncated in your folder too) is then refused by name, and --skip-bad-images leaves it out
+    (advice,) = suggestions(err)
+    assert advice[:3] == ["prepare", "mine", "--from-folder"] and "--template" in advice
+    rc, out, err = cli(*advice)
+    assert rc == 2 and cut in err and "--skip-bad-images" in err and len(err.strip().splitlines()) == 1, err
+    rc, out, err = cli(*advice, "--skip-bad-images")
+    assert rc == 0 and "skipped 1 file(s) that do not decode" in err, err
+    rc, out, err = cli("prepare", "mine", "--check", "--root", str(root))
+    assert rc == 0 and "mine: ok" in out, out + err
 
 
 def test_csv_with_classnames_and_given_split(tmp_path):

@@ -127,11 +127,15 @@ def _place(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     if dst.exists() and os.path.samefile(src, dst):
         return
-    with atomic.atomic_path(dst) as tmp:
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link")
+    try:
+        tmp.unlink(missing_ok=True)
+        os.link(src, tmp)
+        os.replace(tmp, dst)
+    except OSError:  # another file system, or no hard links there: a copy
+        tmp.unlink(missing_ok=True)
+        with atomic.atomic_path(dst) as copy:
+            shutil.copyfile(src, copy)
 
 
 def prepare_command(ddir: Path, root: Path) -> str:

@@ -424,6 +424,8 @@ def check_repair(spec: DatasetSpec, root: Path) -> str:
     data is adopted again from your files (a file that still does not decode is then named)."""
     if spec.kind == "manual":
         return f"replace the named files in {dataset_dir(spec, root) / spec.image_dir} with intact copies"
+    if spec.kind == "custom":  # a file damaged in your folder too (hard links) is named, with --skip-bad-images
+        return repair_hint(spec, root).replace("to rebuild it", "to adopt your files again")
     return repair_hint(spec, root).replace("to rebuild it", "to repair it")
 
 

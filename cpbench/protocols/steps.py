@@ -135,12 +135,17 @@ def train_or_load(method: Method, cfg: ResolvedConfig, s: RunSettings, precision
     ``dataset`` reach the method's ``prepare_training`` (Tip-Adapter-F searches its α/β there)."""
     final = final if final is not None else checkpoint.load(ckpt_dir, "final")
     if final is not None:
+        reporter.say(f"  {what} finished training in an earlier run: its final checkpoint is loaded, not trained again")
         method.load_learned_state(final[0])
         return float(final[1].get("train_seconds", 0.0))
     epochs = planned_epochs(cfg.train, len(train_items))
     if not (method.trainable and epochs > 0):
         return 0.0
     length = f"{cfg.train.iterations} iterations" if cfg.train.iterations else f"{epochs} epochs"
+    done = checkpoint.read_meta(ckpt_dir, "epoch")
+    if done is not None:
+        reporter.say(f"  resuming {what} from epoch {int(done['epoch']) + 2}/{epochs}: epochs 1-{int(done['epoch']) + 1} "
+                     f"were checkpointed by an earlier run ({ckpt_dir})")
     reporter.phase(f"training {what} ({len(train_items)} images, {length})", epochs)
     method.prepare_training(TrainingData(train_items, tuple(val_items), image_root, s.device, precision, cfg.train,
                                          seed, cache, dataset))
