@@ -149,6 +149,7 @@ def _check_datasets(req: RunRequest, root: Path, datasets: list[str]) -> None:
         checks.require_classes(ds.name, ds.split, trained=d in trained)
         if d in trained and not req.state_from:  # imported state is not trained here
             checks.require_shots(ds.name, ds.split, req.shots, protocol.train_subset)
+            ds.check_fewshot(req.shots, req.seeds)
 
 
 def _usable_defaults(req: RunRequest, root: Path, datasets: list[str]) -> tuple[list[str], list[str]]:
@@ -252,8 +253,7 @@ def validate(req: RunRequest) -> tuple[RunSettings, list, ThreadPlan, list[str]]
         if cls.trainable and not cls.closed_form and not req.state_from and cfg.train.epochs <= 0 \
                 and not cfg.train.iterations:
             raise UserError(f"{job.method} learns its parameters by training, and 0 epochs would write its untrained "
-                            "start under its name; set epochs to 1 or more (the untrained model is "
-                            "`cpbench run zeroshot`)")
+                            "start under its name; set epochs to 1 or more (the method zeroshot is the untrained model)")
     from cpbench.models.families import check_methods   # e.g. maple on a ResNet: from the model config, no weights
 
     check_methods(req.backbone, [get_method_class(m) for m in dict.fromkeys(j.method for j in jobs)])

@@ -80,6 +80,15 @@ class PreparedDataset:
             return sorted({it.label for it in self.split.test})
         return None
 
+    def check_fewshot(self, shots: Sequence[int], seeds: Sequence[int]) -> None:
+        """The few-shot files ``prepare`` stored for these draws read (before any work; a draw without
+        a file is made in memory later): a damaged one is one line naming it and its repair."""
+        digest = splits.split_hash(self.split)
+        for k in (k for k in shots if k > 0):
+            for seed in seeds:
+                splits.read_fewshot(splits.fewshot_path(self.dir, digest, k, seed), digest, k, seed,
+                                    fewshot_repair(self.spec, self.dir.parent, k, seed))
+
     def fewshot(self, shots: int, seed: int, write: bool = False) -> splits.FewShot:
         """The k-shot draw of ``seed``: ``prepare``'s file, else drawn in memory; ``write``: only
         ``prepare`` stores it."""
