@@ -75,6 +75,7 @@ def prepared(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_run_on_a_read_only_root_writes_nothing_there(prepared, tmp_path):
     prefix = enforced_prefix()
     res, cache = tmp_path / "res", tmp_path / "cache"
@@ -112,35 +113,35 @@ def test_a_draw_not_prepared_is_the_draw_prepare_would_store(prepared, tmp_path)
 
 
 @pytest.mark.parametrize("damage", ["{\"train\": [", "{\"split_sha256\": 1}", "[]"])
-def test_a_corrupt_few_shot_file_names_itself_and_a_repair_that_works(prepared, tmp_path, damage, cli):
+def test_a_corrupt_few_shot_file_names_itself_and_a_repair_that_works(prepared, tmp_path, damage, cli_here):
     root = tmp_path / "data"
     shutil.copytree(prepared, root)
     (file,) = (root / "toy_shapes" / "split_fewshot").glob("shot_2-seed_1-*.json")
     good = json.loads(file.read_text())
     file.write_text(damage)
-    rc, out, err = cli("run", "coop", "--dataset", "toy_shapes", "--backbone", "toy", "--seeds", "1", "--shots", "2",
+    rc, out, err = cli_here("run", "coop", "--dataset", "toy_shapes", "--backbone", "toy", "--seeds", "1", "--shots", "2",
                        "--root", str(root), "--results", str(tmp_path / "res"), "--device", "cpu", *SETS)
     assert rc == 2 and len(err.strip().splitlines()) == 1 and str(file) in err and "Traceback" not in err, err
     (advice,) = suggestions(err)
-    rc, out, err2 = cli(*advice)
+    rc, out, err2 = cli_here(*advice)
     assert rc == 0, err2
     assert json.loads(file.read_text())["train"] == good["train"]
 
 
-def test_a_split_with_a_wrong_type_or_truncated_is_one_line_and_force_repairs_it(prepared, tmp_path, cli):
+def test_a_split_with_a_wrong_type_or_truncated_is_one_line_and_force_repairs_it(prepared, tmp_path, cli_here):
     root = tmp_path / "data"
     shutil.copytree(prepared, root)
     split = next((root / "toy_shapes").glob("split_zhou_*.json"))
     good = split.read_text()
     for damage in (json.dumps({**json.loads(good), "val": 5}), good[: len(good) // 2]):
         split.write_text(damage)
-        rc, out, err = cli("run", "coop", "--dataset", "toy_shapes", "--backbone", "toy", "--seeds", "1",
+        rc, out, err = cli_here("run", "coop", "--dataset", "toy_shapes", "--backbone", "toy", "--seeds", "1",
                            "--root", str(root), "--results", str(tmp_path / "res"), "--device", "cpu")
         assert rc == 2 and len(err.strip().splitlines()) == 1 and str(split) in err, err
         assert "Traceback" not in err
         (advice,) = suggestions(err)
         assert "--force" in advice
-        rc, out, err = cli(*advice)
+        rc, out, err = cli_here(*advice)
         assert rc == 0, err
         assert json.loads(split.read_text()) == json.loads(good)
 

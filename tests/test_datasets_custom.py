@@ -126,3 +126,47 @@ def test_caltech_subset_folder_trains_coop_base_to_new(tmp_path, cli):
     assert sorted(df["subset"]) == ["base", "new"]
     assert set(df["eval_dataset"]) == {"my_set"}
     assert sorted(df["n_test"]) == [4, 4] and sorted(df["n_classes"]) == [2, 2]
+
+
+def test_a_text_file_named_jpg_is_refused_by_name_or_skipped_and_counted(tmp_path, cli_here):
+    src = _folder(tmp_path, n=6)
+    (src / "dog_b" / "fake.jpg").write_text("this is text, not a JPEG\n")
+    root, res = tmp_path / "data", tmp_path / "res"
+    rc, out, err = cli_here("prepare", "mine", "--from-folder", str(src), "--root", str(root))
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "dog_b/fake.jpg" in err, err
+    assert "--skip-bad-images" in err and not (root / "mine").exists()  # nothing half-written
+    rc, out, err = cli_here("prepare", "mine", "--from-folder", str(src), "--root", str(root), "--skip-bad-images")
+    assert rc == 0, err
+    said = " ".join(err.split())  # (a narrow terminal may wrap it)
+    assert "skipped 1 file(s) that do not decode as images (--skip-bad-images): dog_b/fake.jpg" in said
+    assert "train 9 / val 3 / test 6, 3 classes" in out  # 18 real images, the fake one left out
+    assert json.loads((root / "mine" / "cpbench_dataset.json").read_text())["skipped_images"] == ["dog_b/fake.jpg"]
+    rc, out, err = cli_here("run", "coop", "--dataset", "mine", "--backbone", "tiny", "--pretrained", "none", "--seeds", "1",
+                       "--shots", "1", "--set", "epochs=1", "--root", str(root), "--results", str(res),
+                       "--device", "cpu")
+    assert rc == 0 and "2 new result row(s)" in out, err
+
+
+def test_a_run_on_a_damaged_image_names_the_check_of_its_dataset(tmp_path, cli_here):
+    src = _folder(tmp_path)
+    root = tmp_path / "data"
+    rc, _, err = cli_here("prepare", "mine", "--from-folder", str(src), "--root", str(root))
+    assert rc == 0, err
+    from cpbench.data.images import load_image
+    from cpbench.errors import UserError
+
+    ds = prep.load("mine", root)
+    bad = ds.image_root / ds.split.test[0].path
+    bad.unlink()
+    bad.write_text("text")  # a copy, not your file, is damaged
+    with pytest.raises(UserError) as exc:
+        load_image(bad)
+    (advice,) = suggestions(str(exc.value))
+    assert advice == ["prepare", "mine", "--check", "--root", str(root)]
+    rc, out, err = cli_here(*advice)
+    assert rc == 2 and f"unreadable: {ds.split.test[0].path}" in out
+    (repair,) = suggestions(err)
+    rc, out, err = cli_here(*repair)  # adopting your (intact) file again repairs it
+    assert rc == 0, err
+    rc, out, err = cli_here(*advice)
+    assert rc == 0 and "mine: ok" in out, out + err

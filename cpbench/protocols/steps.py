@@ -144,8 +144,9 @@ def train_or_load(method: Method, cfg: ResolvedConfig, s: RunSettings, precision
     length = f"{cfg.train.iterations} iterations" if cfg.train.iterations else f"{epochs} epochs"
     done = checkpoint.read_meta(ckpt_dir, "epoch")
     if done is not None:
-        reporter.say(f"  resuming {what} from epoch {int(done['epoch']) + 2}/{epochs}: epochs 1-{int(done['epoch']) + 1} "
-                     f"were checkpointed by an earlier run ({ckpt_dir})")
+        n = int(done["epoch"]) + 1
+        kept = "epoch 1 was" if n == 1 else f"epochs 1-{n} were"
+        reporter.say(f"  resuming {what} from epoch {n + 1}/{epochs}: {kept} checkpointed by an earlier run ({ckpt_dir})")
     reporter.phase(f"training {what} ({len(train_items)} images, {length})", epochs)
     method.prepare_training(TrainingData(train_items, tuple(val_items), image_root, s.device, precision, cfg.train,
                                          seed, cache, dataset))

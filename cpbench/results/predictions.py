@@ -127,6 +127,7 @@ def read(results_root: Path, job_keys, skipped: Callable[[Path, str], None] | No
             out.update(read_file(file))
         except Exception as exc:  # a half-copied or foreign file: the report says what it cannot show
             if skipped is not None:
-                skipped(file, str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__)
+                why = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+                skipped(file, why.replace(f"'{file}'", "it").replace(str(file), "it"))
             continue
     return out
