@@ -80,7 +80,7 @@ def learn(job: Job, cfg: ResolvedConfig, backbone: Backbone, s: RunSettings, rep
     train_items, names, (tr, va) = prep.subset_items(ds, job.train_subset, 0 if s.state_from else job.shots, job.seed, "train")
     if cls.trainable and not train_items:
         raise UserError(f"{ds.name}: no training images for the {job.train_subset} classes; check the split file "
-                        f"in {ds.dir} or re-run `cpbench prepare {ds.name} --force`")
+                        f"in {ds.dir} or {prep.repair_hint(ds.spec, s.data_root)}")
     seed_everything(job.seed)
     method = build_method(cls, backbone, names, cfg.options, ds.spec.template, s, precision)
     ckpt_dir = checkpoint_dir(job, cfg, s)
