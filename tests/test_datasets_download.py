@@ -9,6 +9,7 @@ import hashlib
 import http.server
 import io
 import json
+import re
 import tarfile
 import threading
 import zipfile
@@ -338,3 +339,22 @@ def test_existing_coop_folder_works_unchanged_as_root(tmp_path):
     assert ds.split.classnames == classnames
     ds2, info = prep.prepare("eurosat", tmp_path, spec=spec)  # no sources: nothing can be downloaded
     assert info["sources"] == {"existing": str(ddir)} and ds2.split == ds.split
+
+
+def test_an_adopted_folder_with_an_image_that_does_not_decode_is_refused_by_name(tmp_path):
+    """Images adopted without an official checksum (here an existing CoOp folder) are all decoded
+    before the dataset is marked ready (issue 29)."""
+    from cpbench.errors import UserError
+
+    files, _, _ = build("eurosat")
+    ddir = tmp_path / "eurosat"
+    with zipfile.ZipFile(io.BytesIO(files["EuroSAT.zip"])) as zf:
+        zf.extractall(ddir)
+    (ddir / "split_zhou_EuroSAT.json").write_bytes(files["split_zhou_EuroSAT.json"])
+    spec = dataclasses.replace(all_specs()["eurosat"], expected=Expected(train=2, val=2, test=2, classes=2),
+                               sources=())
+    bad = json.loads(files["split_zhou_EuroSAT.json"])["test"][0][0]
+    (ddir / spec.image_dir / bad).write_text("text, not an image")
+    with pytest.raises(UserError, match=rf"1 image\(s\) do not decode \({re.escape(bad)}\)"):
+        prep.prepare("eurosat", tmp_path, spec=spec)
+    assert not (ddir / ".cpbench.json").exists()

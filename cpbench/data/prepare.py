@@ -313,12 +313,29 @@ def _prepare_locked(spec: DatasetSpec, root: Path, ddir: Path, from_dir: Path | 
             if missing:
                 raise UserError(f"{spec.name}: {len(missing)}+ images named by the split file are missing "
                                 f"(first: {missing[0]}); the archive does not match the split file")
+            _require_decodable(spec, ddir, split, sources)
             if spec.read_split is not None:
                 splits.write_split(ddir / SPLIT_CACHE, split)
             info = write_record(ddir, {"dataset": spec.name, "split_sha256": splits.split_hash(split),
                                        "counts": counts, "sources": sources}, started)
         info["counts"] = counts
         return PreparedDataset(spec, ddir, split), info
+
+
+def _require_decodable(spec: DatasetSpec, ddir: Path, split: splits.Split, sources: dict) -> None:
+    """Images adopted without an official checksum (an existing CoOp folder, an archive given with
+    --from whose checksum is unknown or differs) are all decoded before the dataset is marked ready;
+    checksum-verified archives are the official bytes. ImageNet's folders (millions of files) are
+    left to ``--check``."""
+    checked = [v.get("checksum") for v in sources.values() if isinstance(v, dict) and "checksum" in v]
+    if not ("existing" in sources or any(c != "ok" for c in checked)):
+        return
+    bad = unreadable_files(ddir / spec.image_dir, split)
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        where = "the folder" if "existing" in sources else "the archive given with --from"
+        raise UserError(f"{spec.name}: {len(bad)} image(s) do not decode ({shown}); {where} is damaged or not the "
+                        "official release: replace it with an intact copy and prepare again")
 
 
 def unreadable_files(image_root: Path, split: splits.Split, progress: Callable[[int, int], None] | None = None) -> list[str]:
