@@ -20,6 +20,9 @@ import pytest
 from cpbench.data import prepare as prep
 from cpbench.errors import UserError
 
+sys.path.insert(0, str(Path(__file__).parent))
+from test_datasets_custom import suggestions
+
 SETS = ["--set", "epochs=2", "batch_size=8", "test_batch_size=64"]
 
 
@@ -154,10 +157,3 @@ def test_a_split_read_directly_names_its_problem():
     with pytest.raises(UserError, match="wrong types"):
         split_from_json({"train": [["a", True, "x"]], "val": [], "test": []}, "s.json", "fix it")
 
-
-def suggestions(text: str) -> list[list[str]]:
-    """The `cpbench ...` commands a message suggests, as argument lists without `cpbench`."""
-    import re
-    import shlex
-
-    return [shlex.split(m)[1:] for m in re.findall(r"`(cpbench [^`]+)`", text)]

@@ -81,8 +81,9 @@ def test_a_second_run_of_the_same_job_says_whose_lock_it_waits_for(root, tmp_pat
 
 
 def test_a_run_without_dataset_leaves_out_a_small_one_and_says_why(root, tmp_path, cli_here):
-    from cpbench.data.custom import make_custom
     from test_datasets_custom import _folder
+
+    from cpbench.data.custom import make_custom
 
     data = tmp_path / "data"
     import shutil

@@ -27,8 +27,8 @@ import os
 import random
 import shlex
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from cpbench import atomic
 from cpbench.data import checks, splits

@@ -4,9 +4,9 @@ process may use decodes in parallel."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Sequence
 
 
 def decodes(path: Path) -> bool:
@@ -18,7 +18,7 @@ def decodes(path: Path) -> bool:
             img.verify()  # structure and checksums (PNG CRCs), without decoding the pixels
         with Image.open(path) as img:  # verify() leaves the image unusable: open it again
             img.load()  # every pixel: a truncated file fails here
-    except Exception:  # noqa: BLE001 - any decoder failure means the file is unusable
+    except Exception:  # any decoder failure means the file is unusable
         return False
     return True
 

@@ -15,9 +15,9 @@ import hashlib
 import json
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from cpbench import atomic
 from cpbench.errors import UserError
