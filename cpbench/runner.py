@@ -216,11 +216,14 @@ def validate(req: RunRequest) -> tuple[RunSettings, list, ThreadPlan, list[str]]
         from cpbench.data import captions
 
         for d in datasets:  # unknown or unprepared -> one clear line
-            pool = len(captions.load(d, root).split.train)
+            cds = captions.load(d, root)
+            pool = len(cds.split.train)
             for k in req.shots:
                 if k > pool:
                     raise UserError(f"--shots for retrieval is the number of training image-caption pairs: 1 to "
                                     f"{pool} for {d}, got {k}")
+                for seed in req.seeds:  # a damaged pairs file is named now, not after the backbone loads
+                    cds.pairs(k, seed)
     else:
         if protocol.tasks:
             for d in datasets:
