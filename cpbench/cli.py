@@ -13,12 +13,12 @@ try:  # typer >= 0.20 vendors click as typer._click; older typer uses the click 
     from typer._click import exceptions as click_exc
 except ImportError:  # pragma: no cover
     from click import exceptions as click_exc
-from rich.console import Console
 from rich.table import Table
 
 from cpbench.errors import Interrupted, JobsFailed, UserError
 from cpbench.protocols.registry import DEFAULT as DEFAULT_PROTOCOL
 from cpbench.protocols.registry import protocol_names
+from cpbench.ui.consoles import Output
 
 PROTOCOLS = protocol_names()
 
@@ -46,8 +46,8 @@ class _Group(typer.core.TyperGroup):
 
 app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Reproducible, fast CLIP prompt-learning benchmarks: prepare -> run -> report.")
-console = Console(stderr=True)
-out = Console()
+console = Output(stderr=True)  # piped: nothing wrapped or truncated (cpbench/ui/consoles.py)
+out = Output()
 
 # options that take several values: `--seeds 1 2 3` is expanded to `--seeds 1 --seeds 2 --seeds 3`
 LIST_OPTIONS = {"--seeds", "--shots", "--dataset", "--datasets", "--set", "--methods", "--gpus-list", "--config-hash",
@@ -290,7 +290,8 @@ def list_(root: Optional[Path] = typer.Option(None, "--root", help="data root"),
     if backbones:
         from cpbench.models.families import table
 
-        t = Table(title="open_clip backbones by family (--backbone NAME; also toy, tiny, local-dir:PATH)")
+        out.print("open_clip backbones by family (--backbone NAME; also toy, tiny, local-dir:PATH)", highlight=False)
+        t = Table()  # (a table's title would wrap to the table's width)
         for col in ("family", "models", "text tower", "image tower", "methods"):
             t.add_column(col)
         for r in table({m: get_method_class(m) for m in method_names()}):
@@ -298,7 +299,8 @@ def list_(root: Optional[Path] = typer.Option(None, "--root", help="data root"),
         out.print(t)
         return
     root_path = data_root(root)
-    t = Table(title=f"datasets (root: {root_path})")
+    out.print(f"datasets (root: {root_path})", highlight=False, soft_wrap=True)
+    t = Table()
     for col in catalog.LIST_COLUMNS:
         t.add_column(col)
     for row in catalog.listing(root_path):
@@ -317,8 +319,9 @@ def main() -> None:
     from cpbench.interrupts import raise_on_signals
     from cpbench.threads import prefer_passive_wait
 
-    prefer_passive_wait()  # before torch is imported (cpbench/threads.py)
     argv = _expand_lists(sys.argv[1:])
+    if argv[:1] != ["run"]:  # `run` chooses by the load of its CPUs (threads.decide); before torch is imported
+        prefer_passive_wait()
     code = 0
     with raise_on_signals():
         try:

@@ -198,7 +198,11 @@ def validate(req: RunRequest) -> tuple[RunSettings, list, ThreadPlan, list[str]]
     if not req.seeds:
         raise UserError("--seeds needs at least one seed")
     _check_request(req, protocol)
-    plan = threads.plan(req.threads)
+    from cpbench.models.families import widest_tower
+
+    # before torch loads: OpenMP reads its waiting policy once (cpbench/threads.py)
+    plan = threads.decide(req.threads, widest_tower(req.backbone),
+                          here=req.launcher == "none" and not req.dry_run and threads.likely_cpu(req.device))
     root = data_root(req.root)
     datasets = (list(dict.fromkeys(req.datasets))
                 or registry.module(req.protocol).default_targets(catalog.prepared_names(root, protocol.task)))

@@ -1,38 +1,50 @@
-"""CPU threads: how many this process may really use, and how many it uses.
+"""CPU threads: how many this process may really use, how many it uses, and how they wait.
 
 torch sizes its intra-op pool from the machine (or its affinity mask), not from what the process
 is allowed to use: a container or SLURM job limited to a few CPUs by a cgroup quota on a large
-node still starts one thread per core, and those threads fight over the quota. And with
-torch's default OpenMP settings, threads that wait for each other *spin*; on a machine whose
-cores are shared (a busy workstation, other jobs on the node) a spinning thread steals the CPU
-the thread it waits for needs, and training becomes many times slower (issue 17: 27 s instead
-of 1 s for a toy CoOp run on a busy 2-core machine; numbers in ``benchmarks/threads/``).
+node still starts one thread per core, and those threads fight over the quota. And how OpenMP
+threads wait for each other pays differently by machine: a *spinning* thread (``OMP_WAIT_POLICY=
+ACTIVE``) wakes at once, which on idle CPUs made the toy CoOp step 1.6x faster than sleeping
+threads (issue 29); on CPUs other programs use it steals the CPU the thread it waits for needs,
+and training became many times slower (issue 17: 27 s instead of 1 s). Numbers in
+``benchmarks/threads/``.
 
-So ``cpbench``:
+So ``cpbench run``, before torch loads (OpenMP reads the policy once):
 
 - counts the CPUs it may use: the affinity mask (``os.sched_getaffinity``: taskset, cpusets,
   SLURM's binding), capped by a cgroup CPU quota (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``) and
   by ``SLURM_CPUS_PER_TASK``; it never starts more intra-op threads than that;
-- lets waiting threads sleep instead of spin (``OMP_WAIT_POLICY=PASSIVE``, set before torch is
-  imported, unless you set it yourself);
+- uses one thread for a backbone whose ops are too small to split (towers narrower than
+  ``SMALL_WIDTH``, such as ``tiny``), every CPU it may use otherwise;
+- samples how idle those CPUs are (``/proc/stat``, ~80 ms): spinning waits when they are idle
+  enough for every thread (and the run trains here, on the CPU), sleeping waits otherwise;
 - takes an explicit count from ``--threads N``, else ``$CPBENCH_THREADS``, else
-  ``$OMP_NUM_THREADS``;
+  ``$OMP_NUM_THREADS``, and an explicit ``$OMP_WAIT_POLICY`` as it is;
 - runs data-loader worker processes with one intra-op thread each (they decode images; they do
-  not multiply the pool), and gives each ``--launcher local`` worker its share of the CPUs.
+  not multiply the pool), and gives each ``--launcher local`` worker its share of the CPUs (the
+  workers sleep when they wait: they share the CPUs with each other).
+
+Other commands (and launcher workers) keep sleeping waits (``prefer_passive_wait``).
 """
 
 from __future__ import annotations
 
+import glob
 import math
 import os
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from cpbench.errors import UserError
 
 ENV = "CPBENCH_THREADS"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_STAT = Path("/proc/stat")
+SMALL_WIDTH = 128   # backbones whose widest tower is narrower train as fast on one thread (benchmarks/threads/)
+IDLE_SLACK = 0.25   # CPUs' worth of background activity that still counts as idle
+SAMPLE_SECONDS = 0.08
 
 
 def _read(path: Path) -> str | None:
@@ -117,12 +129,21 @@ class ThreadPlan:
     threads: int        # intra-op threads of this process
     available: int      # CPUs it may use
     source: str         # where the count came from
+    wait: str = ""      # OpenMP's waiting policy: ACTIVE (spin), PASSIVE (sleep); "" = not chosen here
+    wait_source: str = ""
 
     def describe(self) -> str:
         if self.source.startswith(("--", "$")):
-            return f"{self.threads} CPU thread(s) (from {self.source}; {self.available} CPU(s) available)"
-        limit = "" if self.source == "affinity" else f", set by the {self.source}"
-        return f"{self.threads} CPU thread(s) (the CPUs this process may use{limit})"
+            text = f"{self.threads} CPU thread(s) (from {self.source}; {self.available} CPU(s) available)"
+        elif self.source.startswith("small backbone"):
+            text = f"{self.threads} CPU thread(s) ({self.source}: more gain nothing; {self.available} CPU(s) available)"
+        else:
+            limit = "" if self.source == "affinity" else f", set by the {self.source}"
+            text = f"{self.threads} CPU thread(s) (the CPUs this process may use{limit})"
+        if self.wait:
+            how = {"ACTIVE": "spinning", "PASSIVE": "sleeping"}.get(self.wait.upper(), self.wait)
+            text += f", {how} waits ({self.wait_source})"
+        return text
 
 
 def _parse(value, what: str) -> int:
@@ -132,11 +153,11 @@ def _parse(value, what: str) -> int:
     return int(text)
 
 
-def plan(requested: str | int | None = None, env: dict | None = None, available: tuple[int, str] | None = None
-         ) -> ThreadPlan:
+def plan(requested: str | int | None = None, env: dict | None = None, available: tuple[int, str] | None = None,
+         width: int | None = None) -> ThreadPlan:
     """``requested`` (``--threads``): a number, ``auto`` or None. An explicit number wins (it may
     exceed the CPUs: your choice); otherwise ``$CPBENCH_THREADS``, then ``$OMP_NUM_THREADS``, then
-    every CPU this process may use."""
+    one thread for a backbone of ``width`` < ``SMALL_WIDTH``, then every CPU this process may use."""
     env = os.environ if env is None else env
     n, why = available or available_cpus(env=env)
     if requested not in (None, "", "auto"):
@@ -145,7 +166,93 @@ def plan(requested: str | int | None = None, env: dict | None = None, available:
         value = env.get(var, "").strip()
         if value and value != "auto":
             return ThreadPlan(_parse(value, f"${var}"), n, f"${var}")
+    if width is not None and width < SMALL_WIDTH and n > 1:
+        return ThreadPlan(1, n, f"small backbone, width {width}")
     return ThreadPlan(n, n, why)
+
+
+def wait_policy(p: ThreadPlan, idle: float | None, env: dict, here: bool = True) -> tuple[str, str]:
+    """(OMP_WAIT_POLICY, why) for plan ``p``: the user's ``$OMP_WAIT_POLICY`` as it is; sleeping
+    waits for one thread (nothing to wait for), for a run that does not train on this process's
+    CPUs (``here`` False: a GPU or launcher workers that share them), when the load is unknown, or
+    when the idle share ``idle`` (0-1) of the CPUs this process may use leaves less than one free
+    CPU per thread (``IDLE_SLACK`` CPUs of background activity allowed); spinning waits otherwise."""
+    user = env.get("OMP_WAIT_POLICY", "").strip()
+    if user:
+        return user.upper(), "$OMP_WAIT_POLICY"
+    if p.threads <= 1:
+        return "PASSIVE", "one thread"
+    if not here:
+        return "PASSIVE", "not training on this CPU"
+    if idle is None:
+        return "PASSIVE", "CPU load unknown"
+    free = idle * p.available
+    if p.threads <= p.available and free >= p.threads - IDLE_SLACK:
+        return "ACTIVE", f"the CPUs were {idle:.0%} idle"
+    return "PASSIVE", f"the CPUs were busy: {idle:.0%} idle"
+
+
+def _cpu_times(text: str, cpus: set[int] | None) -> tuple[int, int] | None:
+    """(idle, total) jiffies summed over ``cpus`` (None: all) from /proc/stat's text."""
+    idle = total = 0
+    found = False
+    for line in text.splitlines():
+        name, _, rest = line.partition(" ")
+        if not (name.startswith("cpu") and name[3:].isdigit()):
+            continue
+        if cpus is not None and int(name[3:]) not in cpus:
+            continue
+        values = [int(v) for v in rest.split()[:8]]  # user nice system idle iowait irq softirq steal
+        if len(values) < 5:
+            continue
+        idle += values[3] + values[4]
+        total += sum(values)
+        found = True
+    return (idle, total) if found else None
+
+
+def idle_fraction(before: str, after: str, cpus: set[int] | None = None) -> float | None:
+    """The share of time ``cpus`` were idle between two /proc/stat texts (None: not measurable)."""
+    a, b = _cpu_times(before, cpus), _cpu_times(after, cpus)
+    if a is None or b is None or b[1] <= a[1]:
+        return None
+    return min(1.0, max(0.0, (b[0] - a[0]) / (b[1] - a[1])))
+
+
+def measure_idle(seconds: float = SAMPLE_SECONDS, stat: Path = PROC_STAT) -> float | None:
+    """How idle the CPUs this process may use are, sampled over ``seconds`` (None off Linux)."""
+    try:
+        cpus = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        cpus = None
+    before = _read(stat)
+    if before is None:
+        return None
+    time.sleep(seconds)
+    after = _read(stat)
+    return None if after is None else idle_fraction(before, after, cpus)
+
+
+def likely_cpu(device: str) -> bool:
+    """Whether ``--device`` will train on the CPU, told without importing torch: ``cpu``, or
+    ``auto`` on a machine without a GPU device node (NVIDIA, AMD)."""
+    if device == "cpu":
+        return True
+    return device == "auto" and not (glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/kfd"))
+
+
+def decide(requested: str | int | None, width: int | None, here: bool, env: dict | None = None) -> ThreadPlan:
+    """``cpbench run``'s threads and waiting policy (see the module's docstring); sets
+    ``OMP_WAIT_POLICY`` in ``env`` when torch is not loaded yet (afterwards it could not change)."""
+    env = os.environ if env is None else env
+    p = plan(requested, env, width=width)
+    measure = here and p.threads > 1 and not env.get("OMP_WAIT_POLICY", "").strip()
+    policy, why = wait_policy(p, measure_idle() if measure else None, env, here)
+    if "torch" in sys.modules and not env.get("OMP_WAIT_POLICY", "").strip():
+        policy, why = "OpenMP's default", "torch was loaded before the choice"  # its OpenMP runs as it started
+    elif not env.get("OMP_WAIT_POLICY", "").strip():
+        env["OMP_WAIT_POLICY"] = policy
+    return replace(p, wait=policy, wait_source=why)
 
 
 def share(p: ThreadPlan, workers: int) -> int:

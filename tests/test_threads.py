@@ -128,3 +128,95 @@ def test_run_uses_and_reports_the_chosen_threads(tmp_path, monkeypatch, capsys):
     finally:
         torch.set_num_threads(before)
     assert "1 CPU thread(s) (from --threads" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- how threads wait (issue 29)
+STAT = """cpu  {a} 0 {b} {c} 0 0 0 0 0 0
+cpu0 {a} 0 {b} {c} 0 0 0 0 0 0
+cpu1 100 0 100 {d} 0 0 0 0 0 0
+intr 12345
+"""
+
+
+def test_idle_fraction_over_the_cpus_this_process_may_use():
+    before = STAT.format(a=100, b=100, c=800, d=800)
+    after = STAT.format(a=150, b=150, c=800, d=900)   # cpu0 busy for 100 jiffies, cpu1 idle for 100
+    assert threads.idle_fraction(before, after, {0}) == 0.0
+    assert threads.idle_fraction(before, after, {1}) == 1.0
+    assert threads.idle_fraction(before, after, {0, 1}) == pytest.approx(0.5)
+    assert threads.idle_fraction(before, after, None) == pytest.approx(0.5)
+    assert threads.idle_fraction(before, before, {0}) is None     # no time passed
+    assert threads.idle_fraction(before, after, {7}) is None       # a CPU /proc/stat does not list
+    assert threads.idle_fraction("", after) is None
+
+
+def test_measure_idle_reads_proc_stat_twice(tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text(STAT.format(a=1, b=1, c=1, d=1))
+    assert threads.measure_idle(0.0, stat) is None                 # unchanged: not measurable
+    assert threads.measure_idle(0.0, tmp_path / "absent") is None  # not Linux
+
+
+@pytest.mark.parametrize("idle, available, n, env, expected", [
+    (0.99, 2, 2, {}, "ACTIVE"),                  # idle: spinning pays (1.6x on the toy CoOp step)
+    (0.90, 2, 2, {}, "ACTIVE"),                  # 0.2 CPUs of background activity
+    (0.50, 2, 2, {}, "PASSIVE"),                 # one busy loop on two CPUs
+    (0.97, 64, 64, {}, "PASSIVE"),               # 1.9 CPUs busy on a 64-CPU node: a thread would wait
+    (0.997, 64, 64, {}, "ACTIVE"),               # 0.2 CPUs busy
+    (0.60, 8, 2, {}, "ACTIVE"),                  # 4.8 free CPUs for 2 threads (--threads 2)
+    (None, 2, 2, {}, "PASSIVE"),                 # load unknown: the safe choice
+    (0.99, 2, 1, {}, "PASSIVE"),                 # one thread waits for nobody
+    (0.99, 2, 4, {}, "PASSIVE"),                 # more threads than CPUs (--threads 4)
+    (0.10, 2, 2, {"OMP_WAIT_POLICY": "active"}, "ACTIVE"),   # the user's choice stands
+    (0.99, 2, 2, {"OMP_WAIT_POLICY": "PASSIVE"}, "PASSIVE"),
+])
+def test_wait_policy_spins_only_when_every_thread_has_an_idle_cpu(idle, available, n, env, expected):
+    p = threads.ThreadPlan(n, available, "affinity")
+    policy, why = threads.wait_policy(p, idle, env)
+    assert policy == expected, why
+    if env:
+        assert why == "$OMP_WAIT_POLICY"
+
+
+def test_wait_policy_sleeps_when_the_run_does_not_train_here():
+    p = threads.ThreadPlan(2, 2, "affinity")
+    assert threads.wait_policy(p, 1.0, {}, here=False) == ("PASSIVE", "not training on this CPU")
+
+
+def test_a_small_backbone_gets_one_thread_unless_asked():
+    avail = (8, "affinity")
+    assert threads.plan(None, env={}, available=avail, width=64).threads == 1        # tiny
+    assert threads.plan(None, env={}, available=avail, width=128).threads == 8       # toy
+    assert threads.plan(None, env={}, available=avail, width=None).threads == 8      # unknown: large
+    assert threads.plan("4", env={}, available=avail, width=64).threads == 4
+    assert threads.plan(None, env={"CPBENCH_THREADS": "2"}, available=avail, width=64).threads == 2
+    assert threads.plan(None, env={"OMP_NUM_THREADS": "3"}, available=avail, width=64).threads == 3
+    assert threads.plan(None, env={}, available=(1, "affinity"), width=64).source == "affinity"
+
+
+def test_backbone_widths_come_from_configs_without_torch():
+    from cpbench.models.families import widest_tower
+
+    assert widest_tower("tiny") == 64 and widest_tower("toy") == 128
+    assert widest_tower("ViT-B-16") == 768 and widest_tower("no-such-model") is None
+
+
+def test_decide_sets_the_policy_before_torch_and_says_why():
+    code = ("import os, sys; from cpbench import threads; "
+            "p = threads.decide(None, None, here=True); "
+            "assert 'torch' not in sys.modules; import torch; "
+            "print(os.environ['OMP_WAIT_POLICY'], p.wait, '|', p.describe())")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "CPBENCH_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    policy, wait, _, text = out.split(" ", 3)
+    assert policy == wait and policy in ("ACTIVE", "PASSIVE"), out
+    assert ("spinning waits (the CPUs were" if policy == "ACTIVE" else "sleeping waits (") in text, out
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "PASSIVE"},
+                         capture_output=True, text=True, check=True).stdout
+    assert out.startswith("PASSIVE PASSIVE |") and "sleeping waits ($OMP_WAIT_POLICY)" in out, out
+
+
+def test_plan_describes_threads_and_waits():
+    p = threads.ThreadPlan(1, 2, "small backbone, width 64", "PASSIVE", "one thread")
+    assert p.describe() == ("1 CPU thread(s) (small backbone, width 64: more gain nothing; 2 CPU(s) available), "
+                            "sleeping waits (one thread)")

@@ -167,6 +167,6 @@ def test_live_display_shows_epoch_loss_lr_accuracy_and_eta():
         rep.batch(1, 1, 2, 1.5, 2e-3)
         rep.progress.refresh()
     shown = buf.getvalue()
-    for needle in ("epoch 2/3", "loss 1.5000", "lr 2.00e-03", "last: loss 1.2500 (ce 1.0000, kg 0.2500)", "acc 58.3%",
+    for needle in ("epoch 2/3", "loss 1.5000", "lr 2.00e-03", "last epoch: loss 1.2500 (ce 1.0000, kg 0.2500)", "train acc 58.3%",
                    "eta 0:00:0"):
         assert needle in shown, needle

@@ -110,6 +110,19 @@ def model_config(name: str) -> dict:
     return json.loads(path.read_text())
 
 
+def widest_tower(name: str) -> int | None:
+    """The width of a backbone's widest transformer/ResNet tower, from its config alone (no
+    import of torch): what tells whether its ops gain from several CPU threads (cpbench/threads.py).
+    None when the config does not say (Hugging Face and timm towers) or the name is unknown."""
+    try:
+        cfg = model_config(name)
+    except UserError:
+        return None
+    widths = [c.get("width") for c in (cfg.get("text_cfg") or {}, cfg.get("vision_cfg") or {})]
+    widths = [w for w in widths if isinstance(w, int)]
+    return max(widths) if widths else None
+
+
 def timm_trunk(model_name: str) -> tuple[str, bool]:
     """(the timm class, visual prompts fit) for a timm image model name."""
     for prefix, kind, ok in TIMM_TRUNKS:

@@ -1,9 +1,10 @@
 """What a run shows while it works.
 
-- On a terminal (``RichReporter``): a live bar per phase; while training it shows the epoch,
-  the loss (and each loss term at the end of an epoch), the learning rate, the training accuracy
-  and an ETA from the mean epoch time so far (rich's own estimate follows the momentary speed
-  and jumps around).
+- On a terminal (``RichReporter``): a live line per phase; while training it shows the epoch,
+  the loss, the learning rate, the last epoch's training accuracy (and loss terms) and an ETA from
+  the mean epoch time so far (rich's own estimate follows the momentary speed and jumps around).
+  The line fits the terminal: a narrow one (80 columns and less) drops the least important fields
+  first; the epoch, the loss and the ETA are always shown.
 - Otherwise (``LogReporter``: output redirected to a file, SLURM logs): plain lines, one per
   finished epoch with the loss terms, lr, training accuracy, seconds and ETA, and, as Dassl does,
   one every ``LOG_EVERY`` batches inside long epochs.
@@ -16,11 +17,14 @@ from __future__ import annotations
 
 import time
 import traceback
+from dataclasses import dataclass
 
-from rich.console import Console
+from rich.cells import cell_len, set_cell_size
+from rich.console import Console, Group
 from rich.markup import escape
-from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn, TransferSpeedColumn)
+from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                           TransferSpeedColumn)
+from rich.text import Text
 
 from cpbench.errors import UserError
 
@@ -138,17 +142,102 @@ class LogReporter(_Reporter):
         self.say("  " + epoch_line(stats, self.clock.finished(stats)))
 
 
+ESSENTIAL = 100  # a field that is shown at any width: the epoch (or step), the loss and the ETA
+BAR_WIDTH = (10, 40)
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field of the live display's line. ``keep``: fields with a higher one stay longer when
+    the terminal is narrow; ``shortest``: the field may be cut (with "…") down to that many cells;
+    ``bar``: the progress bar (it takes the room left, 10 to 40 cells)."""
+    text: str
+    keep: int
+    shortest: int = 0
+    bar: bool = False
+
+    def least(self) -> int:
+        return BAR_WIDTH[0] if self.bar else min(cell_len(self.text), self.shortest or cell_len(self.text))
+
+
+def fit(fields: list[Field], width: int, gap: int = 2) -> list[tuple[Field, int]]:
+    """The fields (in their order) that fit ``width`` cells, each with its width: the most important
+    first, each whole if it fits, else cut short to the room left (if at least its ``shortest``);
+    the room left widens the bar. The ESSENTIAL ones are always there (if even they do not fit, the
+    line is cut at the edge)."""
+    widths: dict[int, int] = {}
+    for i in sorted(range(len(fields)), key=lambda i: -fields[i].keep):
+        room = width - sum(widths.values()) - gap * len(widths)
+        f = fields[i]
+        full = BAR_WIDTH[0] if f.bar else cell_len(f.text)
+        if full <= room or f.keep >= ESSENTIAL:
+            widths[i] = full
+        elif f.least() <= room:
+            widths[i] = room  # cut short to the room left
+    room = max(0, width - sum(widths.values()) - gap * (len(widths) - 1))
+    for i in widths:  # the room left widens the bar
+        if fields[i].bar:
+            widths[i] += min(room, BAR_WIDTH[1] - BAR_WIDTH[0])
+    return [(fields[i], widths[i]) for i in sorted(widths)]
+
+
+def fitted_line(fields: list[Field], width: int, completed: float = 0, total: float | None = None) -> Text:
+    """The live display's line at ``width`` cells: never wider, so a narrow terminal loses the least
+    important fields instead of wrapping the display into garbage."""
+    line = Text(no_wrap=True, overflow="ellipsis")
+    for n, (f, w) in enumerate(fit(fields, width)):
+        if n:
+            line.append("  ")
+        if f.bar:
+            done = w if not total else min(w, int(w * completed / total))
+            line.append("━" * done, style="bar.complete")
+            line.append("━" * (w - done), style="bar.back")
+        elif cell_len(f.text) > w:
+            line.append(set_cell_size(f.text, w - 1) + "…")
+        else:
+            line.append(f.text)
+    line.truncate(width, overflow="ellipsis")
+    return line
+
+
+def live_fields(description: str, completed: float, total: float | None, elapsed: float | None, f: dict) -> list[Field]:
+    """What the live line shows, most important kept: while training the epoch, the loss and the ETA
+    always, then the learning rate, the last epoch's training accuracy, the phase, the bar, the time
+    so far and the last epoch's loss terms; in other phases the step, the ETA, the phase, the bar and
+    the time so far."""
+    fields = [Field(description, 6, shortest=12), Field("", 4, bar=True), Field(f["step"], ESSENTIAL)]
+    if f.get("loss") is not None:
+        fields += [Field(f"loss {f['loss']:.4f}", ESSENTIAL)]
+        if f.get("lr") is not None:
+            fields += [Field(f"lr {f['lr']:.2e}", 8)]
+        if f.get("acc") is not None:
+            fields += [Field(f"train acc {f['acc']:.1f}%", 7)]
+        if f.get("terms"):
+            fields += [Field("last epoch: " + loss_text(f["last_loss"], f["terms"]), 1)]
+    fields += [Field(clock(elapsed), 2), Field(f"eta {f['eta']}", ESSENTIAL)]
+    return fields
+
+
+class FittedProgress(Progress):
+    """rich's Progress drawn as one line per task that fits the terminal (``fitted_line``)."""
+
+    def get_renderables(self):
+        tasks = [t for t in self.tasks if t.visible]
+        if tasks:  # (also called by Progress.__init__, before it has a console)
+            width = self.console.width
+            yield Group(*(fitted_line(live_fields(t.description, t.completed, t.total, t.elapsed, t.fields), width,
+                                      t.completed, t.total) for t in tasks))
+
+
 class RichReporter(_Reporter):
-    """A live display on a terminal, one bar per phase."""
+    """A live display on a terminal: one line per phase that fits the terminal's width."""
 
     def __init__(self, console: Console):
         super().__init__(console)
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[step]}"),
-                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-                                 TextColumn("eta {task.fields[eta]}"), console=console, transient=True)
+        self.progress = FittedProgress(console=console, transient=True)
         self.task = None
         self.started = time.monotonic()
-        self.last_epoch = ""   # the last finished epoch's loss and accuracy, shown during the next
+        self.last: dict = {}   # the last finished epoch's accuracy and loss terms, shown during the next
 
     def __enter__(self):
         self.progress.__enter__()
@@ -166,8 +255,8 @@ class RichReporter(_Reporter):
         self.started = time.monotonic()
         if text.startswith("training"):
             self.clock.start(total or 0)
-            self.last_epoch = ""
-        self.task = self.progress.add_task(escape(printable(text)), total=total, step="", info="", eta=clock(None))
+            self.last = {}
+        self.task = self.progress.add_task(printable(text), total=total, step="", eta=clock(None))
 
     def advance(self, done, total):
         if self.task is None:
@@ -180,17 +269,15 @@ class RichReporter(_Reporter):
         if self.task is None:
             return
         eta = self.clock.batch(epoch, done, total)
-        info = f"loss {loss:.4f}  lr {lr:.2e}" + (f"  | last: {self.last_epoch}" if self.last_epoch else "")
-        self.progress.update(self.task, completed=epoch + done / max(1, total),
-                             step=f"epoch {epoch + 1}/{self.clock.epochs}", info=escape(info), eta=clock(eta))
+        self.progress.update(self.task, completed=epoch + done / max(1, total), step=f"epoch {epoch + 1}/{self.clock.epochs}",
+                             loss=loss, lr=lr, eta=clock(eta), **self.last)
 
     def epoch(self, stats):
         eta = self.clock.finished(stats)
-        acc = "" if stats.train_acc is None else f"  acc {stats.train_acc:.1f}%"
-        self.last_epoch = f"{loss_text(stats.loss, stats.terms)}{acc}"
+        self.last = {"acc": stats.train_acc, "terms": stats.terms, "last_loss": stats.loss}
         if self.task is not None:
             self.progress.update(self.task, completed=stats.epoch + 1, step=f"epoch {stats.epoch + 1}/{stats.epochs}",
-                                 info=escape(f"{self.last_epoch}  lr {stats.lr:.2e}"), eta=clock(eta))
+                                 loss=stats.loss, lr=stats.lr, eta=clock(eta), **self.last)
 
 
 def make_reporter(console: Console):
@@ -203,7 +290,8 @@ class ByteProgress:
 
     def __init__(self, console: Console):
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                                 TransferSpeedColumn(), TimeRemainingColumn(), console=console, transient=True)
+                                 TransferSpeedColumn(), TimeRemainingColumn(), console=console, transient=True,
+                                 disable=not console.is_terminal)  # piped: no live display, no blank lines
         self.tasks: dict[str, int] = {}
 
     def __enter__(self):
