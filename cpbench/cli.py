@@ -22,7 +22,29 @@ from cpbench.ui.consoles import Output
 
 PROTOCOLS = protocol_names()
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+
+def _flags_as_flags(params: list, help_option=None) -> None:
+    """typer shows every option's type, so a flag read `--force <bool>` though `--force true` is refused:
+    an empty metavar leaves flags (and --help) bare in the help text."""
+    for p in [*params, help_option]:
+        if p is not None and getattr(p, "is_flag", False) and not getattr(p, "count", False):
+            p.metavar = ""
+
+
+class _Group(typer.core.TyperGroup):
+    def get_params(self, ctx):  # the top-level `cpbench --help`
+        params = super().get_params(ctx)
+        _flags_as_flags(params)
+        return params
+
+    def get_command(self, ctx, cmd_name):
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None:
+            _flags_as_flags(cmd.params, cmd.get_help_option(ctx))
+        return cmd
+
+
+app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Reproducible, fast CLIP prompt-learning benchmarks: prepare -> run -> report.")
 console = Output(stderr=True)  # piped: nothing wrapped or truncated (cpbench/ui/consoles.py)
 out = Output()
@@ -81,13 +103,15 @@ def prepare(
     template: str = typer.Option("a photo of a {}.", "--template", help="prompt template of your own dataset"),
     split_file: Optional[Path] = typer.Option(None, "--split", help="a given CoOp-format split for your own data"),
     split_seed: int = typer.Option(1, "--split-seed", help="seed of the generated 50/20/30 split of your own data"),
+    skip_bad_images: bool = typer.Option(False, "--skip-bad-images", help="your own data: leave out (and count) files "
+                                         "that do not decode as images, instead of refusing them"),
 ) -> None:
     """Download (or take --from), verify, extract and split a dataset; draw few-shot files."""
     from cpbench.data import prepare as prep
     from cpbench.paths import data_root
     from cpbench.ui.progress import ByteProgress
 
-    own = (prep.OwnData(from_folder, csv_file, classnames_file, template, split_file, split_seed)
+    own = (prep.OwnData(from_folder, csv_file, classnames_file, template, split_file, split_seed, skip_bad_images)
            if from_folder is not None or csv_file is not None else None)
     prep.prepare_datasets(dataset, data_root(root), from_dir, shots, seeds, force, check, own,
                           say=lambda name, m: console.print(f"[dim]{name}:[/] {m}", highlight=False),

@@ -79,7 +79,7 @@ def imagenet_indices(wnids: list[str]) -> list[int]:
 
 def _subdirs(path: Path) -> list[str]:
     if not path.is_dir():
-        raise UserError(f"{path} is missing; run `cpbench prepare` for this dataset")
+        raise UserError(f"{path} is missing; the dataset folder is incomplete: prepare the dataset again with --force")
     return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
 
 

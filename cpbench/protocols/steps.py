@@ -80,7 +80,7 @@ def learn(job: Job, cfg: ResolvedConfig, backbone: Backbone, s: RunSettings, rep
     train_items, names, (tr, va) = prep.subset_items(ds, job.train_subset, 0 if s.state_from else job.shots, job.seed, "train")
     if cls.trainable and not train_items:
         raise UserError(f"{ds.name}: no training images for the {job.train_subset} classes; check the split file "
-                        f"in {ds.dir} or re-run `cpbench prepare {ds.name} --force`")
+                        f"in {ds.dir} or {prep.repair_hint(ds.spec, s.data_root)}")
     seed_everything(job.seed)
     method = build_method(cls, backbone, names, cfg.options, ds.spec.template, s, precision)
     ckpt_dir = checkpoint_dir(job, cfg, s)
@@ -135,12 +135,18 @@ def train_or_load(method: Method, cfg: ResolvedConfig, s: RunSettings, precision
     ``dataset`` reach the method's ``prepare_training`` (Tip-Adapter-F searches its α/β there)."""
     final = final if final is not None else checkpoint.load(ckpt_dir, "final")
     if final is not None:
+        reporter.say(f"  {what} finished training in an earlier run: its final checkpoint is loaded, not trained again")
         method.load_learned_state(final[0])
         return float(final[1].get("train_seconds", 0.0))
     epochs = planned_epochs(cfg.train, len(train_items))
     if not (method.trainable and epochs > 0):
         return 0.0
     length = f"{cfg.train.iterations} iterations" if cfg.train.iterations else f"{epochs} epochs"
+    done = checkpoint.read_meta(ckpt_dir, "epoch")
+    if done is not None:
+        n = int(done["epoch"]) + 1
+        kept = "epoch 1 was" if n == 1 else f"epochs 1-{n} were"
+        reporter.say(f"  resuming {what} from epoch {n + 1}/{epochs}: {kept} checkpointed by an earlier run ({ckpt_dir})")
     reporter.phase(f"training {what} ({len(train_items)} images, {length})", epochs)
     method.prepare_training(TrainingData(train_items, tuple(val_items), image_root, s.device, precision, cfg.train,
                                          seed, cache, dataset))
