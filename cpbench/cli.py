@@ -22,7 +22,29 @@ from cpbench.ui.consoles import Output
 
 PROTOCOLS = protocol_names()
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+
+def _flags_as_flags(params: list, help_option=None) -> None:
+    """typer shows every option's type, so a flag read `--force <bool>` though `--force true` is refused:
+    an empty metavar leaves flags (and --help) bare in the help text."""
+    for p in [*params, help_option]:
+        if p is not None and getattr(p, "is_flag", False) and not getattr(p, "count", False):
+            p.metavar = ""
+
+
+class _Group(typer.core.TyperGroup):
+    def get_params(self, ctx):  # the top-level `cpbench --help`
+        params = super().get_params(ctx)
+        _flags_as_flags(params)
+        return params
+
+    def get_command(self, ctx, cmd_name):
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None:
+            _flags_as_flags(cmd.params, cmd.get_help_option(ctx))
+        return cmd
+
+
+app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Reproducible, fast CLIP prompt-learning benchmarks: prepare -> run -> report.")
 console = Output(stderr=True)  # piped: nothing wrapped or truncated (cpbench/ui/consoles.py)
 out = Output()
@@ -81,13 +103,15 @@ def prepare(
     template: str = typer.Option("a photo of a {}.", "--template", help="prompt template of your own dataset"),
     split_file: Optional[Path] = typer.Option(None, "--split", help="a given CoOp-format split for your own data"),
     split_seed: int = typer.Option(1, "--split-seed", help="seed of the generated 50/20/30 split of your own data"),
+    skip_bad_images: bool = typer.Option(False, "--skip-bad-images", help="your own data: leave out (and count) files "
+                                         "that do not decode as images, instead of refusing them"),
 ) -> None:
     """Download (or take --from), verify, extract and split a dataset; draw few-shot files."""
     from cpbench.data import prepare as prep
     from cpbench.paths import data_root
     from cpbench.ui.progress import ByteProgress
 
-    own = (prep.OwnData(from_folder, csv_file, classnames_file, template, split_file, split_seed)
+    own = (prep.OwnData(from_folder, csv_file, classnames_file, template, split_file, split_seed, skip_bad_images)
            if from_folder is not None or csv_file is not None else None)
     prep.prepare_datasets(dataset, data_root(root), from_dir, shots, seeds, force, check, own,
                           say=lambda name, m: console.print(f"[dim]{name}:[/] {m}", highlight=False),
@@ -148,6 +172,9 @@ def run(
                                                       "instead of training (model.pth.tar-<epoch> per dataset/seed)"),
     from_export: Optional[Path] = typer.Option(None, "--from-export", help="evaluate the prompts of an export file "
                                                "instead of training (rows marked imported)"),
+    tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="also write each training's per-epoch "
+                                               "scalars and final accuracies as TensorBoard runs into this folder "
+                                               "(needs `pip install tensorboard`)"),
 ) -> None:
     """Train and evaluate METHOD under a protocol; one Parquet row per evaluation."""
     from cpbench.launch import slurm
@@ -158,7 +185,7 @@ def run(
                           gpus=gpus, jobs_per_gpu=jobs_per_gpu, gpu_headroom=gpu_headroom, dry_run=dry_run,
                           slurm=slurm.options(launcher, partition, time_limit, gpus_per_job, cpus_per_job,
                                               array_parallelism, account),
-                          threads=threads, tasks=tasks, class_order=class_order)
+                          threads=threads, tasks=tasks, class_order=class_order, tensorboard=tensorboard)
     run_command(Given(method, list(dataset), protocol, list(seeds), list(shots), source, backbone, pretrained,
                       list(sets), suite, from_official, from_export), template, console, out)
 
@@ -206,6 +233,23 @@ def report(
     warn = lambda m: console.print(f"[yellow]warning:[/] {m}", highlight=False, soft_wrap=True)  # noqa: E731
     say = lambda m: console.print(m, highlight=False, soft_wrap=True, markup=False)  # noqa: E731
     sys.stdout.write(rep.command(results_root(results), opts, format, std, compare, plots, curves, say=say, warn=warn))
+
+
+@app.command("import-logs")
+def import_logs(
+    folder: Path = typer.Argument(..., help="output folder of the official CoOp/CoCoOp/MaPLe/PromptSRC/KgCoOp/LAMM/"
+                                            "Bayesian PL scripts (log.txt per seed folder)"),
+    results: Optional[Path] = typer.Option(None, "--results", help="results dir (default ./results or $CPBENCH_RESULTS)"),
+) -> None:
+    """Read the accuracies of the official scripts' Dassl logs into results rows (marked imported)."""
+    from rich.markup import escape
+
+    from cpbench.paths import results_root
+    from cpbench.state import dassl_logs
+
+    warn = lambda m: console.print(f"[yellow]warning:[/] {escape(m)}", highlight=False, soft_wrap=True)  # noqa: E731
+    console.print(dassl_logs.command(folder, results_root(results), warn), highlight=False, soft_wrap=True,
+                  markup=False)
 
 
 # --------------------------------------------------------------------------- export / predict

@@ -30,6 +30,34 @@ def cache_root(explicit: str | Path | None = None) -> Path:
     return Path(base).expanduser() / "cpbench"
 
 
+def chosen_by(path: str | Path, option: str, env: str) -> str:
+    """What chose the folder ``path``, for messages about it: the environment variable that names it
+    (``$CPBENCH_DATA``), else the option (also for the default, which the option changes)."""
+    value = os.environ.get(env)
+    if value and Path(value).expanduser() == Path(path):
+        return f"${env}"
+    return option
+
+
+def check_cache() -> None:
+    """The cache folder can be written (or created), checked before any work; an error names what
+    chose it and the way around it."""
+    from cpbench.errors import UserError
+
+    path = cache_root()
+    if os.environ.get("CPBENCH_CACHE"):
+        what = "$CPBENCH_CACHE"
+    elif os.environ.get("XDG_CACHE_HOME"):
+        what = "$XDG_CACHE_HOME/cpbench"
+    else:
+        what = "the cache folder"
+    try:
+        check_folder(path, what)
+    except UserError as exc:
+        why = str(exc).replace("; choose a writable folder", "").replace("; choose a folder you can write to", "")
+        raise UserError(f"{why}; feature caches go there: set $CPBENCH_CACHE to a writable folder, or pass --no-cache") from None
+
+
 def check_folder(path: Path, option: str) -> None:
     """``path`` is a folder this process can write, or can be created as one; checked without
     creating anything (``--results /etc/passwd/x`` fails here, not after the backbone is loaded)."""

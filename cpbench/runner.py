@@ -50,6 +50,8 @@ class RunRequest:
     # continual: the number of tasks and the class order ("labels" or an integer seed)
     tasks: int = 2
     class_order: str = "labels"
+    # --tensorboard DIR: one TensorBoard run per training key (cpbench/results/tensorboard.py)
+    tensorboard: Path | None = None
 
     def plan_request(self) -> PlanRequest:
         from cpbench.protocols.jobs import PlanRequest
@@ -149,6 +151,25 @@ def _check_datasets(req: RunRequest, root: Path, datasets: list[str]) -> None:
         checks.require_classes(ds.name, ds.split, trained=d in trained)
         if d in trained and not req.state_from:  # imported state is not trained here
             checks.require_shots(ds.name, ds.split, req.shots, protocol.train_subset)
+            ds.check_fewshot(req.shots, req.seeds)
+
+
+def _usable_defaults(req: RunRequest, root: Path, datasets: list[str]) -> tuple[list[str], list[str]]:
+    """Without ``--dataset``: the prepared datasets that can take this run, and a note for each one
+    left out and why (one small dataset must not refuse the whole run)."""
+    from cpbench.data import prepare as prep
+
+    keep, notes = [], []
+    for d in datasets:
+        try:
+            if registry.get(req.protocol).tasks and not 2 <= req.tasks <= len(prep.load(d, root).split.classnames):
+                raise UserError(f"it has fewer than --tasks {req.tasks} classes")
+            _check_datasets(req, root, [d])
+        except UserError as exc:
+            notes.append(f"skipped {d} (left out of a run without --dataset): {exc}")
+            continue
+        keep.append(d)
+    return keep, notes
 
 
 def _check_request(req: RunRequest, protocol: registry.Protocol) -> None:
@@ -160,17 +181,22 @@ def _check_request(req: RunRequest, protocol: registry.Protocol) -> None:
         raise UserError(f"--protocol {req.protocol} trains its own state; it cannot start from imported state")
 
 
-def validate(req: RunRequest) -> tuple[RunSettings, list, ThreadPlan]:
-    """Every check that needs no model: a bad input fails here, before anything is loaded or written."""
+def validate(req: RunRequest) -> tuple[RunSettings, list, ThreadPlan, list[str]]:
+    """Every check that needs no model: a bad input fails here, before anything is loaded or written.
+    Also returns the notes to print (datasets left out of a run without ``--dataset``)."""
     # the cheap checks (names, numbers, prepared datasets) come before anything that imports torch,
     # so a typo costs about a second, not the ~6 s of torch + torchvision imports
     from cpbench import threads
     from cpbench.data import catalog
     from cpbench.data import prepare as prep
     from cpbench.methods.registry import check_method_name
-    from cpbench.paths import check_folder, data_root, results_root
+    from cpbench.paths import check_cache, check_folder, chosen_by, data_root, results_root
 
     check_method_name(req.method)
+    if req.tensorboard is not None:  # the package and the folder, before anything loads
+        from cpbench.results.tensorboard import check as check_tensorboard
+
+        check_tensorboard(req.tensorboard)
     if req.launcher not in ("none", "local", "slurm"):
         raise UserError(f"unknown launcher {req.launcher!r}; use none, local or slurm")
     protocol = registry.get(req.protocol)
@@ -186,18 +212,28 @@ def validate(req: RunRequest) -> tuple[RunSettings, list, ThreadPlan]:
     root = data_root(req.root)
     datasets = (list(dict.fromkeys(req.datasets))
                 or registry.module(req.protocol).default_targets(catalog.prepared_names(root, protocol.task)))
+    notes: list[str] = []
+    if not req.datasets and protocol.task != "retrieval" and not protocol.trains_on_source:
+        datasets, notes = _usable_defaults(req, root, datasets)
+        if not datasets and notes:
+            raise UserError("no prepared dataset can take this run: " + "; ".join(n.split(": ", 1)[1] for n in notes))
     if not datasets:
         what = "image-caption datasets" if protocol.task == "retrieval" else "datasets"
-        raise UserError(f"no prepared {what} under {root}; run `cpbench prepare DATASET` first (or pass --root)")
+        by = chosen_by(root, "--root", "CPBENCH_DATA")
+        raise UserError(f"no prepared {what} under {root} (the data root {by} names); run "
+                        f"`cpbench prepare DATASET --root {root}` first, or point {by} at your data root")
     if protocol.task == "retrieval":
         from cpbench.data import captions
 
         for d in datasets:  # unknown or unprepared -> one clear line
-            pool = len(captions.load(d, root).split.train)
+            cds = captions.load(d, root)
+            pool = len(cds.split.train)
             for k in req.shots:
                 if k > pool:
                     raise UserError(f"--shots for retrieval is the number of training image-caption pairs: 1 to "
                                     f"{pool} for {d}, got {k}")
+                for seed in req.seeds:  # a damaged pairs file is named now, not after the backbone loads
+                    cds.pairs(k, seed)
     else:
         if protocol.tasks:
             for d in datasets:
@@ -212,8 +248,11 @@ def validate(req: RunRequest) -> tuple[RunSettings, list, ThreadPlan]:
     settings = RunSettings(data_root=root, results_root=results_root(req.results), backbone=req.backbone,
                            pretrained=req.pretrained, weights=req.weights, config_file=req.config_file,
                            sets=req.sets, device=resolve_device(req.device), force=req.force,
-                           feature_cache=req.feature_cache, state_from=req.state_from)
-    check_folder(settings.results_root, "--results")
+                           feature_cache=req.feature_cache, state_from=req.state_from,
+                           tensorboard=req.tensorboard)
+    check_folder(settings.results_root, chosen_by(settings.results_root, "--results", "CPBENCH_RESULTS"))
+    if req.feature_cache and not req.dry_run:
+        check_cache()
     jobs = plan_jobs(req, datasets)
     if req.state_from:  # an imported state that does not fit this run fails before the backbone loads
         from cpbench.state import imports
@@ -221,15 +260,20 @@ def validate(req: RunRequest) -> tuple[RunSettings, list, ThreadPlan]:
         imports.check(req.state_from, req, jobs, root)
     for job in jobs:
         cfg = job_config(job, settings)  # bad --set / --config fail before any work
-        why = get_method_class(job.method).unsupported(job.protocol, cfg.options)
+        cls = get_method_class(job.method)
+        why = cls.unsupported(job.protocol, cfg.options)
         if why:
             raise UserError(why)
+        if cls.trainable and not cls.closed_form and not req.state_from and cfg.train.epochs <= 0 \
+                and not cfg.train.iterations:
+            raise UserError(f"{job.method} learns its parameters by training, and 0 epochs would write its untrained "
+                            "start under its name; set epochs to 1 or more (the method zeroshot is the untrained model)")
     from cpbench.models.families import check_methods   # e.g. maple on a ResNet: from the model config, no weights
 
     check_methods(req.backbone, [get_method_class(m) for m in dict.fromkeys(j.method for j in jobs)])
     if not req.dry_run:
         check_backbone(req.backbone, req.pretrained, req.weights)
-    return settings, jobs, plan
+    return settings, jobs, plan, notes
 
 
 def execute(req: RunRequest, console: Console, out: Console) -> list[dict]:
@@ -239,7 +283,16 @@ def execute(req: RunRequest, console: Console, out: Console) -> list[dict]:
     an ``Interrupted`` that says what was saved."""
     from cpbench import threads
 
-    settings, jobs, plan = validate(req)
+    settings, jobs, plan, notes = validate(req)
+    for note in notes:
+        console.print(note, highlight=False, soft_wrap=True, markup=False)
+    if not req.state_from and registry.get(req.protocol).task == "classification":
+        from cpbench.data.prepare import dassl_fewshot_note
+
+        note = dassl_fewshot_note(settings.data_root, dict.fromkeys(j.train_dataset for j in jobs),
+                                  sorted({j.shots for j in jobs}), sorted({j.seed for j in jobs}))
+        if note:  # said once per run, before anything loads
+            console.print(note, highlight=False, soft_wrap=True)
     if req.dry_run or req.launcher != "none":
         from cpbench.launch import run as launch_run
 
@@ -253,6 +306,12 @@ def execute(req: RunRequest, console: Console, out: Console) -> list[dict]:
     console.print(f"loading backbone {req.backbone} ({describe_weights(req.backbone, req.pretrained, req.weights)}) "
                   f"on {settings.device}, {plan.describe()}", highlight=False, soft_wrap=True)
     backbone = load_backbone(req.backbone, req.pretrained, req.weights)
+    if registry.get(req.protocol).task == "retrieval":  # captions the context cuts: said once per run
+        from cpbench.protocols.retrieval import long_caption_note
+
+        note = long_caption_note(jobs, backbone, settings)
+        if note:
+            console.print(note, highlight=False, soft_wrap=True)
     store = ResultStore(settings.results_root)
     rows: list[dict] = []
     failed: list[tuple[object, BaseException]] = []

@@ -17,6 +17,14 @@ from conftest import CALTECH_SRC  # noqa: E402
 from test_datasets_download import jpeg  # noqa: E402
 
 
+def suggestions(text: str) -> list[list[str]]:
+    """The `cpbench ...` commands a message suggests, as argument lists without `cpbench`."""
+    import re
+    import shlex
+
+    return [shlex.split(m)[1:] for m in re.findall(r"`(cpbench [^`]+)`", text)]
+
+
 def _folder(tmp_path, classes=("cat_a", "dog_b", "eel_c"), n=5) -> Path:
     src = tmp_path / "mine"
     k = 0
@@ -48,13 +56,23 @@ def test_folder_to_dataset_then_check_finds_deleted_and_truncated(tmp_path, cli)
     assert rc == 0 and "mine: ok" in out, out + err
     # damage it: one image deleted, one truncated
     gone, cut = ds.split.test[0].path, ds.split.train[1].path
+    assert (ds.image_root / cut).stat().st_nlink == 2  # hard-linked to your file, not copied
     (ds.image_root / gone).unlink()
     data = (ds.image_root / cut).read_bytes()
     (ds.image_root / cut).write_bytes(data[: len(data) // 2])
     rc, out, err = cli("prepare", "mine", "--check", "--root", str(root))
     assert rc == 2, out + err
     assert f"missing: {gone}" in out and f"unreadable: {cut}" in out
-    assert "--force" in err
+    # the advice works as printed: it adopts your files again; the truncated image (hard-linked, so
+    # truncated in your folder too) is then refused by name, and --skip-bad-images leaves it out
+    (advice,) = suggestions(err)
+    assert advice[:3] == ["prepare", "mine", "--from-folder"] and "--template" in advice
+    rc, out, err = cli(*advice)
+    assert rc == 2 and cut in err and "--skip-bad-images" in err and len(err.strip().splitlines()) == 1, err
+    rc, out, err = cli(*advice, "--skip-bad-images")
+    assert rc == 0 and "skipped 1 file(s) that do not decode" in err, err
+    rc, out, err = cli("prepare", "mine", "--check", "--root", str(root))
+    assert rc == 0 and "mine: ok" in out, out + err
 
 
 def test_csv_with_classnames_and_given_split(tmp_path):
@@ -108,3 +126,47 @@ def test_caltech_subset_folder_trains_coop_base_to_new(tmp_path, cli):
     assert sorted(df["subset"]) == ["base", "new"]
     assert set(df["eval_dataset"]) == {"my_set"}
     assert sorted(df["n_test"]) == [4, 4] and sorted(df["n_classes"]) == [2, 2]
+
+
+def test_a_text_file_named_jpg_is_refused_by_name_or_skipped_and_counted(tmp_path, cli_here):
+    src = _folder(tmp_path, n=6)
+    (src / "dog_b" / "fake.jpg").write_text("this is text, not a JPEG\n")
+    root, res = tmp_path / "data", tmp_path / "res"
+    rc, out, err = cli_here("prepare", "mine", "--from-folder", str(src), "--root", str(root))
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "dog_b/fake.jpg" in err, err
+    assert "--skip-bad-images" in err and not (root / "mine").exists()  # nothing half-written
+    rc, out, err = cli_here("prepare", "mine", "--from-folder", str(src), "--root", str(root), "--skip-bad-images")
+    assert rc == 0, err
+    said = " ".join(err.split())  # (a narrow terminal may wrap it)
+    assert "skipped 1 file(s) that do not decode as images (--skip-bad-images): dog_b/fake.jpg" in said
+    assert "train 9 / val 3 / test 6, 3 classes" in out  # 18 real images, the fake one left out
+    assert json.loads((root / "mine" / "cpbench_dataset.json").read_text())["skipped_images"] == ["dog_b/fake.jpg"]
+    rc, out, err = cli_here("run", "coop", "--dataset", "mine", "--backbone", "tiny", "--pretrained", "none", "--seeds", "1",
+                       "--shots", "1", "--set", "epochs=1", "--root", str(root), "--results", str(res),
+                       "--device", "cpu")
+    assert rc == 0 and "2 new result row(s)" in out, err
+
+
+def test_a_run_on_a_damaged_image_names_the_check_of_its_dataset(tmp_path, cli_here):
+    src = _folder(tmp_path)
+    root = tmp_path / "data"
+    rc, _, err = cli_here("prepare", "mine", "--from-folder", str(src), "--root", str(root))
+    assert rc == 0, err
+    from cpbench.data.images import load_image
+    from cpbench.errors import UserError
+
+    ds = prep.load("mine", root)
+    bad = ds.image_root / ds.split.test[0].path
+    bad.unlink()
+    bad.write_text("text")  # a copy, not your file, is damaged
+    with pytest.raises(UserError) as exc:
+        load_image(bad)
+    (advice,) = suggestions(str(exc.value))
+    assert advice == ["prepare", "mine", "--check", "--root", str(root)]
+    rc, out, err = cli_here(*advice)
+    assert rc == 2 and f"unreadable: {ds.split.test[0].path}" in out
+    (repair,) = suggestions(err)
+    rc, out, err = cli_here(*repair)  # adopting your (intact) file again repairs it
+    assert rc == 0, err
+    rc, out, err = cli_here(*advice)
+    assert rc == 0 and "mine: ok" in out, out + err

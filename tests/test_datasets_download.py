@@ -9,6 +9,7 @@ import hashlib
 import http.server
 import io
 import json
+import re
 import tarfile
 import threading
 import zipfile
@@ -292,6 +293,27 @@ def test_imagenet_manual_message_then_folders(tmp_path):
     assert ds.imagenet_indices == [0, 1, 2]
 
 
+def test_a_wnid_missing_from_classnames_txt_is_an_error_naming_it(tmp_path):
+    """The official readers index ``classnames[folder]`` (a KeyError); a wnid never stands in as a
+    class name."""
+    wnids = readers.imagenet_wnids()[:2]
+    ddir = tmp_path / "imagenet"
+    for part in ("train", "val"):
+        for k, w in enumerate(wnids):
+            d = ddir / "images" / part / w
+            d.mkdir(parents=True)
+            (d / f"{w}_{part}.JPEG").write_bytes(jpeg(k))
+    (ddir / "classnames.txt").write_text(f"{wnids[0]} tench\n", encoding="utf-8")   # the second wnid's line is lost
+    with pytest.raises(UserError, match=rf"classnames.txt has no line for wnid {wnids[1]}"):
+        readers.read_imagenet(ddir)
+    (ddir / "classnames.txt").unlink()                    # the packaged table: every ImageNet-1k wnid
+    assert readers.read_imagenet(ddir).classnames == ["tench", "goldfish"]
+    (ddir / "images" / "train" / "n99999999").mkdir()
+    (ddir / "images" / "train" / "n99999999" / "x.JPEG").write_bytes(jpeg(5))
+    with pytest.raises(UserError, match="n99999999 .*is not an ImageNet-1k wnid"):
+        readers.read_imagenet(ddir)
+
+
 def test_traversal_member_refused_nothing_outside(tmp_path):
     files, _, _ = build("dtd")
     files["dtd-r1.0.1.tar.gz"] = pack(".tar.gz", {"dtd/images/a/x.jpg": jpeg(1), "dtd/../../../evil.txt": b"x"})
@@ -325,8 +347,8 @@ def test_two_prepares_on_one_root_do_not_clobber(tmp_path):
     assert len([f for f, _ in log if f == "EuroSAT.zip"]) == 1
 
 
-def test_existing_coop_folder_works_unchanged_as_root(tmp_path):
-    """A CoOp DATA folder (no cpbench marker) is loaded as is, and prepare adopts it offline."""
+def _coop_eurosat(tmp_path):
+    """A miniature EuroSAT laid out as in a CoOp DATA folder (no cpbench marker), and its spec."""
     files, classnames, _ = build("eurosat")
     ddir = tmp_path / "eurosat"
     with zipfile.ZipFile(io.BytesIO(files["EuroSAT.zip"])) as zf:
@@ -334,7 +356,26 @@ def test_existing_coop_folder_works_unchanged_as_root(tmp_path):
     (ddir / "split_zhou_EuroSAT.json").write_bytes(files["split_zhou_EuroSAT.json"])
     spec = dataclasses.replace(all_specs()["eurosat"], expected=Expected(train=2, val=2, test=2, classes=2),
                                sources=())
+    return files, classnames, ddir, spec
+
+
+def test_existing_coop_folder_works_unchanged_as_root(tmp_path):
+    """A CoOp DATA folder (no cpbench marker) is loaded as is, and prepare adopts it offline."""
+    files, classnames, ddir, spec = _coop_eurosat(tmp_path)
     ds = prep.load("eurosat", tmp_path, spec=spec)
     assert ds.split.classnames == classnames
     ds2, info = prep.prepare("eurosat", tmp_path, spec=spec)  # no sources: nothing can be downloaded
     assert info["sources"] == {"existing": str(ddir)} and ds2.split == ds.split
+
+
+def test_an_adopted_folder_with_an_image_that_does_not_decode_is_refused_by_name(tmp_path):
+    """Images adopted without an official checksum (here an existing CoOp folder) are all decoded
+    before the dataset is marked ready (issue 29)."""
+    from cpbench.errors import UserError
+
+    files, _, ddir, spec = _coop_eurosat(tmp_path)
+    bad = json.loads(files["split_zhou_EuroSAT.json"])["test"][0][0]
+    (ddir / spec.image_dir / bad).write_text("text, not an image")
+    with pytest.raises(UserError, match=rf"1 image\(s\) do not decode \({re.escape(bad)}\)"):
+        prep.prepare("eurosat", tmp_path, spec=spec)
+    assert not (ddir / ".cpbench.json").exists()

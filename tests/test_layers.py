@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "cpbench"
 
 # bottom to top; a pattern ``x.*`` covers the modules under package x, an exact name wins over it
 LAYERS = [
-    ("foundation", ["errors", "faults", "atomic", "paths", "threads", "interrupts", "state", "state.unpickle"]),
+    ("foundation", ["errors", "faults", "atomic", "paths", "locks", "threads", "interrupts", "state", "state.unpickle"]),
     ("config and name tables", ["config", "methods.registry", "protocols", "protocols.registry"]),
     ("models", ["models", "models.*"]),
     ("data", ["data", "data.*"]),

@@ -108,7 +108,8 @@ def test_from_folder_missing_files_are_all_named(tmp_path, monkeypatch, capsys):
 
 
 def test_an_existing_root_keeps_its_other_datasets_and_locks(tmp_path, monkeypatch, capsys):
-    """Only what this prepare created is removed: a root in use keeps its lock folder."""
+    """Only what this prepare created is removed: a root in use keeps its lock folder, and the failed
+    prepare's own lock file is gone (issue 29: no stale `.locks/<dataset>.lock`)."""
     root = tmp_path / "data"
     (root / ".locks").mkdir(parents=True)
     (root / ".locks" / "other.lock").write_text("")
@@ -118,7 +119,7 @@ def test_an_existing_root_keeps_its_other_datasets_and_locks(tmp_path, monkeypat
     given.mkdir()
     code, _, _ = _cli(monkeypatch, capsys, "prepare", "oxford_pets", "--from", str(given), "--root", str(root))
     assert code == 2
-    assert _everything_under(root) == [".locks", ".locks/other.lock", ".locks/oxford_pets.lock", "other"]
+    assert _everything_under(root) == [".locks", ".locks/other.lock", "other"]
 
 
 @pytest.mark.parametrize("target", ["afile/x", "afile"])

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from minidata import make_caltech  # noqa: E402
 from test_protocols import _cli as _main  # noqa: E402
 
-from cpbench.data import caption_splits  # noqa: E402
+from cpbench.data import caption_splits, captions  # noqa: E402
 from cpbench.data import prepare as prep  # noqa: E402
 from cpbench.data.toy import captions as toy_captions  # noqa: E402
 from cpbench.engine.retrieval import ranks, recall_at_k  # noqa: E402
@@ -62,6 +62,40 @@ def test_ties_count_against_the_query_whatever_the_order():
     assert got[("t2i", 1)] == (0, 6) and got[("t2i", 5)] == (6, 6)
     perm = torch.tensor([5, 2, 0, 4, 1, 3])  # candidates in another order: the same recalls
     assert recall_at_k(SIM[:, perm], CAPTION_IMAGE[perm], ks=(1, 2, 3)) == recall_at_k(SIM, CAPTION_IMAGE, ks=(1, 2, 3))
+
+
+def test_captions_identical_after_cleaning_are_one_target():
+    """CPL's cname2lab: one label per distinct caption. Image 0's "A dog runs." and image 1's
+    "a dog  runs." are the same text once CLIP's tokenizer has cleaned them (case, spaces)."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    from cpbench.engine.retrieval import caption_targets
+
+    tok = SimpleTokenizer()
+    texts = ["A dog runs.", "a red ball", "a dog  runs.", "a cat"]
+    caption_image = torch.tensor([0, 0, 1, 1])
+    targets, of = caption_targets(texts, lambda t: tuple(tok.encode(t)))
+    assert targets == ["A dog runs.", "a red ball", "a cat"] and of.tolist() == [0, 1, 0, 2]
+    sim = torch.tensor([[0.9, 0.1, 0.2],      # image 0 x (dog, ball, cat)
+                        [0.9, 0.3, 0.5]])     # image 1
+    got = recall_at_k(sim, caption_image, ks=(1, 2), caption_target=of)
+    # i2t: each image's best match is the shared "dog" target, which is its own: rank 1 for both
+    # (as separate captions, the other image's identical "dog" caption tied with it: rank 2)
+    assert got[("i2t", 1)] == (2, 2)
+    as_captions = recall_at_k(sim[:, of], caption_image, ks=(1, 2))
+    assert as_captions[("i2t", 1)] == (0, 2)
+    # t2i per caption: "dog" matches both images (rank 1 twice), "ball" loses to image 1 (0.3 > 0.1)
+    assert got[("t2i", 1)] == (3, 4) and got[("t2i", 2)] == (4, 4)
+
+
+def test_long_captions_are_counted_against_the_room_the_prompt_leaves():
+    from cpbench.engine.retrieval import long_captions
+
+    n_tokens = lambda t: len(t.split())  # noqa: E731
+    texts = ["a b c", "a b c d e f", "a b c d e f g h"]
+    assert long_captions(texts, n_tokens, 10, 4) == 1      # room 6: only the 8-word caption is cut
+    assert long_captions(texts, n_tokens, 10, 3) == 1
+    assert long_captions(texts, n_tokens, 10, 5) == 2
 
 
 # --------------------------------------------------------------------------- CPL's data handling
@@ -200,3 +234,16 @@ def test_too_many_pairs_is_a_user_error(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "number of training image-caption pairs: 1 to 6 for toy_captions, got 7" in err, err
     assert not (tmp_path / "results").exists()
+
+
+def test_a_caption_longer_than_the_context_is_said_once(toy_world, monkeypatch, capsys):
+    root, results = toy_world
+    cache = next(root.glob(f"*/{captions.SPLIT_CACHE}"))
+    split = json.loads(cache.read_text(encoding="utf-8"))
+    split["test"][3][1][2] = " ".join(["word"] * 90)          # 90 tokens: more than a 77-token context holds
+    cache.write_text(json.dumps(split), encoding="utf-8")
+    capsys.readouterr()
+    assert _main(monkeypatch, "run", "zeroshot", "--protocol", "retrieval", "--backbone", "toy", "--device", "cpu",
+                 "--seeds", "1", "2", "--shots", "4", "--root", root, "--results", results) == 0
+    err = capsys.readouterr().err
+    assert err.count("test captions have more than") == 1 and "toy_captions: 1 of 100 test captions" in err

@@ -134,6 +134,8 @@ def main(argv=None) -> int:
     ap.add_argument("--load", type=int, default=2, help="busy loops during the loaded runs (default 2)")
     ap.add_argument("--arms", nargs="+", default=["cpbench", "one-thread", "active", "passive"],
                     choices=list(arms(cpus)))
+    ap.add_argument("--loaded-arms", nargs="+",
+                    help="arms measured under load (default: --arms); spinning arms under load take 8-27x longer")
     ap.add_argument("--workloads", nargs="+", default=["coop-toy-shapes", "quickstart-coop", "coop-tiny"],
                     choices=list(workloads([], [], False)))
     ap.add_argument("--epochs", type=int, help="train every workload this many epochs (default: its own)")
@@ -156,7 +158,7 @@ def main(argv=None) -> int:
         for load in (0, a.load):
             with Load(load):
                 for w in a.workloads:
-                    for arm in a.arms:
+                    for arm in (a.arms if load == 0 or not a.loaded_arms else a.loaded_arms):
                         wall, train, line = run_cli(spec[arm], work[w])
                         measured.setdefault((w, arm, load), []).append((wall, train))
                         chose[(w, arm, load)] = line.partition(", ")[2] or line
@@ -177,7 +179,8 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|")
     for w in a.workloads:
         for arm in a.arms:
-            cells = [f"{med(w, arm, ld):.1f} ({med(w, arm, ld, 1):.1f}) | {chose[(w, arm, ld)]}" for ld in (0, a.load)]
+            cells = [f"{med(w, arm, ld):.1f} ({med(w, arm, ld, 1):.1f}) | {chose[(w, arm, ld)]}"
+                     if (w, arm, ld) in measured else "not measured | " for ld in (0, a.load)]
             print(f"| {w} | {arm} | {cells[0]} | {cells[1]} |")
     if {"cpbench", "one-thread", "active"} <= set(a.arms):
         print("\n| workload | quiet: cpbench / min(one-thread, active) (<= 1.15) | loaded: cpbench / one-thread (<= 1.5) |")

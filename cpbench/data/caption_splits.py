@@ -45,7 +45,7 @@ class CaptionSplit:
         try:
             return cls(*(tuple(Pair(str(p), tuple(str(c) for c in caps)) for p, caps in obj[k]) for k in ("train", "test")))
         except (KeyError, TypeError, ValueError):
-            raise UserError(f"{where} is not a caption split; run `cpbench prepare` for this dataset again") from None
+            raise UserError(f"{where} is not a caption split; prepare the dataset again with --force") from None
 
 
 def read_karpathy(ddir: Path, annotations: str, pool: str = "train", strip: bool = False,
@@ -56,7 +56,7 @@ def read_karpathy(ddir: Path, annotations: str, pool: str = "train", strip: bool
         data = json.loads(path.read_text(encoding="utf-8"))
         images = data["images"]
     except FileNotFoundError:
-        raise UserError(f"{path} is missing; run `cpbench prepare` for this dataset") from None
+        raise UserError(f"{path} is missing; the dataset folder is incomplete: prepare the dataset again with --force") from None
     except (OSError, ValueError, KeyError, TypeError):
         raise UserError(f"{path} is not a Karpathy caption file (images[] with sentences); fetch it again") from None
 

@@ -62,22 +62,31 @@ class CaptionedDataset:
         digest = hashlib.sha256(record + b"\0" + str(self.dir.resolve()).encode("utf-8", "surrogateescape"))
         return f"{self.name}@{digest.hexdigest()[:12]}"
 
-    def pairs(self, n: int, seed: int) -> list[tuple[str, str]]:
-        """The few-shot training pairs, from a portable JSON file keyed by split hash, n and seed."""
+    def pairs(self, n: int, seed: int, write: bool = False) -> list[tuple[str, str]]:
+        """The few-shot training pairs: ``prepare``'s portable JSON file (keyed by split hash, n and
+        seed), else drawn in memory (deterministic; a run never writes under the data root). A file
+        that does not read is one line naming it; ``write`` (``prepare`` only) stores the draw."""
         digest = split_hash(self.split)
         path = self.dir / "split_fewshot" / f"pairs_{n}-seed_{seed}-{digest[:12]}.json"
-        if path.exists():
+        if path.exists() and not write:
+            repair = (f"run `cpbench prepare {self.name} --shots {n} --seeds {seed} --root {self.dir.parent}` "
+                      "to draw it again")
             try:
                 obj = json.loads(path.read_text(encoding="utf-8"))
-                if obj.get("split_sha256") == digest:
-                    return [(str(p), str(c)) for p, c in obj["pairs"]]
-            except (OSError, ValueError, KeyError, TypeError):
-                pass  # unreadable: draw again (the draw is deterministic)
+                pairs = obj["pairs"] if isinstance(obj, dict) else None
+                if not isinstance(pairs, list) or not all(
+                        isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in pairs):
+                    raise ValueError("pairs is not a list of [image, caption]")
+            except (OSError, ValueError, KeyError) as exc:
+                raise UserError(f"cannot read few-shot pairs file {path} ({exc.__class__.__name__}); {repair}") from None
+            if obj.get("split_sha256") == digest:
+                return [(p, c) for p, c in pairs]
         pairs = sample_pairs(self.split, n, seed)
-        atomic.write_json(path, {"dataset": self.name, "split_sha256": digest, "shots": n, "seed": seed,
-                                 "algorithm": "CPL split.py: RandomState(seed).choice(pool, n) images, "
-                                              "random.Random(seed).randint(0, 4) caption each",
-                                 "pairs": [list(p) for p in pairs]})
+        if write:
+            atomic.write_json(path, {"dataset": self.name, "split_sha256": digest, "shots": n, "seed": seed,
+                                     "algorithm": "CPL split.py: RandomState(seed).choice(pool, n) images, "
+                                                  "random.Random(seed).randint(0, 4) caption each",
+                                     "pairs": [list(p) for p in pairs]})
         return pairs
 
 
@@ -147,6 +156,6 @@ def prepare(spec, root: Path, from_dir: Path | None, shots: Sequence[int], seeds
                                     started)
     ds = CaptionedDataset(spec, ddir, split)
     info["counts"] = got
-    info["fewshot"] = {f"{k} pairs seed {s}": (len(ds.pairs(k, s)), 0) for k in shots for s in seeds}
+    info["fewshot"] = {f"{k} pairs seed {s}": (len(ds.pairs(k, s, write=True)), 0) for k in shots for s in seeds}
     return ds, info
 

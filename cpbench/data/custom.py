@@ -25,7 +25,9 @@ import csv
 import json
 import os
 import random
+import shlex
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from cpbench import atomic
@@ -120,22 +122,76 @@ def _generated_split(rows: list[tuple[str, str]], order: list[str], seed: int) -
 
 
 def _place(src: Path, dst: Path) -> None:
+    """``dst`` becomes ``src``'s content: a hard link when possible, else a copy. A file already there
+    is kept only when it is ``src`` itself (adopting again after replacing a bad image takes the new one)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.exists():
+    if dst.exists() and os.path.samefile(src, dst):
         return
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link")
     try:
-        os.link(src, dst)
-    except OSError:
-        with atomic.atomic_path(dst) as tmp:
-            shutil.copyfile(src, tmp)
+        tmp.unlink(missing_ok=True)
+        os.link(src, tmp)
+        os.replace(tmp, dst)
+    except OSError:  # another file system, or no hard links there: a copy
+        tmp.unlink(missing_ok=True)
+        with atomic.atomic_path(dst) as copy:
+            shutil.copyfile(src, copy)
+
+
+def prepare_command(ddir: Path, root: Path) -> str:
+    """The ``cpbench prepare`` that adopted the dataset in ``ddir`` (recorded in its description):
+    running it again rebuilds the dataset from your files."""
+    try:
+        obj = json.loads((Path(ddir) / SPEC_FILE).read_text(encoding="utf-8"))
+        args = obj.get("command") or ["--from-folder", obj["source"]]
+        name = obj["name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        name, args = Path(ddir).name, ["--from-folder", "DIR"]
+    return shlex.join(["cpbench", "prepare", name, *args, "--root", str(root)])
+
+
+def _command_args(from_folder, csv_file, classnames_file, template, split_file, seed, skip_bad) -> list[str]:
+    """The options of this adoption, as absolute paths (the command works from any folder)."""
+    args = []
+    for option, value in (("--from-folder", from_folder), ("--csv", csv_file), ("--classnames", classnames_file),
+                          ("--split", split_file)):
+        if value is not None:
+            args += [option, str(Path(value).resolve())]
+    if template != "a photo of a {}.":
+        args += ["--template", template]
+    if split_file is None and seed != 1:
+        args += ["--split-seed", str(seed)]
+    if skip_bad:
+        args.append("--skip-bad-images")
+    return args
+
+
+def _drop_undecodable(src: Path, rows: list[tuple[str, str]], skip_bad: bool,
+                      say: Callable[[str], None]) -> tuple[list[tuple[str, str]], list[str]]:
+    """Every image is decoded before anything is written: files that do not decode are refused by
+    name, or with ``skip_bad`` (``--skip-bad-images``) left out and counted."""
+    from cpbench.data.decode import undecodable
+
+    bad = undecodable(src, sorted({rel for rel, _ in rows}))
+    if not bad:
+        return rows, []
+    shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    if not skip_bad:
+        raise UserError(f"{len(bad)} file(s) under {src} do not decode as images: {shown}; remove or replace them, "
+                        "or pass --skip-bad-images to leave them out")
+    say(f"skipped {len(bad)} file(s) that do not decode as images (--skip-bad-images): {shown}")
+    gone = set(bad)
+    return [r for r in rows if r[0] not in gone], bad
 
 
 def make_custom(name: str, root: Path, from_folder: Path | None = None, csv_file: Path | None = None,
                 classnames_file: Path | None = None, template: str = "a photo of a {}.",
                 split_file: Path | None = None, seed: int = 1, builtin: tuple[str, ...] = (),
-                shots: tuple[int, ...] = ()) -> DatasetSpec:
+                shots: tuple[int, ...] = (), skip_bad: bool = False,
+                say: Callable[[str], None] = lambda m: None) -> DatasetSpec:
     """Build ``<root>/<name>/`` from the user's images; return its spec (prepare then marks it ready).
-    Everything is checked (at least 2 classes, ``shots`` images per class) before a file is written."""
+    Everything is checked (at least 2 classes, ``shots`` images per class, every image decodes)
+    before a file is written."""
     if not name.replace("_", "").replace("-", "").isalnum() or name.startswith(("-", "_", ".")):
         raise UserError(f"dataset name {name!r}: use letters, digits, '_' or '-'")
     if name in builtin:
@@ -169,11 +225,17 @@ def make_custom(name: str, root: Path, from_folder: Path | None = None, csv_file
     present = sorted({c for _, c in rows})
     order = [c for c in classnames if c in present] if classnames else present
     if split_file is not None:
-        split = splits.read_split(split_file)
+        split = splits.read_split(split_file, f"fix the file given to --split ({split_file})")
         for it in (*split.train, *split.val, *split.test):
             if not (src / it.path).is_file():
                 raise UserError(f"--split names {it.path}, which is not in {src}")
         rows = sorted({(it.path, it.classname) for it in (*split.train, *split.val, *split.test)})
+    rows, skipped = _drop_undecodable(src, rows, skip_bad, say)
+    if split_file is not None:
+        if skipped:
+            gone = set(skipped)
+            split = splits.Split(*(tuple(it for it in getattr(split, part) if it.path not in gone)
+                                   for part in ("train", "val", "test")))
     else:
         split = _generated_split(rows, order, seed)
     checks.require_classes(name, split, trained=True)
@@ -188,5 +250,6 @@ def make_custom(name: str, root: Path, from_folder: Path | None = None, csv_file
     atomic.write_json(ddir / SPEC_FILE, {
         "name": name, "template": template, "source": str(src.resolve()),
         "split": "given" if split_file is not None else f"generated 50/20/30 per class, seed {seed}",
-        "expected": counts})
+        "expected": counts, "skipped_images": skipped,
+        "command": _command_args(from_folder, csv_file, classnames_file, template, split_file, seed, skip_bad)})
     return spec_from_file(ddir / SPEC_FILE)

@@ -101,9 +101,27 @@ def load_image(path: Path) -> Image.Image:
         with Image.open(path) as im:
             return im.convert("RGB")
     except FileNotFoundError:
-        raise UserError(f"image {path} is missing; run `cpbench prepare <dataset> --check`") from None
+        raise UserError(f"image {path} is missing; {_check_advice(path)}") from None
     except OSError as exc:
-        raise UserError(f"image {path} is unreadable ({exc}); run `cpbench prepare <dataset> --check`") from None
+        raise UserError(f"image {path} is unreadable ({exc}); {_check_advice(path)}") from None
+
+
+def _check_advice(path: Path) -> str:
+    """The ``--check`` of the prepared dataset holding ``path`` (the folder with its prepare record)."""
+    import json
+    import shlex
+
+    from cpbench.data.folders import MARKER
+
+    for folder in Path(path).absolute().parents:
+        if (folder / MARKER).is_file():
+            try:
+                name = json.loads((folder / MARKER).read_text(encoding="utf-8"))["dataset"]
+            except (OSError, ValueError, KeyError, TypeError):
+                name = folder.name
+            cmd = shlex.join(["cpbench", "prepare", str(name), "--check", "--root", str(folder.parent)])
+            return f"run `{cmd}` to find every bad image and how to repair them"
+    return "check the dataset's images"
 
 
 class ImageList(Dataset):

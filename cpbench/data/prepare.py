@@ -3,7 +3,9 @@ prepared dataset for ``run``.
 
 A dataset folder is ready when its marker ``.cpbench.json`` exists; the marker is written last
 and atomically, so an interrupted prepare is simply redone. Two prepares of one dataset are
-serialised by a file lock under ``<root>/.locks``.
+serialised by a file lock under ``<root>/.locks`` (removed when prepare ends; ``cpbench/locks.py``).
+``prepare`` is the only writer of a data root: ``run`` reads split and few-shot files and draws
+the few-shot sets ``prepare`` did not store in memory, so a lab's shared root may be read-only.
 
 Sources are tried in order (official URL with its checksum, then mirrors); a file given with
 ``--from DIR`` whose checksum is unknown or differs from the official one is accepted only if
@@ -22,6 +24,7 @@ spec (e.g. loopback URLs and relaxed counts) instead of the registered one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import shutil
 import time
@@ -29,8 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from filelock import FileLock
-
+from cpbench import locks
 from cpbench.data import catalog, checks, fetch, folders, splits
 from cpbench.data.folders import (MARKER, Say, current_record, dataset_dir, fetch_sources, missing_files,
                                   write_record)
@@ -79,9 +81,69 @@ class PreparedDataset:
             return sorted({it.label for it in self.split.test})
         return None
 
-    def fewshot(self, shots: int, seed: int) -> splits.FewShot:
-        return splits.load_or_make_fewshot(self.dir, self.spec.name, self.split, shots, seed, self.spec.val_is_test)
+    def check_fewshot(self, shots: Sequence[int], seeds: Sequence[int]) -> None:
+        """The few-shot files ``prepare`` stored for these draws read (before any work; a draw without
+        a file is made in memory later): a damaged one is one line naming it and its repair."""
+        digest = splits.split_hash(self.split)
+        for k in (k for k in shots if k > 0):
+            for seed in seeds:
+                splits.read_fewshot(splits.fewshot_path(self.dir, digest, k, seed), digest, k, seed,
+                                    fewshot_repair(self.spec, self.dir.parent, k, seed))
 
+    def fewshot(self, shots: int, seed: int, write: bool = False) -> splits.FewShot:
+        """The k-shot draw of ``seed``: ``prepare``'s file, else drawn in memory; ``write``: only
+        ``prepare`` stores it."""
+        return splits.load_or_make_fewshot(self.dir, self.spec.name, self.split, shots, seed, self.spec.val_is_test,
+                                           write=write, repair=fewshot_repair(self.spec, self.dir.parent, shots, seed))
+
+
+
+def fewshot_source(name: str, root: Path, shots: int, seed: int) -> str:
+    """Where a training's ``shots``/``seed`` images come from (``splits.FewShot.source``): "cpbench"
+    unless the dataset folder holds CoOp's few-shot file for them (then it is read, and compared with
+    cpbench's draw). Cheap when there is no such file; the answer is kept per file version."""
+    if shots < 1:
+        return ""
+    spec = catalog.get_spec(name, root)
+    if spec.task != "classification":
+        return ""
+    ddir = dataset_dir(spec, root)
+    path = splits.dassl_fewshot_path(ddir, shots, seed)
+    try:
+        st = path.stat()
+    except OSError:
+        return "cpbench"
+    try:  # a dataset prepared again may have another split: compare again
+        prepared = (ddir / MARKER).stat().st_mtime_ns
+    except OSError:
+        prepared = 0
+    return _dassl_source(name, str(Path(root)), shots, seed, (st.st_mtime_ns, st.st_size, prepared))
+
+
+@functools.lru_cache(maxsize=64)
+def _dassl_source(name: str, root: str, shots: int, seed: int, _version: tuple) -> str:
+    return load(name, Path(root)).fewshot(shots, seed).source
+
+
+def dassl_fewshot_note(root: Path, datasets, shots, seeds) -> str:
+    """One line naming the CoOp few-shot files the run will train on ("" when none), so a user sees
+    once that their own draws are used (and whether they are cpbench's draws or other images)."""
+    same, other = [], []
+    for d in datasets:
+        for k in shots:
+            for s in seeds:
+                src = fewshot_source(d, root, k, s)
+                if src.startswith("dassl-pkl"):
+                    (same if src == splits.DASSL_SAME else other).append(f"{d} shot_{k}-seed_{s}.pkl")
+    if not same and not other:
+        return ""
+    parts = []
+    if other:
+        parts.append(f"{', '.join(other)} (images differ from cpbench's sorted-order draw: these rows are "
+                     "labelled 'dassl shots')")
+    if same:
+        parts.append(f"{', '.join(same)} (the same images cpbench draws)")
+    return "using CoOp's few-shot files (split_fewshot/*.pkl) for the training images: " + "; ".join(parts)
 
 
 def subset_items(ds: PreparedDataset, subset: str, shots: int, seed: int, part: str):
@@ -97,17 +159,32 @@ def subset_items(ds: PreparedDataset, subset: str, shots: int, seed: int, part: 
 SPLIT_CACHE = ".cpbench_split.json"
 
 
+def repair_hint(spec: DatasetSpec, root: Path) -> str:
+    """What rebuilds a dataset's split files, as a command that works as written: ``--force`` for
+    the datasets cpbench downloads or generates; for your own data, the command that adopted it."""
+    if spec.kind == "custom":
+        from cpbench.data.custom import prepare_command
+
+        return f"run `{prepare_command(dataset_dir(spec, root), root)}` to rebuild it"
+    return f"run `cpbench prepare {spec.name} --force --root {root}` to rebuild it"
+
+
+def fewshot_repair(spec: DatasetSpec, root: Path, shots: int, seed: int) -> str:
+    return f"run `cpbench prepare {spec.name} --shots {shots} --seeds {seed} --root {root}` to draw it again"
+
+
 def _read_split(spec: DatasetSpec, ddir: Path, use_cache: bool = True) -> splits.Split:
+    repair = repair_hint(spec, ddir.parent)
     if spec.read_split is not None:
         cache = ddir / SPLIT_CACHE
         if use_cache and cache.is_file():
-            return splits.read_split(cache)
+            return splits.read_split(cache, repair)
         return spec.read_split(ddir)
     assert spec.split_file, spec.name
     path = ddir / spec.split_file
     if not path.exists():
-        raise UserError(f"{spec.name}: split file {path} is missing; run `cpbench prepare {spec.name}`")
-    return splits.read_split(path)
+        raise UserError(f"{spec.name}: split file {path} is missing; {repair}")
+    return splits.read_split(path, repair)
 
 
 def load(name: str, root: Path, spec: DatasetSpec | None = None) -> PreparedDataset:
@@ -203,9 +280,9 @@ def prepare(name: str, root: Path, from_dir: Path | None = None, shots: Sequence
     if from_dir is not None and not Path(from_dir).is_dir():
         raise UserError(f"--from {from_dir}: no such folder")
     root = Path(root)
-    from cpbench.paths import check_folder
+    from cpbench.paths import check_folder, chosen_by
 
-    check_folder(root, "--root")
+    check_folder(root, chosen_by(root, "--root", "CPBENCH_DATA"))
     ddir = dataset_dir(spec, root)
     lock = root / ".locks" / f"{spec.name}.lock"
     downloads = root / ".downloads"
@@ -215,7 +292,7 @@ def prepare(name: str, root: Path, from_dir: Path | None = None, shots: Sequence
         if spec.task == "retrieval":  # image-caption datasets: cpbench/data/captions.py
             from cpbench.data import captions
 
-            with FileLock(str(lock)):
+            with locks.held(lock, waiting=_waiting(spec.name, say)):
                 return captions.prepare(spec, root, from_dir, shots, seeds, force, say, progress)
         ds, info = _prepare_locked(spec, root, ddir, from_dir, force, say, progress, lock)
     except BaseException:
@@ -226,15 +303,22 @@ def prepare(name: str, root: Path, from_dir: Path | None = None, shots: Sequence
     fewshot = {}
     for k in shots:
         for s in seeds:
-            fs = ds.fewshot(k, s)
+            fs = ds.fewshot(k, s, write=True)
             fewshot[f"{k}-shot seed {s}"] = (len(fs.train), len(fs.val))
+    note = dassl_fewshot_note(root, [spec.name], shots, seeds)
+    if note:  # the user's own CoOp draws stand in for cpbench's: said once
+        say(note)
     info["fewshot"] = fewshot
     return ds, info
 
 
+def _waiting(name: str, say: Say) -> Callable[[str], None]:
+    return lambda who: say(f"waiting for another prepare of {name} to finish (it holds the lock: {who})")
+
+
 def _prepare_locked(spec: DatasetSpec, root: Path, ddir: Path, from_dir: Path | None, force: bool, say: Say,
                     progress: fetch.Progress | None, lock: Path) -> tuple[PreparedDataset, dict]:
-    with FileLock(str(lock)):
+    with locks.held(lock, waiting=_waiting(spec.name, say)):
         marker = ddir / MARKER
 
         def digest() -> str:
@@ -281,6 +365,7 @@ def _prepare_locked(spec: DatasetSpec, root: Path, ddir: Path, from_dir: Path | 
             if missing:
                 raise UserError(f"{spec.name}: {len(missing)}+ images named by the split file are missing "
                                 f"(first: {missing[0]}); the archive does not match the split file")
+            _require_decodable(spec, ddir, split, sources)
             if spec.read_split is not None:
                 splits.write_split(ddir / SPLIT_CACHE, split)
             info = write_record(ddir, {"dataset": spec.name, "split_sha256": splits.split_hash(split),
@@ -289,24 +374,29 @@ def _prepare_locked(spec: DatasetSpec, root: Path, ddir: Path, from_dir: Path | 
         return PreparedDataset(spec, ddir, split), info
 
 
+def _require_decodable(spec: DatasetSpec, ddir: Path, split: splits.Split, sources: dict) -> None:
+    """Images adopted without an official checksum (an existing CoOp folder, an archive given with
+    --from whose checksum is unknown or differs) are all decoded before the dataset is marked ready;
+    checksum-verified archives are the official bytes. ImageNet's folders (millions of files) are
+    left to ``--check``."""
+    checked = [v.get("checksum") for v in sources.values() if isinstance(v, dict) and "checksum" in v]
+    if not ("existing" in sources or any(c != "ok" for c in checked)):
+        return
+    bad = unreadable_files(ddir / spec.image_dir, split)
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        where = "the folder" if "existing" in sources else "the archive given with --from"
+        raise UserError(f"{spec.name}: {len(bad)} image(s) do not decode ({shown}); {where} is damaged or not the "
+                        "official release: replace it with an intact copy and prepare again")
+
+
 def unreadable_files(image_root: Path, split: splits.Split, progress: Callable[[int, int], None] | None = None) -> list[str]:
     """Images that exist but cannot be decoded (truncated, not an image), by split path."""
-    from PIL import Image
+    from cpbench.data.decode import undecodable
 
-    bad = []
-    seen = set()
-    items = [it for it in (*split.train, *split.val, *split.test) if not (it.path in seen or seen.add(it.path))]
-    for n, item in enumerate(items, 1):
-        path = image_root / item.path
-        if path.is_file():
-            try:
-                with Image.open(path) as img:
-                    img.load()
-            except Exception:  # any decoder failure means the file is unusable
-                bad.append(item.path)
-        if progress and n % 500 == 0:
-            progress(n, len(items))
-    return bad
+    seen: set[str] = set()
+    paths = [it.path for it in (*split.train, *split.val, *split.test) if not (it.path in seen or seen.add(it.path))]
+    return undecodable(image_root, [p for p in paths if (image_root / p).is_file()], progress)
 
 
 def check(name: str, root: Path, spec: DatasetSpec | None = None, decode: bool = True) -> dict:
@@ -351,6 +441,7 @@ class OwnData:
     template: str = "a photo of a {}."
     split_file: Path | None = None
     split_seed: int = 1
+    skip_bad: bool = False  # --skip-bad-images: leave out (and count) files that do not decode
 
 
 def dataset_names(dataset: str, root: Path) -> list[str]:
@@ -385,22 +476,35 @@ def prepared_lines(name: str, ds, info: dict) -> list[str]:
 def check_datasets(dataset: str, names: list[str], root: Path, show: Callable[[str], None]) -> None:
     """``cpbench prepare NAME --check``: every named dataset re-verified (``all``: the prepared ones);
     one line per result or problem, then one error if any failed."""
-    bad = 0
+    bad = []
     for name in names:
-        if dataset == "all" and not folders.is_prepared(catalog.get_spec(name, root), root):
+        spec = catalog.get_spec(name, root)
+        if dataset == "all" and not folders.is_prepared(spec, root):
             continue
         r = check(name, root)
         if r["ok"]:
             show(f"{name}: ok — {counts_text(r['counts'])}")
             continue
-        bad += 1
+        bad.append(spec)
         for p in r["problems"]:
             show(f"{name}: {p}")
         for kind in ("missing", "unreadable"):
             for path in r[kind]:
                 show(f"{name}: {kind}: {path}")
     if bad:
-        raise UserError(f"{bad} dataset(s) failed the check; run `cpbench prepare {dataset} --force` to repair")
+        fixes = "; ".join(f"{spec.name}: {check_repair(spec, root)}" for spec in bad)
+        raise UserError(f"{len(bad)} dataset(s) failed the check; {fixes}")
+
+
+def check_repair(spec: DatasetSpec, root: Path) -> str:
+    """What repairs a dataset that failed ``--check``, as a command that works as written: downloaded
+    data is extracted again from its kept archives and toy data regenerated (``--force``); your own
+    data is adopted again from your files (a file that still does not decode is then named)."""
+    if spec.kind == "manual":
+        return f"replace the named files in {dataset_dir(spec, root) / spec.image_dir} with intact copies"
+    if spec.kind == "custom":  # a file damaged in your folder too (hard links) is named, with --skip-bad-images
+        return repair_hint(spec, root).replace("to rebuild it", "to adopt your files again")
+    return repair_hint(spec, root).replace("to rebuild it", "to repair it")
 
 
 def prepare_datasets(dataset: str, root: Path, from_dir: Path | None = None, shots: Sequence[int] = (),
@@ -416,7 +520,8 @@ def prepare_datasets(dataset: str, root: Path, from_dir: Path | None = None, sho
         from cpbench.data.custom import make_custom
 
         spec = make_custom(dataset, root, own.folder, own.csv_file, own.classnames_file, own.template, own.split_file,
-                           own.split_seed, builtin=tuple(catalog.all_specs()), shots=tuple(shots))
+                           own.split_seed, builtin=tuple(catalog.all_specs()), shots=tuple(shots),
+                           skip_bad=own.skip_bad, say=lambda m: say(dataset, m))
         ds, info = prepare(dataset, root, shots=shots, seeds=seeds, force=True, say=lambda m: say(dataset, m), spec=spec)
         for line in prepared_lines(dataset, ds, info):
             show(line)

@@ -79,7 +79,7 @@ def imagenet_indices(wnids: list[str]) -> list[int]:
 
 def _subdirs(path: Path) -> list[str]:
     if not path.is_dir():
-        raise UserError(f"{path} is missing; run `cpbench prepare` for this dataset")
+        raise UserError(f"{path} is missing; the dataset folder is incomplete: prepare the dataset again with --force")
     return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
 
 
@@ -127,6 +127,20 @@ def read_fgvc_aircraft(ddir: Path) -> Split:
 # --------------------------------------------------------------------------- ImageNet family
 
 
+def _name_of(names: dict[str, str], ddir: Path, folder: Path):
+    """wnid -> class name; a wnid the names lack is an error naming it (the official readers index
+    ``classnames[folder]`` and raise), never the wnid standing in as a class name."""
+    def name(wnid: str) -> str:
+        if wnid in names:
+            return names[wnid]
+        if (Path(ddir) / "classnames.txt").is_file():
+            raise UserError(f"{Path(ddir) / 'classnames.txt'} has no line for wnid {wnid} (folder {folder / wnid}); "
+                            f"add '{wnid} <class name>' or use CoOp's 1000-line classnames.txt")
+        raise UserError(f"{wnid} (folder {folder / wnid}) is not an ImageNet-1k wnid; remove that folder")
+    return name
+
+
+
 def read_imagenet(ddir: Path) -> Split:
     """``images/train/<wnid>/`` and ``images/val/<wnid>/``; labels follow the sorted wnids; val is
     the test set (and stands in as val, as Dassl's ``val=test``)."""
@@ -134,12 +148,12 @@ def read_imagenet(ddir: Path) -> Split:
     wnids = _subdirs(root / "train")
     names = imagenet_classnames(ddir)
     label = {w: i for i, w in enumerate(wnids)}
-    train = _folder_items(root, "train", wnids, label.__getitem__, lambda w: names.get(w, w))
+    train = _folder_items(root, "train", wnids, label.__getitem__, _name_of(names, ddir, root / "train"))
     val_wnids = _subdirs(root / "val")
     extra = sorted(set(val_wnids) - set(label))
     if extra:
         raise UserError(f"imagenet: val folder {extra[0]} has no train folder; sort val into the train wnids")
-    test = _folder_items(root, "val", val_wnids, label.__getitem__, lambda w: names.get(w, w))
+    test = _folder_items(root, "val", val_wnids, label.__getitem__, _name_of(names, ddir, root / "val"))
     return Split(train=train, val=test, test=test)
 
 
@@ -158,7 +172,7 @@ def _wnid_reader(sub: str):
         wnids = [w for w in _subdirs(root)]
         names = imagenet_classnames(ddir)
         label = {w: i for i, w in enumerate(wnids)}
-        test = _folder_items(root, "", wnids, label.__getitem__, lambda w: names.get(w, w))
+        test = _folder_items(root, "", wnids, label.__getitem__, _name_of(names, ddir, root))
         return Split(train=(), val=(), test=test)
     read.__name__ = f"read_wnid_folders_{sub.replace('-', '_')}"
     return read

@@ -15,6 +15,12 @@ Recall at K (percent of queries):
   with a non-matching one ranks below it): a model that scores everything equally gets R@K = 0,
   never a free hit, and the result does not depend on the candidates' order. Other matches of the
   same query (an image's other captions) never push its best match down.
+
+Captions that are the same text after the tokenizer's cleaning (``caption_targets``) are one
+target, as CPL's ``cname2lab`` makes them (one label per distinct caption): image -> text ranks the
+distinct targets, and a target matches every image one of its captions belongs to, so identical
+texts on different images never count as each other's misses (text -> image: each caption is a
+query whose matches are all the images its text describes).
 """
 
 from __future__ import annotations
@@ -34,19 +40,38 @@ def ranks(scores: torch.Tensor, match: torch.Tensor) -> torch.Tensor:
     return 1 + ((scores >= best.unsqueeze(1)) & ~match).sum(dim=1)
 
 
-def recall_at_k(sim: torch.Tensor, caption_image: torch.Tensor, ks=KS, block: int = 1024) -> dict:
-    """``{("i2t" | "t2i", k): (hits, queries)}`` from sim [n_images, n_captions] and the image
-    index of every caption. Computed in blocks of ``block`` queries."""
+def caption_targets(captions: list[str], key: Callable[[str], object]) -> tuple[list[str], torch.Tensor]:
+    """(the distinct targets, each caption's target index): captions with equal ``key`` (the
+    tokenizer's cleaned tokens) are one target, kept as its first caption, in first-seen order."""
+    index: dict[object, int] = {}
+    targets, of = [], []
+    for text in captions:
+        k = key(text)
+        if k not in index:
+            index[k] = len(targets)
+            targets.append(text)
+        of.append(index[k])
+    return targets, torch.tensor(of, dtype=torch.long)
+
+
+def recall_at_k(sim: torch.Tensor, caption_image: torch.Tensor, ks=KS, block: int = 1024,
+                caption_target: torch.Tensor | None = None) -> dict:
+    """``{("i2t" | "t2i", k): (hits, queries)}`` from sim [n_images, n_targets], the image index of
+    every caption and, where captions share a target, each caption's target index (``caption_targets``;
+    default: every caption its own target). Computed in blocks of ``block`` queries."""
     sim = sim.float()
     caption_image = caption_image.long()
-    n_img, n_cap = sim.shape
+    n_img, n_tgt = sim.shape
+    target = torch.arange(len(caption_image)) if caption_target is None else caption_target.long()
+    match = torch.zeros(n_img, n_tgt, dtype=torch.bool)   # image i is described by target t
+    match[caption_image, target] = True
     i2t, t2i = [], []
     for s in range(0, n_img, block):
         rows = torch.arange(s, min(s + block, n_img))
-        i2t.append(ranks(sim[rows], caption_image.unsqueeze(0) == rows.unsqueeze(1)))
-    for s in range(0, n_cap, block):
-        cols = torch.arange(s, min(s + block, n_cap))
-        t2i.append(ranks(sim[:, cols].t(), torch.arange(n_img).unsqueeze(0) == caption_image[cols].unsqueeze(1)))
+        i2t.append(ranks(sim[rows], match[rows]))
+    for s in range(0, len(target), block):
+        cols = target[s: s + block]
+        t2i.append(ranks(sim[:, cols].t(), match[:, cols].t()))
     out = {}
     for direction, r in (("i2t", torch.cat(i2t)), ("t2i", torch.cat(t2i))):
         for k in ks:
@@ -72,3 +97,11 @@ def similarity(method, image_features: torch.Tensor, captions: list[str], device
         if on_block:
             on_block(b + 1, n_blocks)
     return torch.cat(blocks, dim=1)
+
+
+def long_captions(captions: list[str], n_tokens: Callable[[str], int], context_length: int, reserved: int) -> int:
+    """How many captions have more tokens than the context leaves them: ``context_length`` minus
+    ``reserved`` (start and end tokens, the full stop, the learned context); the tokenizer cuts
+    their ends."""
+    room = context_length - reserved
+    return sum(1 for text in captions if n_tokens(text) > room)

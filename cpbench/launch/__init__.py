@@ -29,7 +29,7 @@ def settings_payload(s) -> dict:
     return {"data_root": str(s.data_root), "results_root": str(s.results_root), "backbone": s.backbone,
             "pretrained": s.pretrained, "weights": s.weights, "config_file": s.config_file, "sets": list(s.sets),
             "device": str(s.device), "force": bool(s.force), "feature_cache": bool(s.feature_cache),
-            "state_from": s.state_from}
+            "state_from": s.state_from, "tensorboard": str(s.tensorboard) if s.tensorboard else None}
 
 
 def job_payload(job, settings: dict, device: str | None = None) -> dict:
@@ -57,7 +57,8 @@ def settings_from_payload(p: dict):
     return RunSettings(data_root=Path(s["data_root"]), results_root=Path(s["results_root"]), backbone=s["backbone"],
                        pretrained=s["pretrained"], weights=s["weights"], config_file=s["config_file"],
                        sets=list(s["sets"]), device=resolve_device(s["device"]), force=s["force"],
-                       feature_cache=s["feature_cache"], state_from=s.get("state_from"))
+                       feature_cache=s["feature_cache"], state_from=s.get("state_from"),
+                       tensorboard=Path(s["tensorboard"]) if s.get("tensorboard") else None)
 
 
 def dumps(obj: dict) -> str:

@@ -182,7 +182,9 @@ def run(job: Job, cfg, key: str, backbone, s, store, reporter) -> list[dict]:
                 scorer.set_training_subset([names[label] for label in classes], [seen.index(label) for label in classes])
                 scorer.to(device=s.device, dtype=precision.param_dtype)
                 torch.manual_seed(epoch_seed(job.seed, 200_000 + 1000 * t + 10 * j + (subset != f"task{j}")))
-                reporter.phase(f"evaluating task {j} after task {t} ({len(test)} images, {len(classes)} classes)")
+                among = (f"among all {len(classes)} seen classes" if subset == f"task{j}"
+                         else f"among its own {len(classes)} classes")
+                reporter.phase(f"evaluating task {j} after task {t} {among} ({len(test)} images; rows {subset})")
                 res = evaluate(scorer, relabel(test, classes), ds.image_root, s.device, precision,
                                cfg.train.test_batch_size, cfg.train.num_workers, cache=cache, dataset=ds.cache_tag,
                                on_batch=lambda b, nb: (reporter.advance(b, nb), faults.point("eval")))

@@ -13,9 +13,7 @@ from __future__ import annotations
 import uuid
 
 import torch
-from filelock import FileLock
-
-from cpbench import faults
+from cpbench import faults, locks
 from cpbench.config import ResolvedConfig
 from cpbench.data import prepare as prep
 from cpbench.engine import checkpoint
@@ -33,13 +31,15 @@ from cpbench.results.schema import environment, now
 from cpbench.results.store import ResultStore
 
 
-def job_lock(s: RunSettings, tkey: str) -> FileLock:
+def job_lock(s: RunSettings, tkey: str, job: Job, reporter: Reporter):
     """One process at a time per training key (parallel workers, a second `cpbench run` on the same
-    results): the second waits, then finds the shard written and skips, or the final checkpoint
-    and only evaluates. flock locks die with their process, so a killed run leaves no stale lock."""
+    results): the second says whom it waits for, then finds the shard written and skips, or the
+    final checkpoint and only evaluates. flock locks die with their process and the holder removes
+    the file (``cpbench/locks.py``), so no run leaves a stale lock."""
     path = s.results_root / "locks" / f"{tkey}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(path))
+    return locks.held(path, waiting=lambda who: reporter.say(
+        f"  waiting for another run of {job.method} on {job.train_dataset} seed {job.seed} to finish "
+        f"(it holds {path.name}: {who})"))
 
 
 def saved_progress(finished: int, total: int, job: Job | None, s: RunSettings) -> str:
@@ -67,12 +67,32 @@ def run_job(job: Job, backbone: Backbone, s: RunSettings, store: ResultStore,
     key = job_key(job, cfg, s)
     if store.has(key) and not s.force:
         reporter.job_skipped(job)
+        tensorboard_final(job, cfg, key, s, store, None)
         return None
-    with job_lock(s, training_key(job, cfg, s)):
+    with job_lock(s, training_key(job, cfg, s), job, reporter):
         if store.has(key) and not s.force:
             reporter.job_skipped(job)
+            tensorboard_final(job, cfg, key, s, store, None)
             return None
-        return runner(job.protocol)(job, cfg, key, backbone, s, store, reporter)
+        rows = runner(job.protocol)(job, cfg, key, backbone, s, store, reporter)
+        tensorboard_final(job, cfg, key, s, store, rows)
+        return rows
+
+
+def tensorboard_final(job: Job, cfg: ResolvedConfig, key: str, s: RunSettings, store: ResultStore,
+                      rows: list[dict] | None) -> None:
+    """``--tensorboard``: the job's final accuracies (its stored rows when it was skipped) into its
+    training's run, with the history filled in from ``history.parquet`` where the run has none."""
+    if s.tensorboard is None:
+        return
+    from cpbench.results import tensorboard
+
+    if rows is None:
+        import pandas as pd
+
+        rows = pd.read_parquet(store.shard_path(key)).to_dict("records")
+    tensorboard.write_final(s.tensorboard, training_key(job, cfg, s), key,
+                            checkpoint_dir(job, cfg, s) / "history.parquet", rows)
 
 
 def runner(protocol: str):

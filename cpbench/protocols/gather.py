@@ -57,6 +57,7 @@ def target_columns(ds, tds, names: list[str], tnames: list[str]) -> list[int]:
     two "missile", two "sunglasses"); anything else by class name."""
     if ds.name == "imagenet" and len(names) == 1000:
         try:
+            from cpbench.data.prepare import repair_hint
             from cpbench.data.readers import folder_wnids, imagenet_indices
             from cpbench.data.specs import WNID_SUBSETS
         except ImportError:  # the ImageNet family is not available in this build
@@ -65,7 +66,7 @@ def target_columns(ds, tds, names: list[str], tnames: list[str]) -> list[int]:
             cols = imagenet_indices(folder_wnids(tds.dir, tds.spec.image_dir))
             if len(cols) != len(tnames):
                 raise UserError(f"{tds.name}: {len(cols)} wnid folders but {len(tnames)} classes in its split; "
-                                f"re-run `cpbench prepare {tds.name} --force`")
+                                f"{repair_hint(tds.spec, tds.dir.parent)}")
             return cols
     return gather_columns(names, tnames, tds.name)
 

@@ -85,6 +85,8 @@ class RunSettings:
     view_store: bool = True      # False: the test-feature cache only (benchmarks/speed/views.py's baseline)
     # learned state imported instead of trained (``official:DIR`` | ``export:FILE``; see cpbench/state/imports.py)
     state_from: str | None = None
+    # --tensorboard DIR: each training's epochs and final accuracies as a TensorBoard run (results/tensorboard.py)
+    tensorboard: Path | None = None
 
 
 class Reporter(Protocol):
@@ -92,6 +94,7 @@ class Reporter(Protocol):
     def job_started(self, job: Job, index: int, total: int) -> None: ...
     def job_skipped(self, job: Job) -> None: ...
     def job_failed(self, job: Job, exc: BaseException) -> None: ...
+    def say(self, text: str) -> None: ...   # one line about a step (resuming, waiting for a lock)
     def phase(self, text: str, total: int | None = None) -> None: ...
     def advance(self, done: int, total: int) -> None: ...
     def batch(self, epoch: int, done: int, total: int, loss: float, lr: float) -> None: ...
@@ -103,6 +106,7 @@ class SilentReporter:
     def job_started(self, job, index, total): pass
     def job_skipped(self, job): pass
     def job_failed(self, job, exc): pass
+    def say(self, text): pass
     def phase(self, text, total=None): pass
     def advance(self, done, total): pass
     def batch(self, epoch, done, total, loss, lr): pass

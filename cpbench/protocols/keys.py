@@ -39,11 +39,24 @@ def _continual(job: Job) -> dict:
     return {"continual": [job.tasks, job.class_order]} if job.tasks else {}
 
 
+def _fewshot(job: Job, s: RunSettings) -> dict:
+    """Training images read from CoOp's few-shot file that differ from cpbench's own draw (absent
+    otherwise, so keys are unchanged where the images are): a checkpoint trained on other images is
+    never reused."""
+    if s.state_from or job.shots < 1:
+        return {}
+    from cpbench.data.prepare import fewshot_source
+
+    source = fewshot_source(job.train_dataset, s.data_root, job.shots, job.seed)
+    return {"fewshot": source} if source.startswith("dassl-pkl:") else {}
+
+
 def job_key(job: Job, cfg: ResolvedConfig, s: RunSettings) -> str:
     blob = json.dumps({
         "method": job.method, "protocol": job.protocol, "train": [job.train_dataset, job.train_subset],
         "shots": job.shots, "seed": job.seed, "targets": [[t.dataset, t.subset] for t in job.targets],
         "config": cfg.hash, "backbone": backbone_identity(s), **_imported(s), **_continual(job),
+        **_fewshot(job, s),
     }, sort_keys=True)
     return f"{job.method}-{job.train_dataset}-s{job.seed}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
@@ -53,6 +66,7 @@ def training_key(job: Job, cfg: ResolvedConfig, s: RunSettings) -> str:
     blob = json.dumps({
         "method": job.method, "train": [job.train_dataset, job.train_subset], "shots": job.shots,
         "seed": job.seed, "config": cfg.hash, "backbone": backbone_identity(s), **_imported(s), **_continual(job),
+        **_fewshot(job, s),
     }, sort_keys=True)
     return f"{job.method}-{job.train_dataset}-{job.train_subset}-k{job.shots}-s{job.seed}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 

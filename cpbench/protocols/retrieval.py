@@ -11,7 +11,10 @@ number of training pairs k (CPL's 0.5/1/3/5 %: see ``cpbench/data/captions.py``)
 all test captions for every test image and all test images for every caption
 (``cpbench/engine/retrieval.py``, ties counted against the query); one row per direction and K
 (subset ``i2t`` | ``t2i``, ``recall_at`` = K, ``accuracy`` = R@K in percent, ``n_test`` = the
-queries, ``n_classes`` = the candidates).
+queries, ``n_classes`` = the candidates). Test captions that are the same text once the tokenizer
+has cleaned them are one target (CPL's ``cname2lab``), so a caption shared by two images is no
+miss for either; captions longer than the text context leaves them are cut by the tokenizer, as in
+the official code, and ``run`` says how many once (``long_caption_note``).
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ from cpbench.data.splits import Item
 from cpbench.engine.cache import FeatureCache
 from cpbench.engine.features import encode_all, image_features
 from cpbench.engine.precision import seed_everything
-from cpbench.engine.retrieval import KS, recall_at_k, similarity
+from cpbench.engine.retrieval import KS, caption_targets, long_captions, recall_at_k, similarity
 from cpbench.engine.train import epoch_seed
+from cpbench.methods.base import clean
 from cpbench.paths import cache_root
 from cpbench.protocols.jobs import Job, PlanRequest, Target
 from cpbench.protocols.steps import (build_method, checkpoint_dir, history_ident, run_fields, start_own_runner,
@@ -79,16 +83,18 @@ def run(job: Job, cfg, key: str, backbone, s, store, reporter) -> list[dict]:
         feats = encode_all(method, test_items, ds.image_root, s.device, precision, cfg.train.test_batch_size,
                            cfg.train.num_workers, progress)
     torch.manual_seed(epoch_seed(job.seed, 200_000))  # methods that sample at test time
-    reporter.phase(f"scoring {len(test_items)} images x {len(texts)} captions")
-    sim = similarity(method, feats, texts, s.device, precision, cfg.train.test_batch_size, progress)
-    recalls = recall_at_k(sim, caption_image)
+    # captions the text encoder cannot tell apart (the same tokens once cleaned) are one target
+    targets, caption_target = caption_targets(texts, lambda t: tuple(backbone.tokenizer.encode(clean(t))))
+    reporter.phase(f"scoring {len(test_items)} images x {len(targets)} distinct captions")
+    sim = similarity(method, feats, targets, s.device, precision, cfg.train.test_batch_size, progress)
+    recalls = recall_at_k(sim, caption_image, caption_target=caption_target)
     eval_seconds = time.time() - t0
     common = {**run_fields(job, key, cfg, s, uuid.uuid4().hex[:12], method, precision,
                            cfg.train.epochs if cls.trainable else 0, seconds, cache is not None, started_at,
                            environment()),
               "eval_dataset": ds.name, "eval_seconds": eval_seconds}
     rows = []
-    for direction, candidates in (("i2t", len(texts)), ("t2i", len(test))):
+    for direction, candidates in (("i2t", len(targets)), ("t2i", len(test))):
         for k in KS:
             hits, queries = recalls[(direction, k)]
             rows.append({**common, "subset": direction, "recall_at": k, "accuracy": 100.0 * hits / max(1, queries),
@@ -96,3 +102,26 @@ def run(job: Job, cfg, key: str, backbone, s, store, reporter) -> list[dict]:
             reporter.row(rows[-1])
     store.write(key, rows)
     return rows
+
+
+def long_caption_note(jobs: list[Job], backbone, s) -> str:
+    """One line per run: how many test captions of each dataset are longer than the text context
+    leaves them (start and end tokens, the full stop and the method's learned context), so their cut
+    ends are said, not silent ("" when none)."""
+    from cpbench.protocols.jobs import job_config
+
+    parts = []
+    for dataset in dict.fromkeys(j.train_dataset for j in jobs):
+        job = next(j for j in jobs if j.train_dataset == dataset)
+        n_ctx = int(getattr(job_config(job, s).options, "n_ctx", 0) or 0)
+        texts = [c for p in captions.load(dataset, s.data_root).split.test for c in p.captions]
+        reserved = backbone.text_start + 2 + n_ctx
+        n = long_captions(texts, lambda t: backbone.n_tokens(clean(t)), backbone.context_length, reserved)
+        if n:
+            parts.append(f"{dataset}: {n:,} of {len(texts):,} test captions have more than "
+                         f"{backbone.context_length - reserved} tokens")
+    if not parts:
+        return ""
+    return ("; ".join(parts) + f" (the room a {backbone.context_length}-token context leaves after the start, the "
+            "learned context, the full stop and the end token): the tokenizer cuts their ends, as in the "
+            "official code")

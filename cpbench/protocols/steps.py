@@ -81,7 +81,7 @@ def learn(job: Job, cfg: ResolvedConfig, backbone: Backbone, s: RunSettings, rep
     train_items, names, (tr, va) = prep.subset_items(ds, job.train_subset, 0 if s.state_from else job.shots, job.seed, "train")
     if cls.trainable and not train_items:
         raise UserError(f"{ds.name}: no training images for the {job.train_subset} classes; check the split file "
-                        f"in {ds.dir} or re-run `cpbench prepare {ds.name} --force`")
+                        f"in {ds.dir} or {prep.repair_hint(ds.spec, s.data_root)}")
     seed_everything(job.seed)
     method = build_method(cls, backbone, names, cfg.options, ds.spec.template, s, precision)
     ckpt_dir = checkpoint_dir(job, cfg, s)
@@ -138,23 +138,41 @@ def train_or_load(method: Method, cfg: ResolvedConfig, s: RunSettings, precision
     from the training-view store (``engine/views.py``), filling it where it is empty."""
     final = final if final is not None else checkpoint.load(ckpt_dir, "final")
     if final is not None:
+        reporter.say(f"  {what} finished training in an earlier run: its final checkpoint is loaded, not trained again")
         method.load_learned_state(final[0])
         return float(final[1].get("train_seconds", 0.0))
     epochs = planned_epochs(cfg.train, len(train_items))
     if not (method.trainable and epochs > 0):
         return 0.0
     length = f"{cfg.train.iterations} iterations" if cfg.train.iterations else f"{epochs} epochs"
+    done = checkpoint.read_meta(ckpt_dir, "epoch")
+    if done is not None:
+        n = int(done["epoch"]) + 1
+        kept = "epoch 1 was" if n == 1 else f"epochs 1-{n} were"
+        reporter.say(f"  resuming {what} from epoch {n + 1}/{epochs}: {kept} checkpointed by an earlier run ({ckpt_dir})")
     reporter.phase(f"training {what} ({len(train_items)} images, {length})", epochs)
     method.prepare_training(TrainingData(train_items, tuple(val_items), image_root, s.device, precision, cfg.train,
                                          seed, cache, dataset))
 
+    board = None
+    if s.tensorboard is not None:  # one run per training (continual: per task), named like its checkpoints
+        from cpbench.results.tensorboard import EpochWriter
+
+        board = EpochWriter(s.tensorboard, ckpt_dir.relative_to(s.results_root / "checkpoints").as_posix())
+
     def on_epoch(stats, history):
         curves.write_history(ckpt_dir, history, ident)
+        if board is not None:
+            board(history[-1])
         reporter.epoch(stats)
 
     store = ViewStore(cache_root() / "views") if s.feature_cache and s.view_store else None
-    result = train(method, train_items, image_root, cfg.train, s.device, precision, seed, ckpt_dir,
-                   on_epoch=on_epoch, on_batch=reporter.batch, store=store, dataset_tag=dataset)
+    try:
+        result = train(method, train_items, image_root, cfg.train, s.device, precision, seed, ckpt_dir,
+                       on_epoch=on_epoch, on_batch=reporter.batch, store=store, dataset_tag=dataset)
+    finally:
+        if board is not None:
+            board.close()
     if result.history:  # also when the run resumed after its last epoch
         curves.write_history(ckpt_dir, result.history, ident)
     checkpoint.save(ckpt_dir, "final", method.learned_state(), {"epoch": epochs, "train_seconds": result.seconds})
@@ -178,6 +196,8 @@ def run_fields(job: Job, key: str, cfg: ResolvedConfig, s: RunSettings, run_id: 
                           "test+train-views" if epochs and s.view_store and uses_view_store(method, cfg.train) else "test"),
         "train_features": (f"cached-aug:{cfg.train.feature_views}" if cfg.train.feature_views else "images"),
         "train_seconds": train_seconds, "device": str(s.device), "imported": imported,
+        # the training images' origin (cpbench's draw or CoOp's split_fewshot pkl; "" = none drawn)
+        "fewshot_source": "" if imported else prep.fewshot_source(job.train_dataset, s.data_root, job.shots, job.seed),
         "device_name": device_name(s.device),  # the GPU model for the cost view (issue 26)
         "started_at": started_at, **env,
     }

@@ -33,7 +33,7 @@ import pandas as pd
 from cpbench.errors import UserError
 from cpbench.results.table import Entry
 
-IDENTITY = ("method", "backbone", "pretrained", "weights", "imported", "precision")
+IDENTITY = ("method", "backbone", "pretrained", "weights", "imported", "precision", "shots_from")
 # the same (protocol, shots, datasets, subset, seed) in one entry is one cell's seed
 CELL = ("protocol", "train_dataset", "eval_dataset", "subset", "shots",
         # continual: the task evaluated after, of how many, in which class order; retrieval: K of R@K
@@ -55,6 +55,13 @@ def normalise(frame: pd.DataFrame) -> pd.DataFrame:
         if col not in df.columns:
             df[col] = ""
         df[col] = df[col].fillna("").astype(str)
+    # training images from CoOp's few-shot pkl files that differ from cpbench's draw are another
+    # entry (all seeds together); the same images, however read, are one
+    if "fewshot_source" in df.columns:
+        source = df["fewshot_source"].fillna("").astype(str)
+        df["shots_from"] = source.map(lambda v: "dassl-pkl" if v.startswith("dassl-pkl:") else "")
+    else:
+        df["shots_from"] = ""
     for col, neutral in NEUTRAL.items():
         if col not in df.columns:
             df[col] = neutral
@@ -225,7 +232,8 @@ def _setting_part(e: Entry, siblings: list[Entry]) -> str:
 
 def assign_labels(entries: list[Entry]) -> list[Entry]:
     """Labels unique within the list: method + what distinguishes it (backbone if the report holds
-    several, ``imported …`` for imported rows, the precision when its entries differ in it, the
+    several, ``imported …`` for imported rows, ``dassl shots`` for rows trained on CoOp's few-shot
+    files where those differ from cpbench's draw, the precision when its entries differ in it, the
     settings that differ among its configurations)."""
     backbones = {(e.backbone, e.pretrained, e.weights) for e in entries}
     by_method: dict[str, list[Entry]] = {}
@@ -240,10 +248,14 @@ def assign_labels(entries: list[Entry]) -> list[Entry]:
         if e.imported:
             kind, _, ident = e.imported.partition(":")
             several = len({s.imported for s in sib if s.imported.partition(":")[0] == kind}) > 1
-            parts.append(f"imported {kind}" + (f":{ident[:8]}" if several else ""))
+            # an imported log's identity is its official trainer and cfg: readable, and its setting
+            parts.append(f"imported {e.imported}" if kind == "dassl-log" else
+                         f"imported {kind}" + (f":{ident[:8]}" if several else ""))
+        if e.shots_from:
+            parts.append("dassl shots")
         if len({s.precision for s in sib}) > 1:
             parts.append(e.precision or "precision unknown")
-        setting = _setting_part(e, sib)
+        setting = "" if e.imported.startswith("dassl-log:") else _setting_part(e, sib)
         if setting:
             parts.append(setting)
         out.append(replace(e, label=e.method + (f" ({', '.join(parts)})" if parts else "")))

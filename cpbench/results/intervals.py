@@ -77,6 +77,10 @@ class Measured:
     accuracies: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
+# rows read from the official scripts' logs (cpbench import-logs): their predictions never existed
+LOGS = "accuracies imported from the official logs, which hold no per-image predictions"
+
+
 class Samples:
     def __init__(self, df: pd.DataFrame, outcomes: dict, replicates: int = bootstrap.REPLICATES):
         """``df``: the report's rows (with the ``entry`` column); ``outcomes``: the stored
@@ -92,7 +96,8 @@ class Samples:
             for r in g.itertuples(index=False):
                 o = outcomes.get((r.run_id, r.eval_dataset, r.subset))
                 if o is None:
-                    why = "no per-image predictions"
+                    why = (LOGS if str(getattr(r, "imported", "") or "").startswith("dassl-log:")
+                           else "no per-image predictions")
                     break
                 n_right = int(o.correct.sum())
                 if (not isnan(r.row_correct) and n_right != int(r.row_correct)) or (

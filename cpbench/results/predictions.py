@@ -22,6 +22,7 @@ compressed; strings dictionary-encoded.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,9 +114,10 @@ def read_file(file: Path) -> dict[tuple[str, str, str], Outcome]:
     return out
 
 
-def read(results_root: Path, job_keys) -> dict[tuple[str, str, str], Outcome]:
-    """The outcomes stored for these jobs (files that are missing or unreadable are skipped: their
-    rows are reported without what needs predictions)."""
+def read(results_root: Path, job_keys, skipped: Callable[[Path, str], None] | None = None
+         ) -> dict[tuple[str, str, str], Outcome]:
+    """The outcomes stored for these jobs (missing files are skipped: their rows are reported without
+    what needs predictions); an unreadable file is skipped too, and named to ``skipped(file, why)``."""
     out: dict[tuple[str, str, str], Outcome] = {}
     for key in sorted(set(job_keys)):
         file = path(results_root, key)
@@ -123,6 +125,9 @@ def read(results_root: Path, job_keys) -> dict[tuple[str, str, str], Outcome]:
             continue
         try:
             out.update(read_file(file))
-        except Exception:  # a half-copied or foreign file: the report says what it cannot show
+        except Exception as exc:  # a half-copied or foreign file: the report says what it cannot show
+            if skipped is not None:
+                why = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+                skipped(file, why.replace(f"'{file}'", "it").replace(str(file), "it"))
             continue
     return out

@@ -108,6 +108,10 @@ def entry_notes(df: pd.DataFrame, es: list[Entry], choices: list[ent.Choice]) ->
     if any(e.imported for e in es):
         notes.append("imported = learned parameters loaded instead of trained by cpbench (official: the authors' "
                      "released checkpoints; export: a cpbench export file).")
+    if any(e.imported.startswith("dassl-log:") for e in es):
+        notes.append("imported dassl-log = accuracies read from the official scripts' log.txt (`cpbench import-logs`), "
+                     "run with the official code and its cfg (named after the colon); they hold no per-image "
+                     "predictions, so --ci, --compare-methods and --per-class have nothing behind those rows.")
     return notes
 
 
@@ -221,7 +225,16 @@ def command(results: Path, opts: ReportOptions, format: str = "markdown", std: b
         warn(f"skipped unreadable results shard {path} (delete it and re-run its job)")
     if read.frame.empty:
         raise UserError(f"no results under {store.root}; run `cpbench run METHOD` first (or pass --results DIR)")
-    built = build(read.frame, opts, outcomes=lambda keys: predictions.read(store.root, keys))
+    named: set = set()
+
+    def skipped(file, why):  # said once per file, however many views read it
+        if file in named:
+            return
+        named.add(file)
+        warn(f"skipped unreadable predictions file {file} ({why}): its runs are left out of the views that need "
+             "per-image predictions; delete it and re-run its job with --force to store them again")
+
+    built = build(read.frame, opts, outcomes=lambda keys: predictions.read(store.root, keys, skipped))
     if plots is not None:
         try:
             from cpbench.results.plots import write_plots

@@ -49,7 +49,11 @@ SCHEMA = pa.schema([
     ("device_name", pa.string()),          # the GPU model (torch.cuda.get_device_name) or the CPU's; see device_name()
     ("peak_memory_mb", pa.float64()),      # the job's peak (cpbench/engine/memory.py)
     ("peak_memory_source", pa.string()),   # cuda.max_memory_allocated | process maxrss
-    ("imported", pa.string()),         # "" = trained by cpbench; else KIND:IDENTITY (cpbench/state/imports.py)
+    ("imported", pa.string()),
+    # where the few-shot training images came from: "cpbench" (its sorted-order draw), "dassl-pkl (=
+    # cpbench draw)" (CoOp's split_fewshot pkl, same images) or "dassl-pkl:<digest>" (other images:
+    # another entry in the report); "" = no draw (full train set, imported state); null = older rows
+    ("fewshot_source", pa.string()),         # "" = trained by cpbench; else KIND:IDENTITY (cpbench/state/imports.py)
     # continual: evaluated after training task ``task`` of ``n_tasks`` (subset = "task<j>": the
     # classes of task j; "seen": every class seen so far); class_order: JSON list of the class
     # names in task order. Null for other protocols.

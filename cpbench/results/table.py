@@ -42,6 +42,7 @@ class Entry:
     weights: str = ""                        # a local checkpoint given with --weights ("" = none)
     imported: str = ""                       # "" = trained by cpbench; else KIND:IDENTITY
     precision: str = ""                      # the rows' effective precision ("" = rows without the column)
+    shots_from: str = ""                     # "dassl-pkl": trained on CoOp's few-shot files, other images
     overrides: tuple[tuple[str, str], ...] = ()  # settings that differ from the method's defaults
     known_config: bool = True                # False: rows without a readable config (old shards)
     config_hashes: tuple[str, ...] = ()      # the rows' config hashes (one per per-dataset default)
