@@ -154,7 +154,7 @@ def run(
     results: Optional[Path] = typer.Option(None, "--results", help="results dir (default ./results or $CPBENCH_RESULTS)"),
     root: Optional[Path] = typer.Option(None, "--root", help="data root (default ./data or $CPBENCH_DATA)"),
     force: bool = typer.Option(False, "--force", help="re-run jobs whose rows already exist"),
-    no_cache: bool = typer.Option(False, "--no-cache", help="do not use cached frozen image features"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="do not use the cache of frozen image features (test views, training views)"),
     launcher: str = typer.Option("none", "--launcher", help="none (here) | local (one worker per GPU) | slurm (submitit)"),
     gpus: Optional[str] = typer.Option(None, "--gpus", help="--launcher local: GPUs, one worker each, e.g. 0,1,2,3"),
     jobs_per_gpu: int = typer.Option(1, "--jobs-per-gpu", help="--launcher local: workers (jobs at once) per GPU"),
@@ -296,6 +296,17 @@ def predict(
 
 
 # --------------------------------------------------------------------------- list
+
+
+@app.command("cache")
+def cache_(action: Optional[str] = typer.Argument(None, help="nothing: show sizes; `clear`: delete"),
+           kind: str = typer.Option("all", "--kind", help="clear: views | features | all"),
+           max_size: Optional[str] = typer.Option(None, "--max-size", help="size cap, e.g. 50G (`none` removes it); "
+                                                  "least recently used files go first; also $CPBENCH_CACHE_MAX")) -> None:
+    """The derived-file cache (test-view features, the training-view store): show, cap, clear."""
+    from cpbench.ui.cache import cache_command
+
+    cache_command(action, kind, max_size, out)
 
 
 @app.command("list")

@@ -19,7 +19,7 @@ LAYERS = [
     ("engine: what a method may use", ["engine", "engine.precision", "engine.cache", "engine.checkpoint",
                                        "engine.memory", "engine.retrieval", "engine.features"]),
     ("methods", ["methods", "methods.*"]),
-    ("engine: the loops that drive a method", ["engine.train", "engine.evaluate"]),
+    ("engine: the loops that drive a method", ["engine.train", "engine.evaluate", "engine.augment", "engine.views"]),
     ("results", ["results", "results.*"]),
     ("learned state in and out", ["state.*"]),
     ("protocols", ["protocols.*"]),

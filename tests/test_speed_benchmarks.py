@@ -47,4 +47,7 @@ def test_gpu_benchmark_dry_run_prints_every_section(tmp_path):
         assert all(r[m]["images_per_s"] > 0 for m in ("naive", "cut", "shared"))
         assert r["shared"]["flops_per_step"] <= r["cut"]["flops_per_step"] < r["naive"]["flops_per_step"]
         assert r["roofline_images_per_s"] > 0
-    assert {"eval", "loader", "cold_eval_jpeg"} <= set(benches)
+    assert {"eval", "loader", "cold_eval_jpeg", "views"} <= set(benches)
+    views = next(r for r in printed if r["bench"] == "views")
+    assert views["identical_state"] == {"fill": True, "store": True}, views   # exact, on this CPU
+    assert views["store_bytes"] > 0 and views["store_images_per_s"] > 0

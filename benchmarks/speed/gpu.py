@@ -19,6 +19,13 @@ side by side in this process:
   decode images/s with 0..N workers, and cpbench's evaluation end to end (``eval_workers``).
 - ``jobs_per_gpu``: jobs/hour of the local launcher with 1, 2, 4 workers on this GPU (toy world,
   prepared into a temp dir when ``--root`` has none).
+- ``views``: a text-side method's training (CoOp, 100 classes, batch 32, 2 epochs over 1024
+  synthetic 500x375 JPEGs, fp16) through cpbench's own loop, three ways: with no store (each
+  epoch: decode + keyed augmentation in ``eval_workers`` loader workers + the frozen encoder's
+  canonical pass, then the text-side steps), filling the training-view store (the same, plus
+  writing each epoch's shard), and reading the store (one shard per epoch from disk + the
+  steps). Training images/s of each, the ratio, the store's bytes, and whether the learned
+  states are bit-identical (the store's claim, checked on this GPU).
 
 FLOP count (stated in each row): forward FLOPs of a transformer layer over T query tokens with K
 key tokens are 24*T*D^2 (QKV, output projection, 4x MLP; 2 FLOPs per multiply-add) + 4*T*K*D
@@ -224,7 +231,7 @@ def bench_eval(rec, backbone, device, roof, args, budget):
     backbone.to(dtype=torch.float32)
 
 
-def write_jpegs(folder: Path, n: int, dry: bool) -> list:
+def write_jpegs(folder: Path, n: int, dry: bool, classes: int = 10) -> list:
     import numpy as np
     from PIL import Image
 
@@ -237,7 +244,7 @@ def write_jpegs(folder: Path, n: int, dry: bool) -> list:
         base = np.linspace(0, 255, w)[None, :, None] * rng.random((1, 1, 3)) + np.linspace(0, 255, h)[:, None, None] * rng.random((1, 1, 3))
         arr = np.clip(base / 2 + rng.normal(0, 20, (h, w, 3)), 0, 255).astype("uint8")
         Image.fromarray(arr).save(folder / f"{i}.jpg", quality=90)
-        items.append(Item(f"{i}.jpg", i % 10, f"class {i % 10}"))
+        items.append(Item(f"{i}.jpg", i % classes, f"class {i % classes}"))
     return items
 
 
@@ -305,6 +312,47 @@ def bench_jobs(rec, args, budget):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def bench_views(rec, backbone, device, args, budget):
+    from cpbench.config import TrainConfig
+    from cpbench.engine.features import eval_workers
+    from cpbench.engine.precision import resolve_precision
+    from cpbench.engine.train import train
+    from cpbench.engine.views import ViewStore
+
+    if budget.over(reserve=60):
+        rec({"bench": "views", "skipped": "time budget"})
+        return
+    folder = Path(tempfile.mkdtemp(prefix="cpbench-views-"))
+    try:
+        n, classes = (16, args.classes) if args.dry_run else (1024, args.classes)
+        items = write_jpegs(folder, n, args.dry_run, classes)
+        precision = resolve_precision("fp32" if args.dry_run else "fp16", device)
+        bb = backbone.to(dtype=precision.param_dtype)
+        cfg = TrainConfig(epochs=2, batch_size=4 if args.dry_run else 32, precision=precision.requested,
+                          num_workers=eval_workers(0, device), checkpoint=False)
+        store = ViewStore(folder / "cache" / "views")
+        runs = {}
+        for how in ("no_store", "fill", "store"):
+            method = build_method("coop", bb, classes, 16, precision, device)
+            sync(device)
+            res = train(method, items, folder, cfg, device, precision, seed=1,
+                        store=None if how == "no_store" else store, dataset_tag="bench")
+            sync(device)
+            runs[how] = (res.images_seen / res.seconds, {k: v.detach().cpu() for k, v in method.learned_state().items()})
+            del method
+        size = sum(p.stat().st_size for p in (folder / "cache" / "views").rglob("*.safetensors"))
+        same = {how: all(torch.equal(runs[how][1][k], runs["no_store"][1][k]) for k in runs["no_store"][1])
+                for how in ("fill", "store")}
+        rec({"bench": "views", "method": "coop", "classes": classes, "images": n, "epochs": cfg.epochs,
+             "batch": cfg.batch_size, "precision": precision.effective, "loader_workers": cfg.num_workers,
+             **{f"{how}_images_per_s": round(runs[how][0], 1) for how in runs},
+             "speedup_store_vs_no_store": round(runs["store"][0] / runs["no_store"][0], 2),
+             "store_bytes": size, "identical_state": same})
+        backbone.to(dtype=torch.float32)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 class Budget:
     def __init__(self, seconds: float):
         self.start, self.seconds = time.perf_counter(), seconds
@@ -323,7 +371,7 @@ def main(argv=None) -> int:
     ap.add_argument("--root", type=Path, default=Path("data"), help="a prepared toy world for jobs_per_gpu")
     ap.add_argument("--jobs", type=int, default=8)
     ap.add_argument("--job-epochs", type=int, default=2)
-    ap.add_argument("--sections", nargs="+", default=["train", "eval", "loader", "jobs"])
+    ap.add_argument("--sections", nargs="+", default=["train", "views", "eval", "loader", "jobs"])
     args = ap.parse_args(argv)
     from cpbench.models.backbone import load_backbone
 
@@ -346,6 +394,8 @@ def main(argv=None) -> int:
          "unit": "TFLOP/s", "size": 256 if args.dry_run else 8192})
     if "train" in args.sections:
         bench_train(rec, backbone, device, roof, args, budget)
+    if "views" in args.sections:
+        bench_views(rec, backbone, device, args, budget)
     if "eval" in args.sections:
         bench_eval(rec, backbone, device, roof, args, budget)
     if "loader" in args.sections and not budget.over(reserve=60):

@@ -7,8 +7,12 @@ iterations (Tip-Adapter-F: epochs x batches per epoch; CLIP-LoRA: its iteration 
 ``min_lr``), no warm-up; an iteration count instead of epochs (the last epoch is cut where the
 count is reached); the last incomplete batch kept (``drop_last=False``); another crop scale.
 
-Each epoch's shuffling and augmentation draw from generators seeded by (seed, epoch), and a
-checkpoint (learned state + every optimiser buffer: SGD's momentum, AdamW's step, exp_avg and
+Each epoch's shuffling draws from a generator seeded by (seed, epoch) and in-forward sampling from
+the global generator seeded so; the augmentation of each image is keyed by (seed, epoch, image)
+(``engine/augment.py``). A method whose image encoder is frozen and unprompted (``view_store``)
+trains from the encoder's output on every view of the epoch, computed in one canonical pass
+(image order, fixed chunks) or read from the training-view store (``engine/views.py``): the same
+bits either way, whatever the method's batch size. A checkpoint (learned state + every optimiser buffer: SGD's momentum, AdamW's step, exp_avg and
 exp_avg_sq; the fp16 loss scaler) is written after every epoch, so a run killed at any point
 resumes from its last finished epoch and ends with the same parameters as an uninterrupted run.
 """
@@ -28,8 +32,11 @@ from cpbench.config import TrainConfig
 from cpbench.data.images import ImageList, to_model_input, train_pixels
 from cpbench.data.splits import Item
 from cpbench import faults
+from cpbench.data.images import describe
 from cpbench.engine import checkpoint
+from cpbench.engine.augment import KeyedImageList
 from cpbench.engine.features import cached_views, image_dtype, train_preprocess
+from cpbench.engine.views import ViewStore, encode_views
 from cpbench.engine.precision import Precision, epoch_seed
 from cpbench.methods.base import Method
 from cpbench.threads import loader_worker_init
@@ -148,12 +155,14 @@ def _load_scaler_state(scaler, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def batch_loss(method: Method, inputs: torch.Tensor, labels: torch.Tensor, precision: Precision,
-               device: torch.device, features: bool = False
+               device: torch.device, features: bool = False, frozen: bool = False
                ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """(summed weighted loss, logits, loss terms) of one batch: images, or (``features``) cached
-    image features."""
+    """(summed weighted loss, logits, loss terms) of one batch: images, (``features``) cached
+    normalised image features, or (``frozen``) the frozen image encoder's output on the images."""
     with precision.autocast(device):
-        if features:
+        if frozen:
+            logits, losses = method.forward_train_frozen(inputs, labels)
+        elif features:
             logits, losses = method.forward_train_features(inputs, labels)
         else:
             logits, losses = method.forward_train(inputs, labels)
@@ -184,9 +193,48 @@ def _feature_batches(views: torch.Tensor, labels: torch.Tensor, batch_size: int,
         yield views[pick[idx].to(views.device), idx.to(views.device)], labels[idx]
 
 
+class _Rows(torch.utils.data.Dataset):
+    """Stored rows as a dataset shaped like ``ImageList`` (row, label, index): the same sampler and
+    loader over it give the batches the images would have."""
+
+    def __init__(self, rows: torch.Tensor, labels: torch.Tensor):
+        self.rows, self.labels = rows, labels
+
+    def __len__(self) -> int:
+        return self.rows.shape[0]
+
+    def __getitem__(self, index: int):
+        return self.rows[index], self.labels[index], index
+
+
+def device_kind(device: torch.device) -> str:
+    """The hardware whose kernels compute the features: the GPU model, or the CPU's vector ISA and
+    thread count (a sum split over more threads rounds differently)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type}:{torch.backends.cpu.get_cpu_capability()}:{torch.get_num_threads()} threads"
+
+
+def uses_view_store(method: Method, cfg: TrainConfig) -> bool:
+    """Whether ``method`` trains from the frozen encoder's output on each epoch's views (read from
+    the training-view store when one is given, else computed in one pass per epoch)."""
+    return method.view_store and not method.image_prompted and not cfg.feature_views
+
+
+def _loader(dataset, cfg: TrainConfig, drop_last: bool, gen: torch.Generator, device: torch.device,
+            workers: int) -> DataLoader:
+    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=RandomSampler(dataset, generator=gen),
+                      drop_last=drop_last, num_workers=workers, pin_memory=device.type == "cuda",
+                      persistent_workers=False, generator=gen, worker_init_fn=loader_worker_init)
+
+
 def train(method: Method, items: Sequence[Item], image_root: Path, cfg: TrainConfig, device: torch.device,
           precision: Precision, seed: int, ckpt_dir: Path | None = None,
-          on_epoch: EpochCallback | None = None, on_batch: BatchCallback | None = None) -> TrainResult:
+          on_epoch: EpochCallback | None = None, on_batch: BatchCallback | None = None,
+          store: ViewStore | None = None, dataset_tag: str = "") -> TrainResult:
+    """Train ``method`` on ``items``. ``store``: the training-view store (None: ``--no-cache``), used
+    when the method's image encoder is frozen and unprompted (``uses_view_store``); ``dataset_tag``
+    names the dataset in its key."""
     params = [p for p in method.parameters() if p.requires_grad]
     started = time.time()
     epochs = planned_epochs(cfg, len(items))
@@ -206,12 +254,21 @@ def train(method: Method, items: Sequence[Item], image_root: Path, cfg: TrainCon
             start = resumed = int(meta["epoch"]) + 1
             before = float(meta.get("train_seconds", 0.0))  # training time spent before the interruption
             history = list(meta.get("history", []))          # the epochs before the interruption
-    dataset = ImageList(items, image_root, train_pixels(train_preprocess(method, cfg)), keep_decoded=DECODED_BUDGET)
+    pixels = train_pixels(train_preprocess(method, cfg))
+    use_features = cfg.feature_views > 0 and method.feature_training and not method.image_prompted
+    if use_features:  # the opt-in approximation keeps its own views (seeded per view, not keyed)
+        dataset = ImageList(items, image_root, pixels, keep_decoded=DECODED_BUDGET)
+    else:
+        dataset = KeyedImageList(items, image_root, pixels, seed, keep_decoded=DECODED_BUDGET)
     drop_last = cfg.drop_last and len(dataset) >= cfg.batch_size
     per_epoch = batches_per_epoch(len(items), cfg)
     total_steps = cfg.iterations or epochs * per_epoch  # iter_cosine's T_max
-    use_features = cfg.feature_views > 0 and method.feature_training and not method.image_prompted
     views = cached_views(method, dataset, cfg, device, precision, seed) if use_features else None
+    frozen = uses_view_store(method, cfg)
+    context = None
+    if frozen and store is not None:
+        context = ViewStore.context(method.backbone.fingerprint(), precision.effective, device_kind(device),
+                                    describe(pixels), f"{dataset_tag}:{image_root}", items, seed)
     labels_all = torch.tensor([it.label for it in items])
     last_loss = None
     seen = 0
@@ -223,35 +280,44 @@ def train(method: Method, items: Sequence[Item], image_root: Path, cfg: TrainCon
         for group in opt.param_groups:
             group["lr"] = lr
         eseed = epoch_seed(seed, epoch)
-        torch.manual_seed(eseed)  # augmentation (main process) and in-forward sampling
+        torch.manual_seed(eseed)  # in-forward sampling (the augmentation is keyed per image)
         gen = torch.Generator().manual_seed(eseed)
-        if views is not None:
-            batches = _feature_batches(views, labels_all, cfg.batch_size, drop_last, gen)
+        mode = "frozen" if frozen else "features" if views is not None else "images"
+        if views is None:
+            dataset.set_epoch(epoch)
+        if mode == "features":
+            batches = ((x, y, None) for x, y in _feature_batches(views, labels_all, cfg.batch_size, drop_last, gen))
             n_batches = per_epoch
         else:
-            loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=RandomSampler(dataset, generator=gen),
-                                drop_last=drop_last, num_workers=cfg.num_workers,
-                                pin_memory=device.type == "cuda", persistent_workers=False, generator=gen,
-                                worker_init_fn=loader_worker_init)
-            batches = ((x, y) for x, y, _ in loader)
-            n_batches = len(loader)
+            if mode == "frozen":  # the encoder's output on every view of the epoch: stored, or one pass
+                feats = store.load(context[0], epoch, len(items)) if context else None
+                if feats is None:
+                    feats = encode_views(method, dataset, device, precision, cfg.num_workers)
+                    if context:
+                        store.save(context[0], epoch, feats, context[1])
+                source, workers = _Rows(feats, labels_all), 0
+            else:
+                source, workers = dataset, cfg.num_workers
+            loader = _loader(source, cfg, drop_last, gen, device, workers)   # the method's own sampler
+            batches, n_batches = iter(loader), len(loader)
         n_batches = min(n_batches, total_steps - step)  # the last epoch of an iteration count is cut
         total, count, samples = 0.0, 0, 0
         terms: dict[str, float] = {}
         correct: int | None = 0
-        for b, (inputs, labels) in enumerate(batches):
+        for b, (inputs, labels, _) in enumerate(batches):
             if b == n_batches:
                 break
             if cfg.schedule == "iter_cosine":
                 lr = lr_at_step(step + b, total_steps, cfg)
                 for group in opt.param_groups:
                     group["lr"] = lr
-            if views is None:   # uint8 pixels -> normalised images on the device (bit-identical)
+            if mode == "images":   # uint8 pixels -> normalised images on the device (bit-identical)
                 inputs = to_model_input(inputs, method.backbone.preprocess, device, image_dtype(precision))
             else:
                 inputs = inputs.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
-            loss, logits, losses = batch_loss(method, inputs, labels, precision, device, features=views is not None)
+            loss, logits, losses = batch_loss(method, inputs, labels, precision, device, features=mode == "features",
+                                              frozen=mode == "frozen")
             opt.zero_grad(set_to_none=True)
             if scaler is not None:
                 method.backward(losses, scaler.scale)

@@ -10,13 +10,17 @@ workers, since one prompt-learning job leaves a large GPU mostly idle. Before ea
 worker waits until its GPU has ``headroom`` bytes free (``torch.cuda.mem_get_info``; see
 ``worker.wait_for_headroom``), and a job that still runs out of GPU memory fails alone with a
 message saying to lower ``--jobs-per-gpu``.
+
+Training views (``engine/views.py``): jobs that train on the same images with the same seed
+(``view_group``) share the training-view store. The first of a group to start fills it; the
+others of the group wait until it has finished (the workers meanwhile take other groups' jobs),
+then read it, in parallel: the same views are never computed twice at once.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import queue
 import subprocess
 import sys
 import threading
@@ -35,6 +39,44 @@ class LocalSummary:
     by_worker: dict[str, int] = field(default_factory=dict)
     answers: list[dict] = field(default_factory=list)   # the workers' JSON answers, in arrival order
     crashed: int = 0                                      # failures that were not user errors (bugs, dead workers)
+
+
+def view_group(job) -> tuple:
+    """Jobs with the same training images and seed: the training-view store's unit of sharing."""
+    return (job.protocol, job.train_dataset, job.train_subset, job.shots, job.seed, job.tasks, job.class_order)
+
+
+class ViewQueue:
+    """The jobs in order, except that a job waits while the first job of its ``view_group`` (the
+    one filling the training-view store) runs."""
+
+    def __init__(self, jobs):
+        self.pending = list(jobs)
+        self.filling: dict[tuple, object] = {}   # group -> its first job, while it runs
+        self.started: set[tuple] = set()
+        self.cond = threading.Condition()
+
+    def take(self, stopping: threading.Event):
+        """The next job this worker may run, or None when none is left."""
+        with self.cond:
+            while self.pending and not stopping.is_set():
+                for i, job in enumerate(self.pending):
+                    g = view_group(job)
+                    if g not in self.filling:
+                        del self.pending[i]
+                        if g not in self.started:
+                            self.started.add(g)
+                            self.filling[g] = job
+                        return job
+                self.cond.wait(timeout=1.0)
+            return None
+
+    def finished(self, job) -> None:
+        with self.cond:
+            g = view_group(job)
+            if self.filling.get(g) is job:
+                del self.filling[g]
+            self.cond.notify_all()
 
 
 def _spawn(gpu: str, threads: int | None) -> subprocess.Popen:
@@ -64,9 +106,7 @@ def run_local(jobs, settings: dict, gpus: list[str], say=print, threads: int | N
     Ctrl-C / SIGTERM (``Interrupted`` in this thread) stops the workers, which keep their last
     epoch checkpoint, and is raised again with what was saved."""
     shared_gpu = {g for g in gpus if g != "cpu" and gpus.count(g) > 1}
-    q: queue.Queue = queue.Queue()
-    for job in jobs:
-        q.put(job)
+    q = ViewQueue(jobs)
     summary = LocalSummary()
     lock = threading.Lock()
     procs: dict[int, subprocess.Popen] = {}
@@ -79,29 +119,31 @@ def run_local(jobs, settings: dict, gpus: list[str], say=print, threads: int | N
         proc = None
         try:
             while not stopping.is_set():
-                try:
-                    job = q.get_nowait()
-                except queue.Empty:
+                job = q.take(stopping)
+                if job is None:
                     return
-                with lock:
+                try:
+                    with lock:
+                        if stopping.is_set():
+                            return
+                        if proc is None or proc.poll() is not None:
+                            proc = procs[slot] = _spawn(gpu, threads)
+                    try:
+                        proc.stdin.write(dumps({**job_payload(job, settings, device), "launch": launch}) + "\n")
+                        proc.stdin.flush()
+                        line = proc.stdout.readline()
+                    except (BrokenPipeError, OSError, ValueError):
+                        line = ""
                     if stopping.is_set():
                         return
-                    if proc is None or proc.poll() is not None:
-                        proc = procs[slot] = _spawn(gpu, threads)
-                try:
-                    proc.stdin.write(dumps({**job_payload(job, settings, device), "launch": launch}) + "\n")
-                    proc.stdin.flush()
-                    line = proc.stdout.readline()
-                except (BrokenPipeError, OSError, ValueError):
-                    line = ""
-                if stopping.is_set():
-                    return
-                if not line:
-                    code = proc.wait()
-                    ans = {"ok": False, "error": f"worker process died (exit {code}); re-run to resume the job",
-                           "user_error": False}
-                else:
-                    ans = json.loads(line)
+                    if not line:
+                        code = proc.wait()
+                        ans = {"ok": False, "error": f"worker process died (exit {code}); re-run to resume the job",
+                               "user_error": False}
+                    else:
+                        ans = json.loads(line)
+                finally:
+                    q.finished(job)
                 with lock:
                     summary.answers.append(ans)
                     if ans["ok"]:

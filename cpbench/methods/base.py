@@ -93,6 +93,10 @@ class Method(nn.Module):
     Options: ClassVar[type[Options]] = Options
     image_prompted: ClassVar[bool] = False   # prompts enter the image encoder: no image-feature caching
     feature_training: ClassVar[bool] = False  # forward_train_features is valid (opt-in cached train views)
+    # the images reach the training loss only through the frozen, unprompted image encoder:
+    # forward_train(x, y) is exactly forward_train_frozen(backbone.encode_image(x), y), so the
+    # training-view store (engine/views.py) can serve that output (tests/test_view_store.py checks it)
+    view_store: ClassVar[bool] = False
     trainable: ClassVar[bool] = True         # zero-shot CLIP / linear probe set this False / custom
     seed_dependent: ClassVar[bool] = True    # False: the seed changes nothing (zero-shot CLIP); never flagged for seeds
     # evaluating a subset of the training classes (DG: ImageNet -> A/R) must rebuild the method on
@@ -197,6 +201,12 @@ class Method(nn.Module):
         ``feature_training`` is True and the user opted in with ``feature_views > 0``."""
         logits = self.logits_from_features(features, self.eval_context())
         return logits, {"ce": F.cross_entropy(logits, labels)}
+
+    def forward_train_frozen(self, encoded: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Training step from ``backbone.encode_image(images)`` as the frozen encoder returned it (its
+        dtype, unnormalised); used for ``view_store`` methods, where it must equal ``forward_train``
+        bit for bit. Default: ``forward_train_features`` of the normalised features (``encode_images``)."""
+        return self.forward_train_features(F.normalize(encoded.float(), dim=-1), labels)
 
     def prepare_training(self, data: TrainingData) -> None:
         """Called once before the generic loop trains (not when a final checkpoint is loaded), with

@@ -120,6 +120,7 @@ class CoOpVPT(Method):
     Options = BPLOptions
     conditional = False
     text_prompts = True
+    view_store = True
     rebuild_on_target_classes = True   # a softmax average over MC samples: no column subsetting
 
     def __init__(self, backbone, classnames, options: BPLOptions, template="a photo of a {}."):
@@ -183,7 +184,10 @@ class CoOpVPT(Method):
         return logits, mu, logvar
 
     def forward_train(self, images, labels):
-        logits, mu, logvar = self.mc_logits(self.encode_images(images))
+        return self.forward_train_features(self.encode_images(images), labels)
+
+    def forward_train_features(self, features, labels):
+        logits, mu, logvar = self.mc_logits(features)
         terms = {"nll": mc_nll(logits, labels), "kl": self.options.kl_weight * self.kl(mu, logvar)}
         return mc_log_mean_prob(logits), terms
 

@@ -83,6 +83,7 @@ class CLIPAdapter(Method):
     name = "clip_adapter"
     Options = CLIPAdapterOptions
     feature_training = True   # opt-in cached augmented views (feature_views > 0)
+    view_store = True
 
     def __init__(self, backbone, classnames, options: CLIPAdapterOptions, template="a photo of a {}."):
         super().__init__(backbone, classnames, options, template)

@@ -40,6 +40,7 @@ class CoCoOp(Method):
     Options = CoCoOpOptions
     retrieval = True  # captions as class names, instance-conditioned context prepended (CPL's ITR baseline)
     text_prompts = True
+    view_store = True
 
     def __init__(self, backbone, classnames, options: CoCoOpOptions, template="a photo of a {}."):
         super().__init__(backbone, classnames, options, template)
@@ -86,5 +87,8 @@ class CoCoOp(Method):
         return torch.cat([self._logits(image_features[i: i + n]) for i in range(0, image_features.shape[0], n)], dim=0)
 
     def forward_train(self, images, labels):
-        logits = self._logits(self.encode_images(images))
+        return self.forward_train_features(self.encode_images(images), labels)
+
+    def forward_train_features(self, features, labels):
+        logits = self._logits(features)
         return logits, {"ce": F.cross_entropy(logits, labels)}

@@ -35,6 +35,7 @@ class CoOp(Method):
     name = "coop"
     Options = CoOpOptions
     feature_training = True
+    view_store = True
     text_prompts = True
     text_classifier = True
     retrieval = True  # captions as class names, learned context prepended

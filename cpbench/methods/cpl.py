@@ -373,10 +373,14 @@ class CPL(OfficialFloat32, CoCoOp):
         return self.search_mask(raw, labels)
 
     def forward_train(self, images, labels):
+        return self.forward_train_frozen(self.backbone.encode_image(images), labels)
+
+    def forward_train_frozen(self, encoded, labels):
+        """The training step from the frozen encoder's raw output (the store serves it, ``view_store``)."""
         if self.neg_raw.numel() == 0:
             raise RuntimeError("CPL.forward_train needs negative images: call prepare_training() or set_negative_features()")
         o = self.options
-        raw = self.backbone.encode_image(images).float()
+        raw = encoded.float()
         f = F.normalize(raw, dim=-1)
         with torch.no_grad():
             ustar = self.target_mask(raw, labels)

@@ -50,6 +50,7 @@ class TipAdapterF(TipAdapter):
     Options = TipAdapterFOptions
     trainable = True
     closed_form = False
+    view_store = True
     data_rows = ("cache_keys", "cache_values", "adapter.weight")
 
     def __init__(self, backbone, classnames, options: TipAdapterFOptions, template="a photo of a {}."):

@@ -81,7 +81,8 @@ class RunSettings:
     sets: list[str] = field(default_factory=list)
     device: "torch.device" = field(default_factory=_cpu)
     force: bool = False
-    feature_cache: bool = True
+    feature_cache: bool = True   # False (--no-cache): no test-feature cache and no training-view store
+    view_store: bool = True      # False: the test-feature cache only (benchmarks/speed/views.py's baseline)
     # learned state imported instead of trained (``official:DIR`` | ``export:FILE``; see cpbench/state/imports.py)
     state_from: str | None = None
     # --tensorboard DIR: each training's epochs and final accuracies as a TensorBoard run (results/tensorboard.py)

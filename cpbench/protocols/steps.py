@@ -18,7 +18,8 @@ from cpbench.data import prepare as prep
 from cpbench.engine import checkpoint
 from cpbench.engine.cache import FeatureCache
 from cpbench.engine.precision import Precision, resolve_precision, seed_everything
-from cpbench.engine.train import epoch_seed, planned_epochs, train
+from cpbench.engine.train import epoch_seed, planned_epochs, train, uses_view_store
+from cpbench.engine.views import ViewStore
 from cpbench.errors import UserError
 from cpbench.methods.base import Method, TrainingData
 from cpbench.methods.registry import get_method_class
@@ -132,7 +133,9 @@ def train_or_load(method: Method, cfg: ResolvedConfig, s: RunSettings, precision
     with the columns ``ident``) and save the final one; returns the training seconds (including time
     trained before an interruption). ``final``: the final checkpoint, when the caller already loaded
     it. Nothing is trained for a non-trainable method or 0 epochs. ``val_items``, ``cache`` and
-    ``dataset`` reach the method's ``prepare_training`` (Tip-Adapter-F searches its α/β there)."""
+    ``dataset`` reach the method's ``prepare_training`` (Tip-Adapter-F searches its α/β there).
+    Unless the run says ``--no-cache``, a method whose image encoder is frozen and unprompted trains
+    from the training-view store (``engine/views.py``), filling it where it is empty."""
     final = final if final is not None else checkpoint.load(ckpt_dir, "final")
     if final is not None:
         reporter.say(f"  {what} finished training in an earlier run: its final checkpoint is loaded, not trained again")
@@ -163,9 +166,10 @@ def train_or_load(method: Method, cfg: ResolvedConfig, s: RunSettings, precision
             board(history[-1])
         reporter.epoch(stats)
 
+    store = ViewStore(cache_root() / "views") if s.feature_cache and s.view_store else None
     try:
         result = train(method, train_items, image_root, cfg.train, s.device, precision, seed, ckpt_dir,
-                       on_epoch=on_epoch, on_batch=reporter.batch)
+                       on_epoch=on_epoch, on_batch=reporter.batch, store=store, dataset_tag=dataset)
     finally:
         if board is not None:
             board.close()
@@ -187,7 +191,9 @@ def run_fields(job: Job, key: str, cfg: ResolvedConfig, s: RunSettings, run_id: 
         "defaults_json": json.dumps(default_config(job).as_dict(), sort_keys=True), "epochs": epochs,
         "precision": precision.effective, "precision_requested": precision.requested,
         "n_learnable": method.n_learnable(),
-        "feature_cache": ("test" if (cache and not method.image_prompted) else "off"),
+        # "+train-views": the training read (and filled) the training-view store: exact, same rows
+        "feature_cache": ("off" if not cache or method.image_prompted else
+                          "test+train-views" if epochs and s.view_store and uses_view_store(method, cfg.train) else "test"),
         "train_features": (f"cached-aug:{cfg.train.feature_views}" if cfg.train.feature_views else "images"),
         "train_seconds": train_seconds, "device": str(s.device), "imported": imported,
         # the training images' origin (cpbench's draw or CoOp's split_fewshot pkl; "" = none drawn)
