@@ -86,11 +86,14 @@ def run_cli(spec: dict, args: list[str]) -> tuple[float, float, str]:
         head = [sys.executable, "-c", WRAP] if spec.get("wrap") else [sys.executable, "-m", "cpbench"]
         cmd = [*head, *args, *spec["extra"], "--results", res]
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**clean_env(), **spec["env"]}, cwd=REPO)
+        # a fresh cache folder per run, as a newcomer's: the training-view store keys on the thread count,
+        # so a shared cache would let later arms read what earlier ones computed (issue 31)
+        env = {**clean_env(), **spec["env"], "CPBENCH_CACHE": str(Path(res) / "cache")}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
             raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
-        rows = pd.read_parquet(Path(res) / "shards")
+        rows = pd.read_parquet(Path(res) / "shards", columns=["job_key", "train_seconds"])
         train = float(rows.drop_duplicates("job_key")["train_seconds"].sum())
     line = next((ln for ln in proc.stderr.splitlines() if ln.startswith("loading backbone")), "")
     return wall, train, line
