@@ -17,9 +17,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Derived files (feature caches) go to the user's cache folder (cpbench/paths.py): the suite keeps its
 # own, so it never reads or fills the cache of the person running it.
 if "CPBENCH_CACHE" not in os.environ:
+    import atexit
+    import shutil
     import tempfile
 
     os.environ["CPBENCH_CACHE"] = tempfile.mkdtemp(prefix="cpbench-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["CPBENCH_CACHE"], True)  # views shards are megabytes a run
 
 import torch  # noqa: E402
 
